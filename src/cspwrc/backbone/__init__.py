@@ -1,0 +1,1 @@
+"""cspwrc.backbone"""
