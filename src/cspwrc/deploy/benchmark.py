@@ -1,0 +1,405 @@
+"""CPU/GPU speed benchmark of backbones and detectors against timm peers.
+
+One run measures, on the same machine state and thread count: the fp32 matmul peak (a large sgemm,
+best of several), then for every model x target x mode x input size its params, FLOPs, latency
+(median and p90 over warm runs), throughput and the achieved fraction of that peak.
+
+FLOP convention: ``torch.utils.flop_counter.FlopCounterMode`` counts a multiply-add as 2 FLOPs (the
+same convention as the 2*M*N*K of the sgemm peak), so the percentages compare like with like.
+With it timm's ``cs3darknet_s`` features (P3-P5) are 8.9 GFLOPs at 640 px.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+TARGETS = ("backbone", "detector")
+MODE_FLAGS = ("eager", "folded", "channels_last", "jit", "compile")
+DEFAULT_MODES = ("eager", "folded", "channels_last", "folded+channels_last")
+# P3-P5: the three levels a YOLO-style neck consumes.
+DETECTOR_REDUCTIONS = (8, 16, 32)
+
+
+@dataclass
+class BenchRow:
+    """One measured (or skipped) configuration; serialised as-is to JSON."""
+
+    model: str
+    target: str
+    mode: str
+    img: int
+    batch: int
+    params_m: float = 0.0
+    gflops: float = 0.0  # per image, FLOPs (a multiply-add = 2)
+    latency_ms_median: float = 0.0  # per batch
+    latency_ms_p90: float = 0.0
+    throughput_img_s: float = 0.0
+    achieved_gflop_s: float = 0.0
+    peak_pct: float = 0.0
+    iters: int = 0
+    ratio_vs_baseline: float | None = None  # throughput / baseline model's baseline mode, same target/img/batch
+    flops_ratio_vs_baseline: float | None = None
+    status: str = "ok"
+    error: str = ""
+
+
+@dataclass
+class BenchSettings:
+    models: Sequence[str]
+    img: Sequence[int] = (640,)
+    batch: Sequence[int] = (1,)
+    modes: Sequence[str] = DEFAULT_MODES
+    targets: Sequence[str] = ("backbone",)
+    device: str = "cpu"
+    threads: int | None = None
+    warmup: int = 3
+    iters: int = 20
+    max_seconds: float = 20.0  # per configuration, after warm-up; at least `min_iters` runs are kept
+    min_iters: int = 3
+    num_classes: int = 80
+    baseline: str | None = None
+    baseline_mode: str = "eager"
+    peak_size: int = 2048
+
+
+def parse_mode(mode: str) -> frozenset[str]:
+    """``"folded+channels_last"`` -> {"folded", "channels_last"}; ``"eager"`` -> {} (no conversion)."""
+    flags = frozenset(f for f in mode.split("+") if f)
+    unknown = flags - set(MODE_FLAGS)
+    if unknown or not flags:
+        raise ValueError(f"unknown mode {mode!r}: combine {MODE_FLAGS} with '+'")
+    return flags - {"eager"}
+
+
+def set_threads(threads: int | None) -> int:
+    """Pin intra-op threads (the sgemm peak and all models use the same count)."""
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_gflops(device: str | torch.device = "cpu", n: int = 2048, repeats: int = 5) -> float:
+    """Best-of-``repeats`` fp32 sgemm GFLOP/s for ``n x n @ n x n`` (2*n^3 FLOPs) at the current thread count."""
+    device = torch.device(device)
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    out = torch.empty(n, n, device=device)
+    torch.mm(a, b, out=out)  # warm-up: thread pool and allocator
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def count_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of one forward (a multiply-add = 2), as counted by torch's flop counter."""
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def p3_p5_indices(name: str, **kwargs: Any) -> tuple[int, ...]:
+    """Feature indices of strides 8/16/32 for any timm model (resnets, cspnets, cspwrc...)."""
+    probe = timm.create_model(name, features_only=True, pretrained=False, **kwargs)
+    reductions = probe.feature_info.reduction()
+    indices = tuple(i for i, r in enumerate(reductions) if r in DETECTOR_REDUCTIONS)
+    if len(indices) != len(DETECTOR_REDUCTIONS):
+        raise ValueError(f"{name}: feature reductions {reductions} do not cover {DETECTOR_REDUCTIONS}")
+    return indices
+
+
+def build_backbone(name: str, **kwargs: Any) -> nn.Module:
+    """The backbone as a detector uses it: ``features_only`` P3-P5, eval mode."""
+    indices = p3_p5_indices(name, **kwargs)
+    return timm.create_model(name, features_only=True, out_indices=indices, pretrained=False, **kwargs).eval()
+
+
+def build_detector(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """The full detector (incl. NMS in its eval forward) with ``name`` as backbone."""
+    from cspwrc.det import build_detector as _build  # late import: det is optional for backbone-only runs
+
+    return _build(backbone=name, num_classes=num_classes, **kwargs).eval()
+
+
+def build_target(name: str, target: str, num_classes: int = 80, **kwargs: Any) -> nn.Module:
+    if target == "backbone":
+        return build_backbone(name, **kwargs)
+    if target == "detector":
+        return build_detector(name, num_classes, **kwargs)
+    raise ValueError(f"unknown target {target!r}, expected one of {TARGETS}")
+
+
+def fold_model(model: nn.Module) -> nn.Module:
+    """Inference folding for any timm model: cspwrc ``fuse()`` (BN + WRC) plus BN of plain timm ``ConvNormAct``.
+
+    Folding the peers' BN too keeps "folded" a fair comparison (cs3darknet gets the same conv+BN fold).
+    """
+    try:
+        from cspwrc.layers.fuse import fuse_model
+    except ImportError:  # layers without the generic helper: timm's walk over ``fuse()``/``reparameterize()``
+        return timm.utils.reparameterize_model(model)
+    return fuse_model(model)
+
+
+def _jit_optimize(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """Trace, freeze and ``optimize_for_inference``: folds conv+BN, pre-packs oneDNN conv weights."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated upstream but still the CPU fast path
+        traced = torch.jit.trace(model, example, strict=False)
+        return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+
+
+def prepare(model: nn.Module, mode: str, example: torch.Tensor) -> tuple[Callable[[torch.Tensor], Any], torch.Tensor]:
+    """Apply a mode's conversions to a copy of ``model``; returns (callable, input in the matching layout)."""
+    flags = parse_mode(mode)
+    model = copy.deepcopy(model).eval()
+    if "folded" in flags:
+        model = fold_model(model)
+    if "channels_last" in flags:
+        model = model.to(memory_format=torch.channels_last)
+        example = example.contiguous(memory_format=torch.channels_last)
+    fn: Callable[[torch.Tensor], Any] = model
+    if "jit" in flags:
+        fn = _jit_optimize(model, example)
+    if "compile" in flags:
+        fn = torch.compile(fn)
+    return fn, example
+
+
+def time_calls(
+    fn: Callable[[torch.Tensor], Any],
+    x: torch.Tensor,
+    warmup: int,
+    iters: int,
+    max_seconds: float,
+    min_iters: int,
+) -> list[float]:
+    """Per-call wall times (s) after ``warmup`` calls; stops early after ``max_seconds`` once ``min_iters`` are in."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn(x)
+        times: list[float] = []
+        start = time.perf_counter()
+        while len(times) < iters:
+            synchronize(x.device)
+            t0 = time.perf_counter()
+            fn(x)
+            synchronize(x.device)
+            times.append(time.perf_counter() - t0)
+            if len(times) >= min_iters and time.perf_counter() - start > max_seconds:
+                break
+    return times
+
+
+def p90(times: Sequence[float]) -> float:
+    if len(times) < 2:
+        return times[0]
+    return statistics.quantiles(times, n=10, method="inclusive")[-1]
+
+
+def measure_row(
+    model: nn.Module, row: BenchRow, flops_per_img: int, settings: BenchSettings, device: torch.device
+) -> BenchRow:
+    """Fill the timing fields of ``row``; an unsupported mode (e.g. compile without a compiler) is skipped."""
+    example = torch.rand(row.batch, 3, row.img, row.img, device=device)  # detector convention: [0, 1]
+    try:
+        fn, x = prepare(model, row.mode, example)
+        times = time_calls(fn, x, settings.warmup, settings.iters, settings.max_seconds, settings.min_iters)
+    except Exception as exc:  # noqa: BLE001 - any backend failure means "mode not available here"
+        row.status, row.error = "skipped", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return row
+    median = statistics.median(times)
+    row.latency_ms_median = median * 1e3
+    row.latency_ms_p90 = p90(times) * 1e3
+    row.throughput_img_s = row.batch / median
+    row.achieved_gflop_s = flops_per_img * row.batch / median / 1e9
+    row.iters = len(times)
+    return row
+
+
+def bench_model(name: str, target: str, settings: BenchSettings, device: torch.device) -> Iterable[BenchRow]:
+    """All modes x sizes x batches of one model/target; FLOPs counted once per size on the eager model."""
+    try:
+        model = build_target(name, target, settings.num_classes).to(device)
+    except Exception as exc:  # noqa: BLE001 - report and continue with the other models
+        for img in settings.img:
+            for batch in settings.batch:
+                for mode in settings.modes:
+                    yield BenchRow(name, target, mode, img, batch, status="skipped", error=f"build: {exc}"[:300])
+        return
+    params_m = count_params(model) / 1e6
+    for img in settings.img:
+        flops = count_flops(model, torch.rand(1, 3, img, img, device=device))
+        for batch in settings.batch:
+            for mode in settings.modes:
+                row = BenchRow(name, target, mode, img, batch, params_m=params_m, gflops=flops / 1e9)
+                yield measure_row(model, row, flops, settings, device)
+
+
+def add_ratios(rows: list[BenchRow], baseline: str | None, baseline_mode: str, peak: float) -> None:
+    """Peak percentage and ratios vs ``baseline`` model in ``baseline_mode`` at the same target/img/batch."""
+    ref = {
+        (r.target, r.img, r.batch): r
+        for r in rows
+        if r.model == baseline and r.mode == baseline_mode and r.status == "ok"
+    }
+    for r in rows:
+        if r.status != "ok":
+            continue
+        r.peak_pct = 100.0 * r.achieved_gflop_s / peak if peak > 0 else 0.0
+        base = ref.get((r.target, r.img, r.batch))
+        if base is not None:
+            r.ratio_vs_baseline = r.throughput_img_s / base.throughput_img_s
+            r.flops_ratio_vs_baseline = r.gflops / base.gflops if base.gflops else None
+
+
+def environment(settings: BenchSettings, threads: int) -> dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "python": platform.python_version(),
+        "cpu": _cpu_name(),
+        "device": settings.device,
+        "threads": threads,
+        "load_avg_start": _load_avg(),
+        "flop_convention": "FLOPs from torch.utils.flop_counter (multiply-add = 2 FLOPs), per image",
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _load_avg() -> list[float] | None:
+    try:
+        import os
+
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure everything in ``settings``; the returned dict is what the CLI writes as JSON."""
+    for mode in settings.modes:
+        parse_mode(mode)  # fail fast on a typo before minutes of measuring
+    device = torch.device(settings.device)
+    threads = set_threads(settings.threads)
+    report: dict[str, Any] = {"env": environment(settings, threads), "settings": asdict_settings(settings)}
+    peaks = [matmul_peak_gflops(device, settings.peak_size)]
+    log(f"fp32 matmul peak ({settings.peak_size}^3, {threads} threads): {peaks[0]:.1f} GFLOP/s")
+    rows: list[BenchRow] = []
+    for target in settings.targets:
+        for name in settings.models:
+            for row in bench_model(name, target, settings, device):
+                log(_progress(row))
+                rows.append(row)
+    # Measured again at the end: the peak is "best of", and the load of a shared machine drifts.
+    peaks.append(matmul_peak_gflops(device, settings.peak_size))
+    peak = max(peaks)
+    add_ratios(rows, settings.baseline, settings.baseline_mode, peak)
+    report["env"]["load_avg_end"] = _load_avg()
+    report["matmul_peak_gflop_s"] = peak
+    report["matmul_peak_runs"] = peaks
+    report["results"] = [asdict(r) for r in rows]
+    return report
+
+
+def asdict_settings(settings: BenchSettings) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
+
+
+def _progress(r: BenchRow) -> str:
+    head = f"{r.target:8s} {r.model:16s} {r.mode:22s} bs{r.batch}@{r.img}"
+    if r.status != "ok":
+        return f"{head}  skipped ({r.error})"
+    return f"{head}  {r.latency_ms_median:9.1f} ms  {r.throughput_img_s:8.1f} img/s"
+
+
+TABLE_COLUMNS = (
+    ("target", "{}"),
+    ("model", "{}"),
+    ("mode", "{}"),
+    ("bs@img", "{}"),
+    ("params M", "{:.2f}"),
+    ("GFLOPs/img", "{:.2f}"),
+    ("median ms", "{:.1f}"),
+    ("p90 ms", "{:.1f}"),
+    ("img/s", "{:.1f}"),
+    ("GFLOP/s", "{:.1f}"),
+    ("% peak", "{:.0f}"),
+    ("x base", "{:.2f}"),
+    ("FLOPs x base", "{:.2f}"),
+)
+
+
+def _cells(r: dict[str, Any]) -> list[Any]:
+    return [
+        r["target"],
+        r["model"],
+        r["mode"],
+        f"{r['batch']}@{r['img']}",
+        r["params_m"],
+        r["gflops"],
+        r["latency_ms_median"],
+        r["latency_ms_p90"],
+        r["throughput_img_s"],
+        r["achieved_gflop_s"],
+        r["peak_pct"],
+        r["ratio_vs_baseline"],
+        r["flops_ratio_vs_baseline"],
+    ]
+
+
+def format_table(report: dict[str, Any], markdown: bool = False) -> str:
+    """The results as an aligned text table (or a markdown table); skipped rows show their reason."""
+    header = [c for c, _ in TABLE_COLUMNS]
+    rows: list[tuple[list[str], str]] = []  # (cells, trailing note)
+    for r in report["results"]:
+        cells = _cells(r)
+        if r["status"] != "ok":
+            rows.append(([str(c) for c in cells[:4]] + [""] * (len(header) - 4), f"skipped: {r['error']}"))
+        else:
+            rows.append(([("-" if v is None else f.format(v)) for (_, f), v in zip(TABLE_COLUMNS, cells)], ""))
+    if markdown:
+        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(cells) + (f" {note}" if note else "") + " |" for cells, note in rows]
+        return "\n".join(out)
+    widths = [max([len(h)] + [len(cells[i]) for cells, _ in rows]) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str], note: str = "") -> str:
+        return "  ".join(c.rjust(w) if i > 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + note
+
+    return "\n".join([line(header)] + [line(cells, note) for cells, note in rows])

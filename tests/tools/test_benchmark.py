@@ -1,0 +1,71 @@
+"""Smoke tests of tools/benchmark.py: runs on tiny inputs and writes the documented JSON (no timing claims)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cspwrc.deploy import benchmark as bm
+
+ROOT = Path(__file__).resolve().parents[2]
+ROW_KEYS = {
+    "model", "target", "mode", "img", "batch", "params_m", "gflops", "latency_ms_median", "latency_ms_p90",
+    "throughput_img_s", "achieved_gflop_s", "peak_pct", "iters", "ratio_vs_baseline", "flops_ratio_vs_baseline",
+    "status", "error",
+}
+TINY = ["--img", "64", "--batch", "1", "--warmup", "1", "--iters", "2", "--min-iters", "1", "--peak-size", "256",
+        "--threads", "1"]
+
+
+def test_cli_writes_json_with_expected_keys(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--models", "resnet18", "cs3darknet_s",
+           "--modes", "eager", "folded+channels_last", "--baseline", "cs3darknet_s", "--json", str(out), *TINY]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "median ms" in proc.stdout and "fp32 matmul peak" in proc.stdout
+    report = json.loads(out.read_text())
+    assert {"env", "settings", "matmul_peak_gflop_s", "results", "command"} <= report.keys()
+    assert report["matmul_peak_gflop_s"] > 0 and report["env"]["threads"] == 1
+    rows = report["results"]
+    assert len(rows) == 4 and all(set(r) == ROW_KEYS for r in rows)
+    assert all(r["status"] == "ok" and r["latency_ms_median"] > 0 and r["gflops"] > 0 for r in rows)
+    base = next(r for r in rows if r["model"] == "cs3darknet_s" and r["mode"] == "eager")
+    assert base["ratio_vs_baseline"] == pytest.approx(1.0)
+    resnet = next(r for r in rows if r["model"] == "resnet18" and r["mode"] == "eager")
+    assert resnet["flops_ratio_vs_baseline"] == pytest.approx(resnet["gflops"] / base["gflops"])
+
+
+def test_flop_convention_matches_reference() -> None:
+    """The issue's reference: cs3darknet_s P3-P5 features are 8.9 GFLOPs at 640 (multiply-add = 2 FLOPs)."""
+    model = bm.build_backbone("cs3darknet_s")
+    assert bm.p3_p5_indices("cs3darknet_s") == (2, 3, 4)
+    # FLOPs of convs scale with the pixel count, so 160 px (1/16 of the pixels) keeps the test fast.
+    gflops_640 = bm.count_flops(model, torch.rand(1, 3, 160, 160)) * 16 / 1e9
+    assert gflops_640 == pytest.approx(8.9, abs=0.05)
+
+
+def test_modes_parse_and_unknown_mode_fails() -> None:
+    assert bm.parse_mode("eager") == frozenset()
+    assert bm.parse_mode("folded+channels_last") == {"folded", "channels_last"}
+    with pytest.raises(ValueError, match="unknown mode"):
+        bm.parse_mode("fast")
+
+
+def test_failing_mode_is_skipped_not_fatal() -> None:
+    settings = bm.BenchSettings(models=["resnet18"], img=[64], modes=["eager"], warmup=0, iters=1, min_iters=1)
+    row = bm.BenchRow("resnet18", "backbone", "eager", 64, 1)
+    broken = torch.nn.Conv2d(4, 4, 1)  # wrong input channels: the forward raises
+    out = bm.measure_row(broken, row, 1, settings, torch.device("cpu"))
+    assert out.status == "skipped" and "RuntimeError" in out.error
+
+
+def test_peak_and_percentiles() -> None:
+    assert bm.matmul_peak_gflops("cpu", n=128, repeats=2) > 0
+    assert bm.p90([1.0]) == 1.0
+    assert bm.p90([float(i) for i in range(1, 11)]) == pytest.approx(9.1)

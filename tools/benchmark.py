@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Speed benchmark: cspwrc backbones/detectors vs timm peers (logic in cspwrc.deploy.benchmark).
+
+Example (the command behind docs/deploy.md):
+    python tools/benchmark.py --models cspwrc_s cs3darknet_s resnet18 --img 640 --batch 1 8 \
+        --threads 2 --baseline cs3darknet_s --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cspwrc  # noqa: F401 - registers the cspwrc models with timm
+from cspwrc.deploy.benchmark import DEFAULT_MODES, BenchSettings, format_table, run_benchmark
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["cspwrc_s", "cs3darknet_s"], help="timm model names")
+    p.add_argument("--img", nargs="+", type=int, default=[640], help="square input sizes")
+    p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=list(DEFAULT_MODES),
+        help="eager, or '+'-joined flags of folded, channels_last, jit (trace+freeze+optimize_for_inference), "
+        "compile (torch.compile, opt-in: slow to compile on few cores)",
+    )
+    p.add_argument("--detector", action="store_true", help="also benchmark the full detector (incl. NMS)")
+    p.add_argument("--detector-only", action="store_true", help="benchmark only the full detector")
+    p.add_argument("--num-classes", type=int, default=80)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=20, help="timed runs per configuration (upper bound)")
+    p.add_argument("--max-seconds", type=float, default=20.0, help="time budget per configuration")
+    p.add_argument("--min-iters", type=int, default=3)
+    p.add_argument("--baseline", default=None, help="model the ratios refer to, e.g. cs3darknet_s")
+    p.add_argument("--baseline-mode", default="eager")
+    p.add_argument("--peak-size", type=int, default=2048, help="n of the n x n sgemm measuring the peak")
+    p.add_argument("--json", type=Path, default=None, help="write the full report here")
+    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    return p.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    targets = ("detector",) if args.detector_only else ("backbone", "detector") if args.detector else ("backbone",)
+    return BenchSettings(
+        models=args.models,
+        img=args.img,
+        batch=args.batch,
+        modes=args.modes,
+        targets=targets,
+        device=args.device,
+        threads=args.threads,
+        warmup=args.warmup,
+        iters=args.iters,
+        max_seconds=args.max_seconds,
+        min_iters=args.min_iters,
+        num_classes=args.num_classes,
+        baseline=args.baseline,
+        baseline_mode=args.baseline_mode,
+        peak_size=args.peak_size,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = run_benchmark(settings_from_args(args), log=lambda s: print(s, file=sys.stderr, flush=True))
+    report["command"] = " ".join(["python", "tools/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
+    print(format_table(report, markdown=args.markdown))
+    print(f"\nfp32 matmul peak: {report['matmul_peak_gflop_s']:.1f} GFLOP/s ({report['env']['threads']} threads)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
