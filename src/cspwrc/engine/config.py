@@ -1,0 +1,322 @@
+"""Run configuration: a strict YAML schema (dataclasses with defaults) plus command-line overrides.
+
+A run config is read with ``yaml.safe_load`` only, merged over the dataclass defaults, then the command
+line is applied on top. Every problem is fatal and reported before training starts (docs/design.md's
+failure policy): an unknown key names the file and suggests the nearest valid key, a wrong type names the
+key, the expected type and the value.
+
+Two sections are open dictionaries because their schema belongs to another package: ``model.options``
+(keyword arguments of ``cspwrc.det.build_detector``) and ``augment`` (keyword arguments of the data side's
+train transforms). They are checked against the signature of the function they are passed to
+(:func:`check_kwargs`), with the same nearest-key suggestion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A fatal problem in a run config: names the source (file or command line), the key and the fault."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cspwrc_s"  # any timm model name usable as a features_only backbone
+    options: dict[str, Any] = field(default_factory=dict)  # passed to build_detector(**options)
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # data YAML (train/val annotation files and image dirs); None = embedded shapes
+    workers: int = 2  # DataLoader worker processes (0 = load in the main process)
+
+
+@dataclass
+class OptimConfig:
+    opt: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 0.002  # base lr for the whole batch (not scaled by batch size)
+    weight_decay: float = 0.05  # applied to conv/linear weights only (never to 1-d params or WRC weights)
+    momentum: float = 0.937  # SGD momentum (YOLO value); AdamW uses it as beta1
+    betas2: float = 0.999  # AdamW beta2
+
+
+@dataclass
+class ScheduleConfig:
+    sched: Literal["cosine", "linear"] = "cosine"
+    warmup_epochs: float = 1.0  # linear lr warmup, counted in optimizer steps (fractions allowed)
+    warmup_lr: float = 0.0  # lr at the first step of warmup for weights
+    warmup_bias_lr: float = 0.1  # YOLO's bias warmup: biases start high and decay to their lr
+    min_lr_ratio: float = 0.05  # final lr = lr * min_lr_ratio
+
+
+@dataclass
+class EmaConfig:
+    enabled: bool = True
+    decay: float = 0.9998
+    warmup: bool = True  # timm ModelEmaV3 warmup: decay grows with steps, so early EMA follows the model
+    warmup_power: float = 0.75  # reaches ~0.999 after ~10k steps (timm/crowsonkb guidance for short runs)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch: int = 16
+    img: int = 640  # square letterbox size, a multiple of 32
+    close_mosaic: int = 2  # switch mosaic off for the last N epochs
+    grad_clip: float = 10.0  # max global grad norm; 0 disables clipping
+    nan_policy: Literal["stop", "skip"] = "stop"  # non-finite loss: stop the run, or skip the step and count
+    max_nan_skips: int = 100  # with nan_policy skip: stop anyway after this many skipped steps
+    amp: bool = True  # mixed precision, only ever used on CUDA
+    eval_interval: int = 1  # evaluate every N epochs (and always after the last one)
+    seed: int = 0
+    device: str = "auto"  # auto = cuda when available, else cpu
+    out: str = "runs/det"  # run directory
+    weights: str | None = None  # initialise from a local checkpoint (cspwrc safetensors or backbone-only)
+    max_steps_per_epoch: int = 0  # >0: cut each epoch short (smoke tests, quick looks)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: dict[str, Any] = field(default_factory=dict)  # passed to the data side's train transforms
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _nearest(key: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check_value(value: Any, tp: Any, where: str) -> Any:
+    """Return ``value`` converted to ``tp`` (int → float only), or raise ConfigError naming ``where``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            try:
+                return _check_value(value, arm, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            choices = ", ".join(repr(c) for c in typing.get_args(tp))
+            raise ConfigError(f"{where}: {value!r} is not one of {choices}{_nearest(str(value), map(str, typing.get_args(tp)))}")
+        return value
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{where}: expected null, got {value!r}")
+        return None
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{where}: expected a mapping with string keys, got {value!r}")
+        return dict(value)
+    # bool is a subclass of int: keep `epochs: true` from passing as 1.
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and tp is not bool:
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} (bool)")
+    if not isinstance(value, tp):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, strictly: unknown keys and wrong types are errors."""
+    where = f"{source}: {prefix or 'top level'}"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {data!r} ({type(data).__name__})")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key {dotted!r}{_nearest(str(key), names)}; valid keys: {', '.join(names)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, source, dotted)
+        else:
+            kwargs[key] = _check_value(value, tp, f"{source}: {dotted}")
+    return cls(**kwargs)
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """Plain nested dict (YAML/JSON friendly, loadable with torch.load(weights_only=True))."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any], source: str = "<config>") -> RunConfig:
+    return _build(RunConfig, data, source, "")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load`` (never a loader that can build Python objects)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config: {err}") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: malformed YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c = value`` in a nested dict, creating sections as needed (validated later)."""
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"command line: --set {dotted}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+# Command-line flag -> dotted config key; the flag's value is parsed with yaml.safe_load (so 3 is an int).
+FLAG_KEYS: dict[str, str] = {
+    "epochs": "train.epochs",
+    "img": "train.img",
+    "batch": "train.batch",
+    "model": "model.name",
+    "data": "data.path",
+    "weights": "train.weights",
+    "device": "train.device",
+    "workers": "data.workers",
+    "out": "train.out",
+    "seed": "train.seed",
+}
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=None, help="run config YAML (default: configs/det/default.yaml)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--img", type=int, help="square image size, a multiple of 32")
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--model", help="timm backbone name, e.g. cspwrc_s, cs3darknet_s, resnet18")
+    parser.add_argument("--data", help="data YAML; default: the embedded shapes data set")
+    parser.add_argument("--weights", help="initialise from a local checkpoint (cspwrc .safetensors or backbone-only)")
+    parser.add_argument("--resume", help="continue a run: its run dir or its last.state.pt")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--out", help="run directory")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any config key, e.g. --set optim.lr=0.01 --set ema.enabled=false")
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The overrides given on the command line as a nested dict."""
+    data: dict[str, Any] = {}
+    for flag, dotted in FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            set_dotted(data, dotted, value)
+    for item in getattr(args, "set", []) or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"command line: --set expects KEY=VALUE, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"command line: --set {item!r}: {err}") from err
+        set_dotted(data, key.strip(), value)
+    return data
+
+
+def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``over`` wins. Open sections (model.options, augment) merge key by key too."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read a YAML run config (or the defaults when ``path`` is None), apply overrides, validate."""
+    data = read_yaml(path) if path is not None else {}
+    cfg = from_dict(data, str(path) if path is not None else "<defaults>")
+    if overrides:
+        cfg = from_dict(merge(to_dict(cfg), overrides), "command line")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Value checks that the types alone do not catch (fatal, before training)."""
+    t = cfg.train
+    if t.img <= 0 or t.img % 32:
+        raise ConfigError(f"train.img: {t.img} is not a positive multiple of 32 (the detector's largest stride)")
+    for key in ("epochs", "batch"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key}: must be >= 1, got {getattr(t, key)}")
+    if not 0 <= t.close_mosaic:
+        raise ConfigError(f"train.close_mosaic: must be >= 0, got {t.close_mosaic}")
+    if cfg.data.workers < 0:
+        raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
+    if not 0.0 <= cfg.ema.decay < 1.0:
+        raise ConfigError(f"ema.decay: must be in [0, 1), got {cfg.ema.decay}")
+    check_model_name(cfg.model.name)
+
+
+def check_model_name(name: str) -> None:
+    """An unknown timm model name is fatal; list the closest registered names."""
+    import timm
+
+    import cspwrc  # noqa: F401  (registers the cspwrc_* models with timm)
+
+    if name in timm.list_models():
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; close matches: {', '.join(close)}" if close else ""
+    raise ConfigError(f"model.name: unknown model {name!r}{hint}")
+
+
+def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], where: str, skip: typing.Collection[str] = ()) -> None:
+    """Check that ``fn`` accepts every key of ``kwargs`` by name; suggest the nearest parameter otherwise.
+
+    ``skip`` lists parameters the engine fills itself (e.g. ``num_classes``): setting them is an error too.
+    A function that only takes ``**kwargs`` cannot be checked here and is left to raise on its own.
+    """
+    params = inspect.signature(fn).parameters
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in skip]
+    open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for key in kwargs:
+        if key in skip:
+            raise ConfigError(f"{where}: {key!r} is set by the engine and cannot be configured here")
+        if key not in named and not open_kwargs:
+            raise ConfigError(f"{where}: unknown option {key!r}{_nearest(key, named)}; valid options: {', '.join(named)}")

@@ -1,0 +1,158 @@
+"""COCO bbox evaluation: run a detector over a loader, map boxes back to the original images, COCOeval.
+
+Predictions are written as COCO results (original category ids, ``[x, y, w, h]`` in original-image
+pixels), so the numbers are the official pycocotools ones and the JSON can be submitted or re-scored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
+
+STAT_NAMES: tuple[str, ...] = (
+    "AP@[.50:.95]", "AP@.50", "AP@.75", "AP small", "AP medium", "AP large",
+    "AR@1", "AR@10", "AR@100", "AR small", "AR medium", "AR large",
+)
+
+
+@dataclass
+class ClassAP:
+    category_id: int
+    name: str
+    ap: float  # AP@[.50:.95]; nan when the class has no ground truth in the evaluated images
+    ap50: float
+
+
+@dataclass
+class EvalResult:
+    stats: list[float]  # the 12 standard COCOeval numbers, in STAT_NAMES order
+    per_class: list[ClassAP] = field(default_factory=list)
+    num_images: int = 0
+    num_detections: int = 0
+
+    @property
+    def map(self) -> float:
+        return self.stats[0]
+
+    @property
+    def map50(self) -> float:
+        return self.stats[1]
+
+    def format(self) -> str:
+        lines = [f"{name:<14} {value:.4f}" for name, value in zip(STAT_NAMES, self.stats)]
+        lines.append(f"{'class':<24} {'AP':>7} {'AP50':>7}")
+        for row in self.per_class:
+            lines.append(f"{row.name[:24]:<24} {row.ap:7.4f} {row.ap50:7.4f}")
+        return "\n".join(lines)
+
+
+def detections_to_coco(output: dict[str, torch.Tensor], target: dict[str, Any],
+                       label_to_cat: Sequence[int]) -> list[dict[str, Any]]:
+    """One image's detector output → COCO result dicts in original-image coordinates."""
+    from cspwrc.det.postprocess import undo_letterbox
+
+    boxes = output["boxes"].detach().float().cpu()
+    if boxes.numel() == 0:
+        return []
+    boxes = undo_letterbox(boxes, target["scale"], target["pad"], target["orig_size"])
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    scores = output["scores"].detach().float().cpu().tolist()
+    labels = output["labels"].detach().cpu().tolist()
+    image_id = int(target["image_id"])
+    return [
+        {"image_id": image_id, "category_id": int(label_to_cat[label]), "bbox": [round(v, 3) for v in box],
+         "score": round(float(score), 5)}
+        for box, score, label in zip(xywh, scores, labels)
+    ]
+
+
+@torch.no_grad()
+def predict_loader(model: torch.nn.Module, loader: Iterable, label_to_cat: Sequence[int],
+                   device: torch.device, amp: bool = False, desc: str = "eval",
+                   progress: bool = True) -> tuple[list[dict[str, Any]], list[int]]:
+    """Run ``model`` (eval mode) over ``loader``; return COCO results and the image ids seen."""
+    model.eval()
+    results: list[dict[str, Any]] = []
+    image_ids: list[int] = []
+    use_amp = amp and device.type == "cuda"
+    for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        images = images.to(device, non_blocking=True).float().div_(255.0)
+        with torch.autocast(device_type=device.type, enabled=use_amp):
+            outputs = model(images)
+        for output, target in zip(outputs, targets):
+            results.extend(detections_to_coco(output, target, label_to_cat))
+            image_ids.append(int(target["image_id"]))
+    return results, image_ids
+
+
+def coco_evaluate(coco_gt: COCO, results: list[dict[str, Any]], image_ids: Sequence[int] | None = None,
+                  verbose: bool = False) -> EvalResult:
+    """COCOeval (bbox) of ``results`` against ``coco_gt`` over ``image_ids`` (default: all GT images)."""
+    img_ids = sorted(set(int(i) for i in image_ids)) if image_ids is not None else sorted(coco_gt.getImgIds())
+    cat_ids = sorted(coco_gt.getCatIds())
+    names = {c["id"]: c.get("name", str(c["id"])) for c in coco_gt.loadCats(cat_ids)}
+    if not results or not img_ids:
+        # loadRes cannot take an empty list; nothing detected scores 0 everywhere.
+        per_class = [ClassAP(c, names[c], 0.0, 0.0) for c in cat_ids]
+        return EvalResult([0.0] * 12, per_class, len(img_ids), 0)
+    with contextlib.redirect_stdout(io.StringIO()) as log:
+        coco_dt = coco_gt.loadRes(results)
+        ev = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        ev.params.imgIds = img_ids
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    if verbose:
+        print(log.getvalue())
+    stats = [max(float(s), 0.0) for s in ev.stats]  # -1 means "no ground truth in that bucket"
+    return EvalResult(stats, _per_class(ev, names), len(img_ids), len(results))
+
+
+def _per_class(ev: COCOeval, names: dict[int, str]) -> list[ClassAP]:
+    # precision: [T iou thresholds, R recall points, K classes, A area ranges, M max-dets]; area 'all', maxDets 100.
+    precision = ev.eval["precision"]
+    rows = []
+    for k, cat_id in enumerate(ev.params.catIds):
+        p_all = precision[:, :, k, 0, -1]
+        p_50 = precision[0, :, k, 0, -1]
+        rows.append(ClassAP(int(cat_id), names.get(cat_id, str(cat_id)), _mean_valid(p_all), _mean_valid(p_50)))
+    return rows
+
+
+def _mean_valid(values: np.ndarray) -> float:
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else float("nan")
+
+
+def write_results(path: str | Path, results: list[dict[str, Any]]) -> None:
+    Path(path).write_text(json.dumps(results))
+
+
+def evaluate(model: torch.nn.Module, loader: Iterable, coco_gt: COCO, label_to_cat: Sequence[int],
+             device: torch.device, amp: bool = False, progress: bool = True,
+             results_path: str | Path | None = None) -> EvalResult:
+    """Predict over ``loader`` then COCOeval; in DDP every rank predicts its shard and rank 0 scores them.
+
+    Non-zero ranks get an EvalResult with the same stats (broadcast), so 'best' is chosen consistently.
+    """
+    from cspwrc.engine import distributed as dist
+
+    results, image_ids = predict_loader(model, loader, label_to_cat, device, amp, progress=progress)
+    results, image_ids = dist.gather_predictions(results, image_ids)
+    if dist.is_main():
+        if results_path is not None:
+            write_results(results_path, results)
+        outcome = coco_evaluate(coco_gt, results, image_ids)
+    else:
+        outcome = None
+    return dist.broadcast_object(outcome)

@@ -1,0 +1,129 @@
+"""Checkpoints: atomic writes, safetensors metadata, weights_only loading, refusal of pickled payloads."""
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+
+from cspwrc.engine import checkpoint as ck
+from cspwrc.engine.checkpoint import CheckpointError
+
+
+class Evil:
+    """Unpickling this would run a shell command; the loader must refuse it before that can happen."""
+
+    def __reduce__(self):
+        return (os.system, ("touch PWNED_BY_CHECKPOINT",))
+
+
+def _weights():
+    return {"a.weight": torch.randn(3, 4), "a.bias": torch.zeros(3)}
+
+
+def test_save_and_read_weights_with_meta(tmp_path):
+    meta = {"model": "cspwrc_n", "num_classes": 3, "class_names": ["a", "b", "c"], "category_ids": [1, 5, 9], "img": 64}
+    w = _weights()
+    path = ck.save_checkpoint(tmp_path, "last", w, meta, {"epoch": 1, "model": w})
+    tensors, got = ck.read_weights(path)
+    assert got == meta and torch.equal(tensors["a.weight"], w["a.weight"])
+    state = ck.read_state(tmp_path / "last.state.pt")
+    assert state["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.safetensors", "last.state.pt"]  # no temp files left
+
+
+def test_shared_tensors_are_saved(tmp_path):
+    t = torch.randn(4, 4)
+    ck.save_weights(tmp_path / "w.safetensors", {"x": t, "y": t, "z": t.t()}, {})
+    tensors, _ = ck.read_weights(tmp_path / "w.safetensors")
+    assert torch.equal(tensors["z"], t.t())
+
+
+def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "evil.state.pt"
+    torch.save({"model": _weights(), "payload": Evil()}, bad)
+    with pytest.raises(CheckpointError) as err:
+        ck.read_state(bad)
+    assert str(bad) in str(err.value) and "refused" in str(err.value)
+    with pytest.raises(CheckpointError, match="refused"):
+        ck.read_any_weights(bad)
+    assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
+
+
+def test_corrupt_files_are_clear_errors(tmp_path):
+    trunc = tmp_path / "t.state.pt"
+    torch.save({"x": torch.randn(100)}, trunc)
+    trunc.write_bytes(trunc.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="t.state.pt"):
+        ck.read_state(trunc)
+    junk = tmp_path / "j.safetensors"
+    junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(CheckpointError, match="j.safetensors"):
+        ck.read_weights(junk)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_dir_keeps_previous(tmp_path):
+    ck.save_checkpoint(tmp_path, "last", _weights(), {"v": 1}, {"epoch": 1})
+    before = (tmp_path / "last.safetensors").read_bytes()
+    tmp_path.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    try:
+        with pytest.raises(CheckpointError, match="previous file"):
+            ck.save_checkpoint(tmp_path, "last", _weights(), {"v": 2}, {"epoch": 2})
+    finally:
+        tmp_path.chmod(stat.S_IRWXU)
+    assert (tmp_path / "last.safetensors").read_bytes() == before
+
+
+def test_failed_write_keeps_previous_and_cleans_temp(tmp_path):
+    # A writer failing half-way (what a full disk does: ENOSPC from write) must leave the old file intact.
+    target = tmp_path / "last.state.pt"
+    ck.save_state(target, {"epoch": 1})
+
+    def full_disk(fh):
+        fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(CheckpointError, match="No space left"):
+        ck.atomic_write(target, full_disk)
+    assert ck.read_state(target) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.state.pt"]
+
+
+def test_read_only_filesystem_simulated(tmp_path, monkeypatch):
+    # As root, chmod does not stop writes; simulate EROFS where the temp file is created.
+    ck.save_state(tmp_path / "last.state.pt", {"epoch": 1})
+
+    def erofs(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(ck.tempfile, "mkstemp", erofs)
+    with pytest.raises(CheckpointError, match="Read-only file system.*previous file"):
+        ck.save_state(tmp_path / "last.state.pt", {"epoch": 2})
+    monkeypatch.undo()
+    assert ck.read_state(tmp_path / "last.state.pt") == {"epoch": 1}
+
+
+def test_init_from_weights_matches_by_name_and_shape(tmp_path):
+    model = torch.nn.Sequential()
+    model.add_module("backbone", torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)))
+    model.add_module("head", torch.nn.Conv2d(4, 2, 1))
+    backbone_file = tmp_path / "bb.safetensors"
+    ref = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+    ck.save_weights(backbone_file, ref.state_dict(), {})
+    msg = ck.init_from_weights(model, backbone_file)
+    assert "backbone" in msg and torch.equal(model.backbone[0].weight, ref[0].weight)
+    other = tmp_path / "other.safetensors"
+    ck.save_weights(other, {"nothing.weight": torch.zeros(1)}, {})
+    with pytest.raises(CheckpointError, match="no tensor matches"):
+        ck.init_from_weights(model, other)
+
+
+def test_meta_is_json(tmp_path):
+    ck.save_weights(tmp_path / "w.safetensors", _weights(), {"class_names": ["x"]})
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "w.safetensors", "pt") as fh:
+        assert json.loads(fh.metadata()["cspwrc"]) == {"class_names": ["x"]}

@@ -1,0 +1,94 @@
+"""Run config: strict schema, nearest-key suggestions, type errors, overrides, value checks."""
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from cspwrc.engine.config import (
+    ConfigError, add_cli_arguments, check_kwargs, cli_overrides, load_config, to_dict, from_dict,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_yaml_values(tmp_path):
+    cfg = load_config(_write(tmp_path, "model:\n  name: resnet18\ntrain:\n  epochs: 3\n  img: 320\noptim:\n  lr: 1\n"))
+    assert cfg.train.epochs == 3 and cfg.train.img == 320
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)  # int accepted where float expected
+    assert cfg.train.batch == 16  # untouched default
+
+
+def test_unknown_key_names_file_and_suggests(tmp_path):
+    path = _write(tmp_path, "train:\n  epohcs: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert str(path) in msg and "train.epohcs" in msg and "did you mean 'epochs'" in msg
+
+
+def test_unknown_section_suggests(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'optim'"):
+        load_config(_write(tmp_path, "optimizer:\n  lr: 0.1\n"))
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("train:\n  epochs: ten\n", "train.epochs: expected int"),
+    ("train:\n  epochs: true\n", "train.epochs: expected int"),
+    ("train:\n  epochs: 2.5\n", "train.epochs: expected int"),
+    ("optim:\n  opt: adam\n", "optim.opt: 'adam' is not one of"),
+    ("ema: 3\n", "expected a mapping"),
+    ("model:\n  options: [1, 2]\n", "model.options: expected a mapping"),
+])
+def test_wrong_types_are_fatal(tmp_path, text, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace("[", r"\[")):
+        load_config(_write(tmp_path, text))
+
+
+def test_malformed_yaml_and_unsafe_tags(tmp_path):
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_config(_write(tmp_path, "train: [1, 2\n"))
+    # safe_load refuses Python object tags: nothing is constructed or run.
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_config(_write(tmp_path, "train: !!python/object/apply:os.system ['echo pwned']\n"))
+
+
+def test_img_multiple_of_32_and_model_name(tmp_path):
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        load_config(None, {"model": {"name": "resnet18"}, "train": {"img": 100}})
+    with pytest.raises(ConfigError, match="close matches: .*resnet18"):
+        load_config(None, {"model": {"name": "resnet1"}})
+
+
+def test_cli_overrides_and_set():
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    args = parser.parse_args(["--epochs", "4", "--model", "resnet18", "--set", "optim.lr=0.01",
+                              "--set", "ema.enabled=false", "--set", "model.options.reg_max=8"])
+    cfg = load_config(ROOT / "configs" / "det" / "default.yaml", cli_overrides(args))
+    assert cfg.train.epochs == 4 and cfg.model.name == "resnet18"
+    assert cfg.optim.lr == 0.01 and cfg.ema.enabled is False and cfg.model.options["reg_max"] == 8
+    with pytest.raises(ConfigError, match="command line: unknown key 'optim.lrr'"):
+        load_config(None, cli_overrides(parser.parse_args(["--model", "resnet18", "--set", "optim.lrr=1"])))
+
+
+def test_round_trip():
+    cfg = load_config(None, {"model": {"name": "resnet18"}, "train": {"epochs": 7}})
+    assert from_dict(to_dict(cfg)) == cfg
+
+
+def test_check_kwargs_suggests_parameter():
+    def build(backbone: str, num_classes: int, reg_max: int = 16, static_assigner_epochs: int = 0):
+        return None
+
+    check_kwargs(build, {"reg_max": 8}, "model.options", skip=("backbone", "num_classes"))
+    with pytest.raises(ConfigError, match="did you mean 'reg_max'"):
+        check_kwargs(build, {"regmax": 8}, "model.options", skip=("backbone", "num_classes"))
+    with pytest.raises(ConfigError, match="set by the engine"):
+        check_kwargs(build, {"num_classes": 3}, "model.options", skip=("backbone", "num_classes"))
