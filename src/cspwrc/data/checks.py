@@ -1,0 +1,459 @@
+"""Data verification and the failure policy of cspwrc -- the one place it lives.
+
+Policy
+------
+* **Fatal** (raise :class:`DataError` before training starts; the message names file, record and fault):
+  unreadable or malformed JSON/YAML, missing keys, wrong types, unknown config keys, duplicate image /
+  annotation / category ids, an image ``file_name`` that escapes the image directory (absolute path or
+  ``..``), an image set that is empty after the checks.
+* **Per-sample** (skipped, counted in :attr:`CheckReport.counts`, listed in :attr:`CheckReport.skipped`,
+  logged, reported in the final summary): image missing / empty / corrupt or truncated / not an image /
+  unreadable; JSON width/height that matches neither the stored nor the EXIF-corrected frame; boxes that
+  are non-finite, of zero or negative size or wholly outside the image; annotations for unknown image or
+  category ids.
+* **Fixed silently but counted**: boxes partly outside the image are clipped (``counts["bbox clipped"]``);
+  grayscale / RGBA / palette / 16-bit / CMYK images are converted to RGB; images without annotations are
+  kept as background.
+* **Read-time**: a file that breaks after the check raises :class:`SampleReadError` in :func:`load_image`;
+  the dataset substitutes another sample and marks the target (see ``docs/data.md``).
+
+EXIF orientation: the annotation frame is the one whose size equals the JSON ``width``/``height``. When
+that is the EXIF-corrected frame (also when both frames have the same size, e.g. a 180 degree rotation),
+the image is loaded with ``ImageOps.exif_transpose`` -- what detectron2, ``cv2.imread`` and Ultralytics do.
+When the JSON matches only the stored (raw) frame, the annotations were made on the raw pixels and the
+orientation tag is ignored, so boxes and pixels agree either way.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
+
+log = logging.getLogger("cspwrc.data")
+
+CHECK_VERSION = 1  # bump when the probe logic changes, so old cache entries are ignored
+EXIF_ORIENTATION = 0x0112
+_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90/270 degrees
+
+_IMAGE_FIELDS: dict[str, type | tuple[type, ...]] = {"id": int, "file_name": str, "width": int, "height": int}
+_ANN_FIELDS: dict[str, type | tuple[type, ...]] = {"id": int, "image_id": int, "category_id": int, "bbox": list}
+_CAT_FIELDS: dict[str, type | tuple[type, ...]] = {"id": int, "name": str}
+
+
+class DataError(ValueError):
+    """A fatal data or config problem: stops before training, names file, record and fault."""
+
+    def __init__(self, file: str | os.PathLike[str], record: str, fault: str) -> None:
+        self.file, self.record, self.fault = str(file), record, fault
+        super().__init__(f"{self.file}: {record}: {fault}")
+
+
+class SampleReadError(OSError):
+    """A per-sample problem found when reading an image (missing, corrupt, unreadable ...)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One skipped record: which file, which record, what was wrong."""
+
+    file: str
+    record: str
+    fault: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.record}: {self.fault}"
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """A verified image: COCO id, file path, annotation-frame size and whether to apply EXIF orientation."""
+
+    id: int
+    file_name: str
+    path: Path
+    height: int
+    width: int
+    exif_transpose: bool
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`verify_coco`.
+
+    ``boxes[image_id]`` is ``float32 [N, 4]`` xyxy in the annotation frame (clipped, finite, non-crowd),
+    ``box_categories[image_id]`` is ``int64 [N]`` COCO category ids. ``gt_annotations`` holds the kept
+    COCO records (crowd included, bbox clipped, ``area``/``iscrowd`` filled in) for COCOeval.
+    """
+
+    ann_file: Path
+    image_dir: Path
+    images: dict[int, ImageEntry]
+    categories: list[dict[str, Any]]
+    boxes: dict[int, np.ndarray]
+    box_categories: dict[int, np.ndarray]
+    gt_annotations: list[dict[str, Any]]
+    skipped: list[Problem] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def skip(self, file: str, record: str, fault: str, kind: str) -> None:
+        """Record a per-sample problem of the given kind."""
+        self.skipped.append(Problem(file, record, fault))
+        self.counts[kind] += 1
+
+    def summary(self) -> str:
+        """One line per count, for the log and the run's final summary."""
+        head = f"{self.ann_file}: {len(self.images)} images usable, {len(self.skipped)} records skipped"
+        return "\n".join([head] + [f"  {kind}: {n}" for kind, n in sorted(self.counts.items())])
+
+
+# ----------------------------------------------------------------------------------------------- config keys
+def check_keys(mapping: Mapping[str, Any], allowed: Iterable[str], file: str | os.PathLike[str], where: str) -> None:
+    """Raise :class:`DataError` for the first unknown key, suggesting the nearest valid key (difflib)."""
+    allowed = list(allowed)
+    for key in mapping:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(allowed)}"
+            raise DataError(file, where, f"unknown key {key!r}{hint}")
+
+
+def check_type(value: Any, expected: type | tuple[type, ...], file: str | os.PathLike[str], where: str) -> Any:
+    """Return ``value`` if it has the expected type (bool is not an int here), else raise :class:`DataError`."""
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        names = " or ".join(t.__name__ for t in types)
+        raise DataError(file, where, f"expected {names}, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ JSON schema
+def load_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a COCO instances file; fatal on unreadable, malformed or wrongly-shaped JSON."""
+    try:
+        text = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(path, "file", f"cannot read annotation file: {e.strerror or e}") from e
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f"line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else "bytes"
+        raise DataError(path, where, f"malformed JSON: {e}") from e
+    check_type(data, dict, path, "top level")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise DataError(path, "top level", f"missing key {key!r}")
+        check_type(data[key], list, path, key)
+    return data
+
+
+def _check_records(records: list[Any], spec: Mapping[str, Any], file: Path, section: str) -> None:
+    """Every record is a dict with the required keys of the right types; ids are unique."""
+    seen: dict[int, int] = {}
+    for i, rec in enumerate(records):
+        where = f"{section}[{i}]"
+        check_type(rec, dict, file, where)
+        if "id" in rec:
+            where = f"{section}[{i}] (id={rec['id']!r})"
+        for key, typ in spec.items():
+            if key not in rec:
+                raise DataError(file, where, f"missing key {key!r}")
+            check_type(rec[key], typ, file, f"{where}.{key}")
+        if rec["id"] in seen:
+            raise DataError(file, where, f"duplicate id {rec['id']} (first at {section}[{seen[rec['id']]}])")
+        seen[rec["id"]] = i
+    if section == "annotations":
+        for i, rec in enumerate(records):
+            _check_bbox_shape(rec, file, f"annotations[{i}] (id={rec['id']})")
+            if "iscrowd" in rec:
+                check_type(rec["iscrowd"], int, file, f"annotations[{i}] (id={rec['id']}).iscrowd")
+    if section == "images":
+        for i, rec in enumerate(records):
+            if rec["width"] <= 0 or rec["height"] <= 0:
+                raise DataError(file, f"images[{i}] (id={rec['id']})", "width and height must be positive")
+
+
+def _check_bbox_shape(rec: dict[str, Any], file: Path, where: str) -> None:
+    bbox = rec["bbox"]
+    if len(bbox) != 4:
+        raise DataError(file, f"{where}.bbox", f"expected 4 numbers [x, y, w, h], got {len(bbox)}")
+    for v in bbox:
+        check_type(v, (int, float), file, f"{where}.bbox")
+
+
+def safe_image_path(image_dir: Path, file_name: str, ann_file: Path, record: str) -> Path:
+    """Join ``file_name`` to ``image_dir``; fatal if it is empty, absolute or climbs out with ``..``."""
+    posix, windows = PurePosixPath(file_name), PureWindowsPath(file_name)
+    if not file_name or posix.is_absolute() or windows.is_absolute() or windows.drive or windows.root:
+        raise DataError(ann_file, record, f"file_name {file_name!r} is absolute or empty; it must be relative")
+    if ".." in posix.parts or ".." in windows.parts:
+        raise DataError(ann_file, record, f"file_name {file_name!r} escapes the image directory with '..'")
+    return image_dir / posix
+
+
+# ------------------------------------------------------------------------------------------------ image probe
+def _open_rgb(path: Path, exif_transpose: bool, draft_size: int | None = None) -> np.ndarray:
+    """Open, decode fully and convert to ``uint8 [H, W, 3]`` RGB. Raises :class:`SampleReadError`."""
+    try:
+        if path.stat().st_size == 0:
+            raise SampleReadError(f"empty file {path}")
+        with Image.open(path) as im:
+            if draft_size and im.format == "JPEG":
+                # DCT-domain downscale: decodes big JPEGs 2-8x faster when the letterbox shrinks them anyway.
+                im.draft("RGB", (draft_size, draft_size))
+            im.load()  # full decode: truncated/corrupt data fails here, not later in a worker
+            if exif_transpose:
+                im = ImageOps.exif_transpose(im)
+            return np.asarray(to_rgb(im))  # converted inside ``with``: the file handle closes afterwards
+    except SampleReadError:
+        raise
+    except FileNotFoundError as e:
+        raise SampleReadError(f"image file missing: {path}") from e
+    except PermissionError as e:
+        raise SampleReadError(f"image file unreadable (permission denied): {path}") from e
+    except UnidentifiedImageError as e:
+        raise SampleReadError(f"not an image: {path}") from e
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise SampleReadError(f"corrupt or truncated image {path}: {e}") from e
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB: 16/32-bit gray is scaled (not clipped), alpha is dropped."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im).astype(np.float32)
+        # 16-bit data spans 0..65535; PIL's own convert would clip everything above 255 to white.
+        arr = np.clip(arr / 257.0, 0, 255).astype(np.uint8)
+        im = Image.fromarray(arr, mode="L")
+    elif im.mode == "F":
+        im = Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), mode="L")
+    elif im.mode in ("P", "PA", "LA") or (im.mode == "RGBA"):
+        im = im.convert("RGBA")
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def load_image(entry: ImageEntry, draft_size: int | None = None) -> np.ndarray:
+    """Read a verified image as ``uint8 [H, W, 3]`` RGB in its annotation frame (maybe JPEG-draft reduced).
+
+    Raises :class:`SampleReadError` if the file broke after the check or its frame no longer matches.
+    """
+    arr = _open_rgb(entry.path, entry.exif_transpose, draft_size)
+    h, w = arr.shape[:2]
+    # A draft-reduced image keeps the aspect ratio; anything else means the file changed under us.
+    if abs(h * entry.width - w * entry.height) > max(h, w, entry.height, entry.width):
+        raise SampleReadError(f"image {entry.path} is {w}x{h}, annotations say {entry.width}x{entry.height}")
+    return arr
+
+
+def probe_image(path: Path) -> dict[str, Any]:
+    """Decode an image once; return ``{"raw": [w, h], "orientation": int}`` or ``{"error": reason}``."""
+    try:
+        with Image.open(path) as im:
+            orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
+            raw = list(im.size)
+        _open_rgb(path, exif_transpose=False, draft_size=256)
+    except SampleReadError as e:
+        return {"error": str(e)}
+    except FileNotFoundError:
+        return {"error": f"image file missing: {path}"}
+    except PermissionError:
+        return {"error": f"image file unreadable (permission denied): {path}"}
+    except UnidentifiedImageError:
+        return {"error": f"not an image: {path}"}
+    except (OSError, ValueError, SyntaxError) as e:
+        return {"error": f"corrupt or truncated image {path}: {e}"}
+    return {"raw": raw, "orientation": orientation if 1 <= orientation <= 8 else 1}
+
+
+def _error_kind(reason: str) -> str:
+    for kind in ("missing", "empty", "permission", "not an image"):
+        if kind in reason:
+            return f"image {kind}"
+    return "image corrupt"
+
+
+# ------------------------------------------------------------------------------------------------ probe cache
+def cache_root() -> Path:
+    """Root of cspwrc's caches: ``$CSPWRC_CACHE`` or ``~/.cache/cspwrc``."""
+    env = os.environ.get("CSPWRC_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "cspwrc"
+
+
+def _stat_key(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _cache_file(image_dir: Path) -> Path:
+    digest = hashlib.sha256(f"v{CHECK_VERSION}:{image_dir.resolve()}".encode()).hexdigest()[:24]
+    return cache_root() / "checks" / f"{digest}.json"
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # a missing or damaged cache only costs a re-probe
+
+
+def _write_cache(path: Path, data: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError as e:  # read-only home etc.: verification still worked, only the cache is lost
+        log.debug("cannot write check cache %s: %s", path, e)
+
+
+def probe_images(paths: dict[str, Path], image_dir: Path, progress: bool = True, use_cache: bool = True) -> dict[str, Any]:
+    """Probe every image (threaded, tqdm bar), reusing cached results whose file stat is unchanged.
+
+    The cache is one JSON per image directory; each entry is keyed by ``file_name`` and stores the file's
+    ``(size, mtime_ns, inode)``: hashing the bytes would cost as much as decoding them, which is what the
+    cache saves; any rewrite of a file changes its stat. (The JSON side is re-checked every time: cheap.)
+    """
+    cache_path = _cache_file(image_dir)
+    cache = _read_cache(cache_path) if use_cache else {}
+    stats = {name: _stat_key(p) for name, p in paths.items()}
+    results = {n: cache[n]["result"] for n in paths if stats[n] and n in cache and cache[n].get("stat") == stats[n]}
+    todo = [n for n in paths if n not in results]
+    if todo:
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            found = pool.map(lambda n: probe_image(paths[n]), todo)
+            bar = tqdm(found, total=len(todo), desc=f"checking {image_dir.name}", disable=not progress, leave=False)
+            results.update(zip(todo, bar))
+    if use_cache and todo:
+        cache.update({n: {"stat": stats[n], "result": results[n]} for n in todo if stats[n]})
+        _write_cache(cache_path, cache)
+    return results
+
+
+# ------------------------------------------------------------------------------------------------ the checks
+def _frame(probe: dict[str, Any], json_wh: tuple[int, int]) -> tuple[bool, str | None]:
+    """Pick the annotation frame (see module doc): returns ``(exif_transpose, error)``."""
+    raw_w, raw_h = probe["raw"]
+    swaps = probe["orientation"] in _SWAPS_AXES
+    corrected = (raw_h, raw_w) if swaps else (raw_w, raw_h)
+    if json_wh == corrected:
+        return True, None
+    if json_wh == (raw_w, raw_h):
+        return False, None
+    return False, f"JSON size {json_wh[0]}x{json_wh[1]} differs from the file's {corrected[0]}x{corrected[1]}"
+
+
+def _verify_images(data: dict[str, Any], ann_file: Path, image_dir: Path, report: CheckReport, progress: bool,
+                   use_cache: bool) -> None:
+    paths = {}
+    for i, rec in enumerate(data["images"]):
+        paths[rec["file_name"]] = safe_image_path(image_dir, rec["file_name"], ann_file, f"images[{i}] (id={rec['id']})")
+    probes = probe_images(paths, image_dir, progress, use_cache)
+    for rec in data["images"]:
+        name, record = rec["file_name"], f"image id={rec['id']}"
+        probe = probes[name]
+        if "error" in probe:
+            report.skip(name, record, probe["error"], _error_kind(probe["error"]))
+            continue
+        exif, err = _frame(probe, (rec["width"], rec["height"]))
+        if err:
+            report.skip(name, record, err, "image size differs from JSON")
+            continue
+        report.images[rec["id"]] = ImageEntry(rec["id"], name, paths[name], rec["height"], rec["width"], exif)
+
+
+def _clean_box(ann: dict[str, Any], image: ImageEntry, report: CheckReport, ann_file: str) -> list[float] | None:
+    """Return the clipped ``[x, y, w, h]`` or ``None`` (skipped and counted)."""
+    x, y, w, h = (float(v) for v in ann["bbox"])
+    record = f"annotation id={ann['id']} (image id={ann['image_id']})"
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        report.skip(ann_file, record, f"non-finite bbox {ann['bbox']}", "bbox non-finite")
+        return None
+    if w <= 0 or h <= 0:
+        report.skip(ann_file, record, f"bbox of zero or negative size {ann['bbox']}", "bbox degenerate")
+        return None
+    x0, y0 = min(max(x, 0.0), image.width), min(max(y, 0.0), image.height)
+    x1, y1 = min(max(x + w, 0.0), image.width), min(max(y + h, 0.0), image.height)
+    if x1 - x0 <= 0 or y1 - y0 <= 0:
+        report.skip(ann_file, record, f"bbox {ann['bbox']} wholly outside the {image.width}x{image.height} image",
+                    "bbox outside image")
+        return None
+    if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+        report.counts["bbox clipped"] += 1
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+def _verify_annotations(data: dict[str, Any], ann_file: Path, report: CheckReport) -> None:
+    known_images = {rec["id"] for rec in data["images"]}
+    known_cats = {c["id"] for c in data["categories"]}
+    per_image: dict[int, list[tuple[list[float], int]]] = {i: [] for i in report.images}
+    for ann in data["annotations"]:
+        record = f"annotation id={ann['id']}"
+        if ann["image_id"] not in known_images:
+            report.skip(str(ann_file), record, f"unknown image id {ann['image_id']}", "annotation unknown image")
+            continue
+        if ann["category_id"] not in known_cats:
+            report.skip(str(ann_file), record, f"unknown category id {ann['category_id']}",
+                        "annotation unknown category")
+            continue
+        image = report.images.get(ann["image_id"])
+        if image is None:
+            report.counts["annotations of skipped images"] += 1
+            continue
+        box = _clean_box(ann, image, report, str(ann_file))
+        if box is None:
+            continue
+        crowd = int(ann.get("iscrowd", 0))
+        report.gt_annotations.append({**ann, "bbox": box, "iscrowd": crowd, "area": float(ann.get("area", box[2] * box[3]))})
+        if crowd:
+            report.counts["crowd boxes (eval only)"] += 1  # ignored in training, COCOeval handles them
+        else:
+            per_image[image.id].append((box, ann["category_id"]))
+    for image_id, items in per_image.items():
+        xywh = np.asarray([b for b, _ in items], dtype=np.float32).reshape(-1, 4)
+        report.boxes[image_id] = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        report.box_categories[image_id] = np.asarray([c for _, c in items], dtype=np.int64)
+
+
+def verify_coco(ann_file: str | os.PathLike[str], image_dir: str | os.PathLike[str], *, progress: bool = True,
+                use_cache: bool = True) -> CheckReport:
+    """Check a COCO instances file and its images up front; fatal problems raise :class:`DataError`.
+
+    Returns a :class:`CheckReport` with the usable images, cleaned boxes and the per-sample problems.
+    """
+    ann_file, image_dir = Path(ann_file), Path(image_dir)
+    data = load_json(ann_file)
+    _check_records(data["images"], _IMAGE_FIELDS, ann_file, "images")
+    _check_records(data["annotations"], _ANN_FIELDS, ann_file, "annotations")
+    _check_records(data["categories"], _CAT_FIELDS, ann_file, "categories")
+    if not image_dir.is_dir():
+        raise DataError(image_dir, "images", "image directory not found")
+    categories = sorted(data["categories"], key=lambda c: c["id"])
+    report = CheckReport(ann_file, image_dir, {}, categories, {}, {}, [])
+    _verify_images(data, ann_file, image_dir, report, progress, use_cache)
+    _verify_annotations(data, ann_file, report)
+    if not report.images:
+        raise DataError(ann_file, "images", f"no usable images ({len(report.skipped)} skipped: "
+                        f"{report.skipped[0] if report.skipped else 'the file lists none'})")
+    if report.skipped:
+        log.warning("%s", report.summary())
+        for problem in report.skipped[:10]:
+            log.warning("skipped %s", problem)
+    return report

@@ -1,0 +1,215 @@
+"""COCO-format detection dataset: subsets, contiguous labels <-> COCO category ids, letterboxed items.
+
+Items follow ``docs/design.md``: ``(image uint8 [3, img, img], target)`` with ``boxes float32 [N, 4]`` xyxy
+letterboxed pixels, ``labels int64 [N]``, ``image_id``, ``orig_size (h, w)``, ``scale``, ``pad (left, top)``
+and one extra key, ``skipped``: the list of read failures substituted while producing this item (normally
+empty; see :meth:`CocoDetection.__getitem__` and ``docs/data.md``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+from cspwrc.data.checks import CheckReport, DataError, ImageEntry, SampleReadError, load_image, verify_coco
+from cspwrc.data.transforms import apply_train_transform, build_train_transform, check_augment, letterbox, letterbox_boxes
+
+log = logging.getLogger("cspwrc.data")
+
+MAX_SUBSTITUTES = 10  # consecutive unreadable files tolerated for one item before giving up loudly
+Target = dict[str, Any]
+
+
+def select_categories(categories: list[dict[str, Any]], wanted: Sequence[str | int] | None, file: str
+                      ) -> list[dict[str, Any]]:
+    """Categories (sorted by COCO id) chosen by name or id; ``None`` keeps all. Unknown ones are fatal."""
+    if wanted is None:
+        return list(categories)
+    by_name = {c["name"]: c for c in categories}
+    by_id = {c["id"]: c for c in categories}
+    chosen = {}
+    for w in wanted:
+        cat = by_id.get(w) if isinstance(w, int) else by_name.get(w)
+        if cat is None:
+            raise DataError(file, "categories", f"unknown category {w!r}; known: {sorted(by_name)[:20]}")
+        chosen[cat["id"]] = cat
+    return [chosen[i] for i in sorted(chosen)]
+
+
+def select_images(report: CheckReport, category_ids: set[int], num_images: int | None, image_ids: Sequence[int] | None,
+                  seed: int) -> list[int]:
+    """Image ids of the subset, sorted.
+
+    Order: ``image_ids`` filter, then drop images whose every annotation is of an unselected category
+    (images that never had annotations stay as background), then a seeded random sample of ``num_images``.
+    """
+    ids = sorted(report.images)
+    if image_ids is not None:
+        unknown = sorted(set(image_ids) - set(report.images))
+        if unknown:
+            log.warning("%d requested image ids are not usable in %s: %s", len(unknown), report.ann_file, unknown[:10])
+        wanted = set(image_ids)
+        ids = [i for i in ids if i in wanted]
+    annotated = {a["image_id"] for a in report.gt_annotations}
+    relevant = {a["image_id"] for a in report.gt_annotations if a["category_id"] in category_ids}
+    ids = [i for i in ids if i not in annotated or i in relevant]
+    if num_images is not None and num_images < len(ids):
+        ids = sorted(random.Random(seed).sample(ids, num_images))
+    return ids
+
+
+class CocoDetection(Dataset):
+    """A COCO instances file + image directory as a detection dataset (see module doc for items).
+
+    Args:
+        ann_file, image_dir: the COCO JSON and the folder its ``file_name``s are relative to.
+        img: square output size (multiple of 32).
+        train: apply the train augmentation (mosaic/affine/colour/flip); otherwise letterbox only.
+        augment: knobs of :data:`cspwrc.data.transforms.AUGMENT_DEFAULTS`.
+        categories: names or COCO ids to keep (labels become ``0..len-1`` in COCO-id order); ``None`` = all.
+        num_images, image_ids, subset_seed: subset selection (see :func:`select_images`).
+        seed: augmentation seed; item ``i`` of epoch ``e`` is augmented with seed ``(seed, e, i)``, so runs
+            are reproducible whatever the number of workers.
+        report: a precomputed :func:`verify_coco` report (else it is computed here, cached).
+    """
+
+    def __init__(self, ann_file: str | os.PathLike[str], image_dir: str | os.PathLike[str], *, img: int = 640,
+                 train: bool = False, augment: dict[str, Any] | None = None,
+                 categories: Sequence[str | int] | None = None, num_images: int | None = None,
+                 image_ids: Sequence[int] | None = None, subset_seed: int = 0, seed: int = 0,
+                 report: CheckReport | None = None, progress: bool = True) -> None:
+        if img <= 0 or img % 32:
+            raise DataError(str(ann_file), "img", f"image size {img} must be a positive multiple of 32")
+        self.report = report or verify_coco(ann_file, image_dir, progress=progress)
+        cats = select_categories(self.report.categories, categories, str(ann_file))
+        self.class_names: list[str] = [c["name"] for c in cats]
+        self.label_to_category_id: list[int] = [c["id"] for c in cats]
+        self.category_id_to_label: dict[int, int] = {c: i for i, c in enumerate(self.label_to_category_id)}
+        self.ids: list[int] = select_images(self.report, set(self.label_to_category_id), num_images, image_ids,
+                                            subset_seed)
+        if not self.ids:
+            raise DataError(str(ann_file), "subset", "the subset selects no images")
+        self.img, self.train, self.seed, self.epoch = img, train, seed, 0
+        self.augment = check_augment(augment)
+        self.mosaic = self.augment["mosaic"] > 0
+        self._transforms: dict[bool, Any] = {}
+
+    # ------------------------------------------------------------------------------------------ id mapping
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_to_category_id)
+
+    def to_category_ids(self, labels: torch.Tensor | np.ndarray | Sequence[int]) -> list[int]:
+        """Contiguous labels -> original COCO category ids."""
+        return [self.label_to_category_id[int(label)] for label in labels]
+
+    def to_labels(self, category_ids: Sequence[int]) -> list[int]:
+        """Original COCO category ids -> contiguous labels (``KeyError`` for unselected categories)."""
+        return [self.category_id_to_label[int(c)] for c in category_ids]
+
+    def coco_gt(self) -> COCO:
+        """pycocotools ``COCO`` of this subset's ground truth (crowd kept, clipped boxes, unreadable images
+        and rejected boxes removed) -- what the evaluator's ``COCOeval`` should compare against."""
+        ids, cats = set(self.ids), set(self.label_to_category_id)
+        images = [{"id": e.id, "file_name": e.file_name, "width": e.width, "height": e.height}
+                  for e in (self.report.images[i] for i in self.ids)]
+        anns = [copy.deepcopy(a) for a in self.report.gt_annotations if a["image_id"] in ids and a["category_id"] in cats]
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": anns,
+                      "categories": [c for c in self.report.categories if c["id"] in cats]}
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+            gt.createIndex()
+        return gt
+
+    # ------------------------------------------------------------------------------------------ epoch state
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of ``epoch`` (call before building each epoch's iterator)."""
+        self.epoch = int(epoch)
+
+    def set_mosaic(self, enabled: bool) -> None:
+        """Switch mosaic on/off (close-mosaic epochs). Workers copy the dataset when an iterator starts, so
+        call it before ``iter(loader)`` and use non-persistent workers (or re-create the loader)."""
+        self.mosaic = bool(enabled) and self.augment["mosaic"] > 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # ------------------------------------------------------------------------------------------ items
+    def _entry(self, index: int) -> ImageEntry:
+        return self.report.images[self.ids[index]]
+
+    def load_letterboxed(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, tuple[float, float]]:
+        """Read item ``index`` letterboxed to ``img``: ``(image uint8 [img, img, 3], boxes float32 [N, 4],
+        labels int64 [N], scale, pad)``. Raises :class:`SampleReadError` if the file is unreadable."""
+        entry = self._entry(index)
+        image = load_image(entry, draft_size=self.img)
+        canvas, scale, pad = letterbox(image, self.img, (entry.height, entry.width))
+        cats = self.report.box_categories[entry.id]
+        keep = np.asarray([c in self.category_id_to_label for c in cats], dtype=bool)
+        boxes = letterbox_boxes(self.report.boxes[entry.id][keep], scale, pad)
+        labels = np.asarray([self.category_id_to_label[int(c)] for c in cats[keep]], dtype=np.int64)
+        return canvas, boxes, labels, scale, pad
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def _read_with_substitutes(self, index: int, rng: np.random.Generator, skipped: list[str]
+                               ) -> tuple[int, tuple[Any, ...]]:
+        """Read ``index``; on a read failure record it and try random other indices instead."""
+        for _ in range(MAX_SUBSTITUTES):
+            try:
+                return index, self.load_letterboxed(index)
+            except SampleReadError as e:
+                skipped.append(f"image id={self.ids[index]}: {e}")
+                log.warning("read failure, substituting another sample: %s", e)
+                index = int(rng.integers(len(self)))
+        raise SampleReadError(f"{MAX_SUBSTITUTES} consecutive unreadable images; last: {skipped[-1]}")
+
+    def _mosaic_partners(self, rng: np.random.Generator, skipped: list[str]) -> list[dict[str, Any]]:
+        """Three other letterboxed samples for ``A.Mosaic`` (fewer if reads fail: Mosaic reuses the primary)."""
+        partners = []
+        for index in rng.integers(len(self), size=3):
+            try:
+                image, boxes, labels, _, _ = self.load_letterboxed(int(index))
+            except SampleReadError as e:
+                skipped.append(f"image id={self.ids[int(index)]}: {e}")
+                continue
+            partners.append({"image": image, "bboxes": boxes, "labels": labels})
+        return partners
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
+        """``(image uint8 [3, img, img], target)``; see the module doc. In train mode ``scale``/``pad`` are
+        those of the primary image's letterbox (not meaningful after augmentation)."""
+        rng, skipped = self._rng(index), []
+        index, (image, boxes, labels, scale, pad) = self._read_with_substitutes(index, rng, skipped)
+        if self.train:
+            use_mosaic = self.mosaic
+            transform = self._transforms.get(use_mosaic)
+            if transform is None:
+                transform = self._transforms[use_mosaic] = build_train_transform(self.img, use_mosaic, **self.augment)
+            transform.set_random_seed(int(rng.integers(2**31)))
+            others = self._mosaic_partners(rng, skipped) if use_mosaic else None
+            image, boxes, labels = apply_train_transform(transform, image, boxes, labels, others, self.img,
+                                                         self.augment["min_box_size"])
+        entry = self._entry(index)
+        target: Target = {
+            "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)).reshape(-1, 4),
+            "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).reshape(-1),
+            "image_id": entry.id,
+            "orig_size": (entry.height, entry.width),
+            "scale": float(scale),
+            "pad": (float(pad[0]), float(pad[1])),
+            "skipped": skipped,
+        }
+        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), target
