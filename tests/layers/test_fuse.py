@@ -1,0 +1,130 @@
+"""Inference folding: BN into convs, WRC weights into convs; folded == unfolded in eval mode."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn as nn
+from timm.layers import ConvNormAct
+from timm.utils import reparameterize_model
+
+from cspwrc.layers import (
+    MIN_PUSHED_SCALE,
+    ConvAct,
+    CspStage,
+    ResidualBlock,
+    ScaledAdd,
+    Sppf,
+    WeightedResidual,
+    WrcBottleneck,
+    fuse_conv_norm,
+    fuse_model,
+    randomize_norm_and_wrc_,
+)
+
+WRC_OPTIONS = list(itertools.product(["scalar", "channel", "none"], ["none", "relu", "softmax"]))
+TOL = 1e-4
+
+
+def _max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (a(x) - b(x)).abs().max().item()
+
+
+def _fold(module: nn.Module) -> nn.Module:
+    """Fold a copy through timm's entry point (which fuses children, hence the wrapper)."""
+    return reparameterize_model(nn.Sequential(module))[0]
+
+
+def _no_unfolded_left(module: nn.Module) -> None:
+    assert not any(isinstance(m, (nn.BatchNorm2d, WeightedResidual, ConvNormAct)) for m in module.modules())
+
+
+def test_fuse_conv_norm_keeps_activation() -> None:
+    cna = randomize_norm_and_wrc_(ConvNormAct(4, 6, 3, act_layer="silu")).eval()
+    fused = fuse_conv_norm(cna)
+    assert isinstance(fused, ConvAct) and isinstance(fused.act, nn.SiLU) and fused.conv.bias is not None
+    assert _max_diff(cna, fused, torch.randn(2, 4, 7, 7)) < 1e-5
+
+
+def test_fuse_conv_norm_leaves_groupnorm() -> None:
+    cna = ConvNormAct(4, 32, 3, norm_layer="groupnorm", act_layer="relu")
+    assert fuse_conv_norm(cna) is cna
+
+
+@pytest.mark.parametrize("weights,normalize", WRC_OPTIONS)
+def test_csp_stage_fold(weights: str, normalize: str) -> None:
+    stage = randomize_norm_and_wrc_(CspStage(8, 16, depth=3, stride=2, wrc_weights=weights,
+                                             wrc_normalize=normalize), seed=3).eval()
+    fused = _fold(stage)
+    x = torch.randn(2, 8, 16, 16)
+    assert _max_diff(stage, fused, x) <= TOL
+    _no_unfolded_left(fused)
+    # the WRC weights left the branches: no block multiplies its branch output unless |a| was ~0
+    for block, folded in zip(stage.blocks, fused.blocks):
+        a, _ = block.wrc.channel_weights()
+        assert (folded.wrc.alpha is None) == bool((a.abs() >= MIN_PUSHED_SCALE).all())
+
+
+def test_fold_pushes_scale_through_zero_weight() -> None:
+    """relu normalisation can give a == 0 exactly: that block keeps an explicit branch scale, output still equal."""
+    stage = randomize_norm_and_wrc_(CspStage(8, 8, depth=3, wrc_normalize="relu")).eval()
+    with torch.no_grad():
+        stage.blocks[1].wrc.weight.copy_(torch.tensor([-1.0, 2.0]))
+        stage.blocks[2].wrc.weight.copy_(torch.tensor([0.7, 1.5]))
+    fused = _fold(stage)
+    assert fused.blocks[1].wrc.alpha is not None and fused.blocks[2].wrc.alpha is None
+    assert _max_diff(stage, fused, torch.randn(2, 8, 8, 8)) <= TOL
+
+
+def test_fresh_none_folds_to_plain_add() -> None:
+    stage = CspStage(8, 8, depth=2, wrc_weights="scalar", wrc_normalize="none").eval()
+    fused = _fold(stage)
+    assert all(isinstance(b.wrc, ScaledAdd) and b.wrc.alpha is None and b.wrc.beta is None for b in fused.blocks)
+
+
+@pytest.mark.parametrize("weights,normalize", WRC_OPTIONS)
+@pytest.mark.parametrize("in_chs,stride", [(8, 1), (4, 2)])
+def test_residual_block_fold(weights: str, normalize: str, in_chs: int, stride: int) -> None:
+    block = randomize_norm_and_wrc_(ResidualBlock(in_chs, 8, stride=stride, wrc_weights=weights,
+                                                  wrc_normalize=normalize), seed=4).eval()
+    x = torch.randn(2, in_chs, 8, 8)
+    expected = block(x)
+    block.fuse()
+    _no_unfolded_left(block)
+    assert block.wrc.alpha is None  # a went into conv2
+    if stride != 1:
+        assert block.wrc.beta is None  # b went into the projection conv
+    assert (block(x) - expected).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("weights", ["scalar", "channel"])
+def test_standalone_bottleneck_fold(weights: str) -> None:
+    block = randomize_norm_and_wrc_(WrcBottleneck(8, 8, wrc_weights=weights, wrc_normalize="softmax")).eval()
+    x = torch.randn(2, 8, 6, 6)
+    expected = block(x)
+    assert block.fuse() is block and block.fuse() is block  # idempotent
+    _no_unfolded_left(block)
+    assert (block(x) - expected).abs().max().item() <= TOL
+
+
+def test_sppf_fold_and_idempotent() -> None:
+    sppf = randomize_norm_and_wrc_(Sppf(8, 8)).eval()
+    fused = fuse_model(fuse_model(sppf))
+    _no_unfolded_left(fused)
+    assert _max_diff(sppf, fused, torch.randn(1, 8, 8, 8)) <= TOL
+
+
+def test_fuse_model_folds_plain_timm_conv_norm_act() -> None:
+    """A neck/head built from timm ConvNormAct gets its BN folded too."""
+    model = randomize_norm_and_wrc_(nn.Sequential(ConvNormAct(3, 8, 3), CspStage(8, 8, depth=1))).eval()
+    fused = fuse_model(model)
+    _no_unfolded_left(fused)
+    assert _max_diff(model, fused, torch.randn(1, 3, 8, 8)) <= TOL
+
+
+def test_folded_stage_scripts() -> None:
+    stage = randomize_norm_and_wrc_(CspStage(8, 8, depth=2, wrc_weights="channel")).eval()
+    fused = _fold(stage)
+    x = torch.randn(1, 8, 8, 8)
+    torch.testing.assert_close(torch.jit.script(fused)(x), fused(x))
