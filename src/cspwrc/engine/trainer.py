@@ -1,0 +1,464 @@
+"""Detection training loop: timm optimizer/scheduler/EMA, checkpoints, evaluation, DDP, failure policy.
+
+Reproducibility: every epoch starts from seeds derived from ``(train.seed, epoch)`` (torch/python/numpy
+here, the sampler and augmentation streams in :func:`cspwrc.data.prepare_epoch`), so an epoch's result
+depends only on the state at its start. ``--resume`` restores that state from ``last.state.pt`` and so
+continues exactly as the uninterrupted run would have (bit for bit on CPU).
+
+Failure policy for a run: a non-finite loss (or gradient norm) stops the run with a clear message
+(``train.nan_policy: stop``) or skips the step and counts it (``skip``); in both cases nothing is
+written for the bad step, so ``last``/``best`` stay at the last good epoch. A checkpoint that cannot be
+written (full disk, read-only folder) stops the run loudly, keeping the previous files.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from cspwrc.engine import distributed as dist
+from cspwrc.engine.checkpoint import CheckpointError, init_from_weights, read_state, save_checkpoint
+from cspwrc.engine.config import ConfigError, RunConfig, check_kwargs, from_dict, to_dict
+from cspwrc.engine.evaluate import EvalResult, evaluate
+from cspwrc.engine.report import LOSS_KEYS, plot_curves, write_json, write_results_csv
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped on purpose (non-finite loss, unwritable checkpoint); the message says why and what was kept."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, 0x7E]).generate_state(1)[0])
+
+
+# ------------------------------------------------------------------------------------------ optimizer
+
+
+def _no_decay_names(model: nn.Module) -> set[str]:
+    """Parameters that get no weight decay: 1-d (norms, biases), WRC weights, and no_weight_decay() lists.
+
+    WRC weights are ``[2, C]`` for per-channel WRC, so the 1-d rule alone would miss them; they are found by
+    module type and by any submodule's ``no_weight_decay()`` (timm convention, names relative to it).
+    """
+    from cspwrc.layers.wrc import WeightedResidual
+
+    names: set[str] = set()
+    for mod_name, module in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        if isinstance(module, WeightedResidual):
+            names.update(prefix + n for n, _ in module.named_parameters())
+        listed = getattr(module, "no_weight_decay", None)
+        if callable(listed):
+            for n in listed():
+                names.update(p for p, _ in module.named_parameters(prefix=mod_name) if p == prefix + n
+                             or p.startswith(prefix + n + "."))
+    names.update(n for n, p in model.named_parameters() if p.ndim <= 1)
+    return names
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Three groups: decayed weights, undecayed weights (norms, WRC), biases (own group for bias warmup)."""
+    no_decay = _no_decay_names(model)
+    groups: dict[str, list[nn.Parameter]] = {"decay": [], "no_decay": [], "bias": []}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.endswith(".bias"):
+            groups["bias"].append(param)
+        elif name in no_decay:
+            groups["no_decay"].append(param)
+        else:
+            groups["decay"].append(param)
+    wd = {"decay": weight_decay, "no_decay": 0.0, "bias": 0.0}
+    return [{"params": ps, "weight_decay": wd[k], "group": k} for k, ps in groups.items() if ps]
+
+
+def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    from timm.optim import create_optimizer_v2
+
+    o = cfg.optim
+    extra: dict[str, Any] = {"momentum": o.momentum, "nesterov": True} if o.opt == "sgd" else {
+        "betas": (o.momentum, o.betas2)}
+    # Groups carry their own weight_decay; timm's own filtering is bypassed because groups are given.
+    return create_optimizer_v2(param_groups(model, o.weight_decay), opt=o.opt, lr=o.lr,
+                               weight_decay=o.weight_decay, **extra)
+
+
+class WarmupScheduler:
+    """timm scheduler stepped per optimizer update, plus YOLO's bias lr warmup on top.
+
+    timm warms every group from ``warmup_lr`` up to its lr; YOLO instead starts the biases high
+    (``warmup_bias_lr``) and brings them *down* to the scheduled lr over the same warmup steps, which
+    timm has no option for, so it is applied here after timm sets the lrs.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int) -> None:
+        from timm.scheduler import create_scheduler_v2
+
+        s = cfg.schedule
+        linear = s.sched == "linear"
+        self.optimizer = optimizer
+        self.warmup_steps = max(1, round(s.warmup_epochs * steps_per_epoch)) if s.warmup_epochs > 0 else 0
+        self.bias_lr = s.warmup_bias_lr
+        # timm has no 'linear' decay; 'poly' with power (decay_rate) 1 is exactly linear.
+        self.timm, _ = create_scheduler_v2(
+            optimizer, sched="poly" if linear else "cosine", num_epochs=cfg.train.epochs,
+            decay_rate=1.0 if linear else 0.1, min_lr=cfg.optim.lr * s.min_lr_ratio,
+            warmup_lr=s.warmup_lr, warmup_epochs=self.warmup_steps / steps_per_epoch,
+            step_on_epochs=False, updates_per_epoch=steps_per_epoch)
+
+    def step(self, global_step: int) -> None:
+        self.timm.step_update(global_step)
+        if global_step < self.warmup_steps:
+            frac = global_step / self.warmup_steps
+            for group in self.optimizer.param_groups:
+                if group.get("group") == "bias":
+                    group["lr"] = self.bias_lr + (group["initial_lr"] - self.bias_lr) * frac
+
+    def lr(self) -> float:
+        groups = [g for g in self.optimizer.param_groups if g.get("group") == "decay"] or self.optimizer.param_groups
+        return float(groups[0]["lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.timm.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.timm.load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------------------ run state
+
+
+@dataclass
+class RunState:
+    epoch: int = 0  # epochs completed
+    global_step: int = 0
+    best_map: float = -1.0
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+    nan_skipped: int = 0
+    read_skipped: int = 0
+    train_time_s: float = 0.0
+    eval_time_s: float = 0.0
+
+
+def _resolve_resume(path: str | Path) -> Path:
+    path = Path(path)
+    return path / "last.state.pt" if path.is_dir() else path
+
+
+def load_resume(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[RunConfig, dict[str, Any]]:
+    """The saved run config (with ``overrides`` applied, e.g. more epochs) and the training state."""
+    from cspwrc.engine.config import merge, validate
+
+    file = _resolve_resume(path)
+    state = read_state(file)
+    if "config" not in state or "model" not in state:
+        raise CheckpointError(f"{file}: not a cspwrc training state (no 'config'/'model'); pass last.state.pt")
+    data = state["config"]
+    data["train"]["out"] = str(file.parent)  # continue in the folder the state lives in
+    cfg = from_dict(merge(data, overrides or {}), f"{file} + command line")
+    validate(cfg)
+    return cfg, state
+
+
+class Trainer:
+    """One training run. ``Trainer(cfg).fit()`` or ``Trainer(cfg, resume_state=state).fit()``."""
+
+    def __init__(self, cfg: RunConfig, resume_state: dict[str, Any] | None = None, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.device = dist.resolve_device(cfg.train.device)
+        dist.init_distributed(self.device)
+        self.progress = progress and dist.is_main()
+        self.out = Path(cfg.train.out)
+        if dist.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+        seed_everything(cfg.train.seed)
+        self._build_data()
+        self._build_model()
+        self.state = RunState()
+        if resume_state is not None:
+            self._restore(resume_state)
+
+    # -------------------------------------------------------------------------------------- setup
+    def _build_data(self) -> None:
+        from cspwrc.data import build_datasets, build_loader, ensure_shapes_dataset
+
+        cfg = self.cfg
+        data_path = cfg.data.path or str(ensure_shapes_dataset())
+        self.data_path = data_path
+        self.train_set, self.val_set = build_datasets(data_path, img=cfg.train.img, augment=cfg.augment,
+                                                      seed=cfg.train.seed, progress=self.progress)
+        common = dict(workers=cfg.data.workers, seed=cfg.train.seed, distributed=dist.is_dist(),
+                      rank=dist.rank(), world_size=dist.world_size())
+        self.train_loader = build_loader(self.train_set, cfg.train.batch, train=True, **common)
+        self.val_loader = build_loader(self.val_set, cfg.train.batch, train=False, **common)
+        self.coco_gt = self.val_set.coco_gt() if dist.is_main() else None
+        n = len(self.train_loader)
+        if n == 0:
+            raise ConfigError(f"{data_path}: {len(self.train_set)} training images give no full batch of "
+                              f"{cfg.train.batch} per process; lower --batch")
+        self.steps_per_epoch = min(n, cfg.train.max_steps_per_epoch) if cfg.train.max_steps_per_epoch > 0 else n
+
+    def _build_model(self) -> None:
+        from cspwrc.det import DetectorConfig, build_detector
+
+        cfg = self.cfg
+        # build_detector takes **opts; its DetectorConfig dataclass is the schema to check them against.
+        check_kwargs(DetectorConfig, cfg.model.options, "model.options", skip=("backbone", "num_classes"))
+        model = build_detector(backbone=cfg.model.name, num_classes=self.train_set.num_classes, **cfg.model.options)
+        if cfg.train.weights:
+            msg = init_from_weights(model, cfg.train.weights)
+            self._log(msg)
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = WarmupScheduler(self.optimizer, cfg, self.steps_per_epoch)
+        self.ema = self._build_ema() if cfg.ema.enabled else None
+        self.use_amp = cfg.train.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.ddp_model: nn.Module = self.model
+        if dist.is_dist():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    def _build_ema(self) -> nn.Module:
+        from timm.utils import ModelEmaV3
+
+        e = self.cfg.ema
+        return ModelEmaV3(self.model, decay=e.decay, use_warmup=e.warmup, warmup_power=e.warmup_power)
+
+    def meta(self) -> dict[str, Any]:
+        """The ``cspwrc`` safetensors metadata: enough to rebuild the detector from the file alone."""
+        return {"model": self.cfg.model.name, "num_classes": self.train_set.num_classes,
+                "class_names": list(self.train_set.class_names),
+                "category_ids": [int(c) for c in self.train_set.label_to_category_id],
+                "img": self.cfg.train.img, "options": self._detector_options(), "epoch": self.state.epoch}
+
+    def _detector_options(self) -> dict[str, Any]:
+        # The detector's full config (training-only options reset by the detector) rebuilds it exactly.
+        full = dict(getattr(self.model, "config", None) or self.cfg.model.options)
+        return {k: v for k, v in full.items() if k not in ("backbone", "num_classes")}
+
+    # -------------------------------------------------------------------------------------- checkpoints
+    def _training_state(self) -> dict[str, Any]:
+        s = self.state
+        return {"epoch": s.epoch, "global_step": s.global_step, "best_map": s.best_map, "best_epoch": s.best_epoch,
+                "history": s.history, "nan_skipped": s.nan_skipped, "read_skipped": s.read_skipped,
+                "train_time_s": s.train_time_s, "eval_time_s": s.eval_time_s,
+                "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "ema": self.ema.module.state_dict() if self.ema is not None else None,
+                "config": to_dict(self.cfg), "meta": self.meta()}
+
+    def _restore(self, st: dict[str, Any]) -> None:
+        self.model.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        if self.ema is not None and st.get("ema") is not None:
+            self.ema.module.load_state_dict(st["ema"])
+        fields = RunState.__dataclass_fields__
+        self.state = RunState(**{k: st[k] for k in fields if k in st})
+        self._log(f"resumed from {self.out} after epoch {self.state.epoch} (step {self.state.global_step})")
+
+    def _save(self, names: list[str]) -> None:
+        """Rank 0 writes; every rank learns whether it worked (so no rank waits forever on a dead one)."""
+        error = None
+        if dist.is_main():
+            weights = (self.ema.module if self.ema is not None else self.model).state_dict()
+            state, meta = self._training_state(), self.meta()
+            try:
+                for name in names:
+                    save_checkpoint(self.out, name, weights, meta, state)
+            except CheckpointError as err:
+                error = str(err)
+        error = dist.broadcast_object(error)
+        if error:
+            raise TrainingStopped(f"{error}\nstopping: a run that cannot save would lose its work")
+
+    # -------------------------------------------------------------------------------------- loop
+    def _log(self, msg: str) -> None:
+        if dist.is_main():
+            tqdm.write(msg)
+
+    def fit(self) -> dict[str, Any]:
+        cfg, start = self.cfg.train, time.perf_counter()
+        self._log(f"training {self.cfg.model.name} on {self.data_path}: {len(self.train_set)} train / "
+                  f"{len(self.val_set)} val images, {self.train_set.num_classes} classes, img {cfg.img}, "
+                  f"{cfg.epochs} epochs x {self.steps_per_epoch} steps, device {self.device}, "
+                  f"world size {dist.world_size()}, run dir {self.out}")
+        result: EvalResult | None = None
+        try:
+            while self.state.epoch < cfg.epochs:
+                result = self._run_epoch(self.state.epoch) or result
+            if result is None:  # resumed a finished run: score the saved weights again
+                result = self._evaluate(self.state.epoch - 1)
+            return self._finish(result, time.perf_counter() - start)
+        finally:
+            dist.cleanup()
+
+    def _run_epoch(self, epoch: int) -> EvalResult | None:
+        from cspwrc.data import prepare_epoch
+
+        cfg = self.cfg.train
+        seed_everything(epoch_seed(cfg.seed, epoch))
+        prepare_epoch(self.train_loader, epoch, mosaic=epoch < cfg.epochs - cfg.close_mosaic)
+        self.model.set_epoch(epoch)
+        t0 = time.perf_counter()
+        means = self._train_one_epoch(epoch)
+        self.state.train_time_s += time.perf_counter() - t0
+        result = None
+        if (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs:
+            result = self._evaluate(epoch)
+        self._end_epoch(epoch, means, result)
+        return result
+
+    def _batches(self, epoch: int) -> Iterator[tuple[int, Any, list[dict[str, Any]]]]:
+        bar = tqdm(self.train_loader, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
+                   disable=not self.progress, dynamic_ncols=True, leave=False)
+        for i, (images, targets) in enumerate(bar):
+            if i >= self.steps_per_epoch:
+                break
+            yield i, images, targets
+            bar.set_postfix_str(self._postfix)
+
+    def _train_one_epoch(self, epoch: int) -> dict[str, float]:
+        from cspwrc.data import count_skipped
+
+        self.ddp_model.train()
+        sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64)
+        done, self._postfix = 0, ""
+        for _, images, targets in self._batches(epoch):
+            self.state.read_skipped += count_skipped(targets)
+            self.scheduler.step(self.state.global_step)
+            losses = self._step(images, targets, epoch)
+            self.state.global_step += 1
+            if losses is None:
+                continue
+            vals = torch.tensor([float(losses.get(k, math.nan)) for k in LOSS_KEYS], dtype=torch.float64)
+            sums += vals
+            done += 1
+            self._postfix = " ".join(f"{k.removeprefix('loss_') if k != 'loss' else 'loss'}={v:.3f}"
+                                     for k, v in zip(LOSS_KEYS, vals.tolist())) + f" lr={self.scheduler.lr():.2e}"
+        means = dist.all_reduce_mean(sums / max(done, 1))
+        return dict(zip(LOSS_KEYS, means.tolist()))
+
+    def _to_device(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        images = images.to(self.device, non_blocking=True).float().div_(255.0)
+        targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
+        return images, targets
+
+    def _step(self, images: torch.Tensor, targets: list[dict[str, Any]], epoch: int) -> dict[str, float] | None:
+        """One optimizer step; None when a non-finite step was skipped (policy 'skip')."""
+        images, targets = self._to_device(images, targets)
+        with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+            losses = self.ddp_model(images, targets)
+        loss = losses["loss"]
+        if not self._finite_everywhere(loss.detach(), epoch, losses):
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.train.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            # Under AMP the scaler skips inf steps by design; in fp32 a non-finite norm is a real failure.
+            if not self.use_amp and not self._finite_everywhere(norm.detach(), epoch, {"grad_norm": norm}):
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.state.global_step)
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    def _finite_everywhere(self, value: torch.Tensor, epoch: int, losses: dict[str, Any]) -> bool:
+        """All ranks agree whether the step is finite (DDP must take or skip a step together)."""
+        bad = torch.tensor([0.0 if bool(torch.isfinite(value).all()) else 1.0])
+        bad = dist.all_reduce_mean(bad)
+        if float(bad) == 0.0:
+            return True
+        detail = ", ".join(f"{k}={float(v.detach()) if torch.is_tensor(v) else v}" for k, v in losses.items())
+        if self.cfg.train.nan_policy == "skip" and self.state.nan_skipped < self.cfg.train.max_nan_skips:
+            self.state.nan_skipped += 1
+            self._log(f"warning: non-finite value at epoch {epoch + 1} step {self.state.global_step} ({detail}); "
+                      f"step skipped ({self.state.nan_skipped} so far)")
+            return False
+        kept = self.out / "last.safetensors"
+        where = f"last good checkpoint kept: {kept} (epoch {self.state.epoch})" if kept.exists() else \
+            "no checkpoint had been written yet"
+        raise TrainingStopped(
+            f"non-finite loss at epoch {epoch + 1}, step {self.state.global_step}: {detail}. Stopping "
+            f"(train.nan_policy={self.cfg.train.nan_policy}, {self.state.nan_skipped} skipped); {where}. "
+            f"Try a lower optim.lr, train.grad_clip, or check the data.")
+
+    def _eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def _evaluate(self, epoch: int) -> EvalResult:
+        t0 = time.perf_counter()
+        result = evaluate(self._eval_model(), self.val_loader, self.coco_gt, self.train_set.label_to_category_id,
+                          self.device, amp=self.use_amp, progress=self.progress)
+        self.state.eval_time_s += time.perf_counter() - t0
+        self._log(f"epoch {epoch + 1}: mAP {result.map:.4f}  mAP50 {result.map50:.4f}")
+        return result
+
+    def _end_epoch(self, epoch: int, means: dict[str, float], result: EvalResult | None) -> None:
+        s = self.state
+        row = {"epoch": epoch + 1, **means, "lr": self.scheduler.lr(),
+               "map": result.map if result else math.nan, "map50": result.map50 if result else math.nan,
+               "time_s": s.train_time_s + s.eval_time_s}
+        s.history.append(row)
+        s.epoch = epoch + 1
+        names = ["last"]
+        if result is not None and result.map > s.best_map:
+            s.best_map, s.best_epoch = result.map, epoch + 1
+            names.append("best")
+        self._save(names)
+        if dist.is_main():
+            write_results_csv(self.out / "results.csv", s.history)
+            plot_curves(self.out / "curves.png", s.history)
+
+    def _finish(self, result: EvalResult, wall_s: float) -> dict[str, Any]:
+        s = self.state
+        metrics = {
+            "map": result.map, "map50": result.map50, "stats": dict(zip(_stat_keys(), result.stats)),
+            "per_class": [vars(r) for r in result.per_class],
+            "best_map": s.best_map, "best_epoch": s.best_epoch, "epochs": s.epoch,
+            "train_time_s": s.train_time_s, "eval_time_s": s.eval_time_s, "wall_time_s_this_process": wall_s,
+            "skips": {"nan_steps": s.nan_skipped, "read_failures": s.read_skipped,
+                      "data_checks": {"train": _report_counts(self.train_set), "val": _report_counts(self.val_set)}},
+            "run_dir": str(self.out), "data": self.data_path, "model": self.cfg.model.name,
+        }
+        if dist.is_main():
+            write_json(self.out / "metrics.json", metrics)
+            self._log(result.format())
+            self._log(f"final mAP@[.5:.95] {result.map:.4f}  mAP50 {result.map50:.4f}  (best {s.best_map:.4f} at "
+                      f"epoch {s.best_epoch}); skipped: {metrics['skips']}; run dir {self.out}")
+        return metrics
+
+
+def _stat_keys() -> list[str]:
+    from cspwrc.engine.evaluate import STAT_NAMES
+
+    return list(STAT_NAMES)
+
+
+def _report_counts(dataset: Any) -> dict[str, int]:
+    """Per-sample problems the data checks skipped before training (the data side's CheckReport.counts)."""
+    counts = getattr(getattr(dataset, "report", None), "counts", None)
+    return {str(k): int(v) for k, v in dict(counts or {}).items()}
