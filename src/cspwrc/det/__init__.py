@@ -1,1 +1,19 @@
-"""cspwrc.det"""
+"""cspwrc.det: anchor-free YOLO-style detector on any timm backbone, and torchvision detector adapters.
+
+Modules in data-flow order: :mod:`.neck` (PAN), :mod:`.head` (decoupled DFL head, anchor points, decoding),
+:mod:`.assigner` (ATSS, TAL), :mod:`.loss`, :mod:`.postprocess` (NMS, undo letterbox), :mod:`.detector`
+(:func:`build_detector`), :mod:`.adapters` (timm backbone + FPN for torchvision FCOS / RetinaNet / Faster R-CNN).
+"""
+
+from .assigner import Assignment, AtssAssigner, TaskAlignedAssigner
+from .detector import DetectorConfig, RawPredictions, YoloDetector, build_detector
+from .head import DecoupledHead, dfl_decode, make_anchor_points
+from .loss import DetectionLoss
+from .neck import YoloPan
+from .postprocess import postprocess, undo_letterbox
+
+__all__ = [
+    "Assignment", "AtssAssigner", "TaskAlignedAssigner", "DetectorConfig", "RawPredictions", "YoloDetector",
+    "build_detector", "DecoupledHead", "dfl_decode", "make_anchor_points", "DetectionLoss", "YoloPan",
+    "postprocess", "undo_letterbox",
+]

@@ -1,0 +1,188 @@
+"""Detection loss: assignment, then classification (BCE or varifocal), IoU (torchvision CIoU/GIoU) and DFL.
+
+Every term is a sum over points divided by the total classification target of the batch
+(``max(sum(target_scores), 1)``, the "number of positives" softened by their quality, as in YOLOv8 /
+PP-YOLOE). Box and DFL terms of a positive are weighted by its target score, so the points the assigner
+trusts most pull hardest. Images without boxes contribute background-only classification loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import complete_box_iou_loss, generalized_box_iou_loss
+
+from .assigner import Assignment, AtssAssigner, TaskAlignedAssigner
+
+__all__ = ["DetectionLoss", "varifocal_loss", "dfl_loss", "pad_targets"]
+
+
+def pad_targets(targets: Sequence[dict[str, Tensor]], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Stack per-image targets into padded tensors.
+
+    Returns:
+        ``labels [B, M]`` int64, ``boxes [B, M, 4]`` float32 and ``mask [B, M]`` bool with
+        ``M = max(1, max boxes per image)`` (at least one slot so that images without boxes need no special case).
+    """
+    m = max([1] + [len(t["labels"]) for t in targets])
+    b = len(targets)
+    labels = torch.zeros(b, m, dtype=torch.int64, device=device)
+    boxes = torch.zeros(b, m, 4, dtype=torch.float32, device=device)
+    mask = torch.zeros(b, m, dtype=torch.bool, device=device)
+    for i, t in enumerate(targets):
+        n = len(t["labels"])
+        labels[i, :n] = t["labels"].to(device)
+        boxes[i, :n] = t["boxes"].to(device=device, dtype=torch.float32)
+        mask[i, :n] = True
+    return labels, boxes, mask
+
+
+def varifocal_loss(logits: Tensor, target: Tensor, alpha: float = 0.75, gamma: float = 2.0) -> Tensor:
+    """Element-wise varifocal loss (Zhang et al. 2021, VarifocalNet).
+
+    Positives (``target > 0``) are weighted by their IoU-aware target ``q``; negatives are down-weighted by
+    ``alpha * p**gamma`` like a focal loss, so easy background stops dominating.
+    """
+    p = logits.sigmoid().detach()
+    weight = torch.where(target > 0, target, alpha * p.pow(gamma))
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
+
+
+def dfl_loss(box_logits: Tensor, target_dist: Tensor) -> Tensor:
+    """Distribution focal loss (Li et al. 2020, GFL): cross-entropy on the two bins around each target distance.
+
+    Args:
+        box_logits: ``[N, 4, reg_max]``.
+        target_dist: ``[N, 4]`` distances in stride units, within ``[0, reg_max - 1)``.
+
+    Returns:
+        ``[N]`` loss per point (mean over the four sides).
+    """
+    left = target_dist.long()
+    w_right = target_dist - left
+    logp = box_logits.log_softmax(-1)
+    lp_left = logp.gather(-1, left[..., None]).squeeze(-1)
+    lp_right = logp.gather(-1, (left + 1)[..., None]).squeeze(-1)
+    return -(lp_left * (1 - w_right) + lp_right * w_right).mean(-1)
+
+
+class DetectionLoss(nn.Module):
+    """Assign, then compute the weighted losses.
+
+    Args:
+        num_classes: classes ``C``.
+        reg_max: DFL bins per side.
+        cls_loss: ``"bce"`` or ``"varifocal"``.
+        iou_loss: ``"ciou"`` or ``"giou"`` (torchvision.ops).
+        cls_weight / box_weight / dfl_weight: loss weights (YOLOv8 defaults 0.5 / 7.5 / 1.5).
+        static_assigner_epochs: epochs ``< this`` use :class:`AtssAssigner`, later ones TAL.
+        tal_topk / tal_alpha / tal_beta: :class:`TaskAlignedAssigner` parameters; atss_topk for ATSS.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        reg_max: int = 16,
+        cls_loss: Literal["bce", "varifocal"] = "bce",
+        iou_loss: Literal["ciou", "giou"] = "ciou",
+        cls_weight: float = 0.5,
+        box_weight: float = 7.5,
+        dfl_weight: float = 1.5,
+        static_assigner_epochs: int = 0,
+        tal_topk: int = 10,
+        tal_alpha: float = 0.5,
+        tal_beta: float = 6.0,
+        atss_topk: int = 9,
+    ) -> None:
+        super().__init__()
+        if cls_loss not in ("bce", "varifocal"):
+            raise ValueError(f"cls_loss must be 'bce' or 'varifocal', got {cls_loss!r}")
+        if iou_loss not in ("ciou", "giou"):
+            raise ValueError(f"iou_loss must be 'ciou' or 'giou', got {iou_loss!r}")
+        self.num_classes = num_classes
+        self.reg_max = reg_max
+        self.cls_loss = cls_loss
+        self.iou_loss = iou_loss
+        self.cls_weight, self.box_weight, self.dfl_weight = cls_weight, box_weight, dfl_weight
+        self.static_assigner_epochs = static_assigner_epochs
+        self.epoch = 0
+        self.tal = TaskAlignedAssigner(num_classes, topk=tal_topk, alpha=tal_alpha, beta=tal_beta)
+        self.atss = AtssAssigner(num_classes, topk=atss_topk)
+
+    @property
+    def uses_static_assigner(self) -> bool:
+        return self.epoch < self.static_assigner_epochs
+
+    def assign(
+        self,
+        cls_logits: Tensor,
+        pred_boxes: Tensor,
+        points: Tensor,
+        stride_per_point: Tensor,
+        num_points_per_level: Sequence[int],
+        gt: tuple[Tensor, Tensor, Tensor],
+    ) -> Assignment:
+        """Run the assigner of the current epoch (see :attr:`uses_static_assigner`)."""
+        gt_labels, gt_boxes, gt_mask = gt
+        if self.uses_static_assigner:
+            return self.atss(points, stride_per_point, num_points_per_level, gt_labels, gt_boxes, gt_mask)
+        return self.tal(
+            cls_logits.detach().sigmoid(), pred_boxes.detach(), points, gt_labels, gt_boxes, gt_mask
+        )
+
+    def forward(
+        self,
+        cls_logits: Tensor,
+        box_logits: Tensor,
+        pred_boxes: Tensor,
+        points: Tensor,
+        stride_per_point: Tensor,
+        num_points_per_level: Sequence[int],
+        targets: Sequence[dict[str, Tensor]],
+    ) -> dict[str, Tensor]:
+        """Compute the losses.
+
+        Args:
+            cls_logits: ``[B, A, C]``; box_logits ``[B, A, 4, reg_max]``; pred_boxes ``[B, A, 4]`` (decoded, pixels).
+            points: ``[A, 2]``; stride_per_point ``[A, 1]``; num_points_per_level: points per level.
+            targets: per image ``boxes [N, 4]`` xyxy pixels and ``labels [N]``.
+
+        Returns:
+            Scalars ``loss_cls``, ``loss_box``, ``loss_dfl`` (each already multiplied by its weight) and
+            ``loss = loss_cls + loss_box + loss_dfl``, the one to back-propagate.
+        """
+        gt = pad_targets(targets, cls_logits.device)
+        a = self.assign(cls_logits, pred_boxes, points, stride_per_point, num_points_per_level, gt)
+        target_scores = a.scores.to(cls_logits.dtype)
+        norm = target_scores.sum().clamp(min=1.0)
+
+        if self.cls_loss == "varifocal":
+            loss_cls = varifocal_loss(cls_logits, target_scores).sum() / norm
+        else:
+            loss_cls = F.binary_cross_entropy_with_logits(cls_logits, target_scores, reduction="sum") / norm
+
+        fg = a.fg_mask
+        weight = target_scores.sum(-1)[fg]  # [P]
+        pos_pred, pos_target = pred_boxes[fg], a.boxes[fg]
+        iou_fn = complete_box_iou_loss if self.iou_loss == "ciou" else generalized_box_iou_loss
+        loss_box = (iou_fn(pos_pred, pos_target, reduction="none") * weight).sum() / norm
+
+        # DFL targets: distances from each positive point to its box sides, in stride units, kept strictly
+        # below the last bin so both neighbouring bins exist.
+        pts = points.expand(fg.shape[0], -1, -1)[fg]
+        strides = stride_per_point.expand(fg.shape[0], -1, -1)[fg]
+        dist = torch.cat((pts - pos_target[:, :2], pos_target[:, 2:] - pts), -1) / strides
+        dist = dist.clamp(0, self.reg_max - 1 - 0.01)
+        loss_dfl = (dfl_loss(box_logits[fg], dist) * weight).sum() / norm
+
+        losses = {
+            "loss_cls": self.cls_weight * loss_cls,
+            "loss_box": self.box_weight * loss_box,
+            "loss_dfl": self.dfl_weight * loss_dfl,
+        }
+        losses["loss"] = losses["loss_cls"] + losses["loss_box"] + losses["loss_dfl"]
+        return losses

@@ -1,0 +1,190 @@
+"""YoloDetector: shapes, the torchvision-style API, configuration, freezing, fusion and tracing."""
+
+import json
+
+import pytest
+import timm
+import torch
+from timm.layers import FrozenBatchNormAct2d, SyncBatchNormAct
+
+from cspwrc.det import RawPredictions, build_detector
+from cspwrc.det.detector import select_feature_levels
+from cspwrc.det.head import DecoupledHead, dfl_decode, make_anchor_points
+
+# test_byobnet: timm's 0.2M-parameter test model, features at strides 2..32 (channels 24..256).
+TINY = dict(backbone="test_byobnet", num_classes=3, neck_channels=[32, 48, 64])
+
+
+def _targets():
+    return [
+        {"boxes": torch.tensor([[8.0, 8.0, 40.0, 30.0], [30.0, 20.0, 60.0, 60.0]]), "labels": torch.tensor([0, 2])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},  # an image without boxes
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_detector(**TINY)
+
+
+def test_output_shapes_per_level(tiny):
+    x = torch.rand(2, 3, 64, 96)
+    outs = tiny.forward_features(x)
+    reg_max = tiny.cfg.reg_max
+    assert [tuple(o.shape) for o in outs] == [(2, 4 * reg_max + 3, 64 // s, 96 // s) for s in (8, 16, 32)]
+    tiny.eval()
+    raw = tiny.forward_raw(x)
+    assert raw.shape == (2, 8 * 12 + 4 * 6 + 2 * 3, 4 + 3)
+    assert ((raw[..., 4:] >= 0) & (raw[..., 4:] <= 1)).all()
+    assert (raw[..., 2:4] >= raw[..., :2]).all()
+
+
+def test_anchor_points_and_dfl_decode():
+    points, strides = make_anchor_points([(2, 3), (1, 1)], [8, 16], device=torch.device("cpu"), dtype=torch.float32)
+    assert points.tolist() == [[4, 4], [12, 4], [20, 4], [4, 12], [12, 12], [20, 12], [8, 8]]
+    assert strides.flatten().tolist() == [8] * 6 + [16]
+    # A one-hot distribution on bin 2 for every side = distance 2 strides.
+    logits = torch.full((1, 7, 4, 16), -1e4)
+    logits[..., 2] = 0
+    boxes = dfl_decode(logits, points, strides)
+    torch.testing.assert_close(boxes[0, 0], torch.tensor([-12.0, -12.0, 20.0, 20.0]))
+    torch.testing.assert_close(boxes[0, 6], torch.tensor([-24.0, -24.0, 40.0, 40.0]))
+
+
+def test_head_prior_bias():
+    head = DecoupledHead([16, 16, 16], num_classes=5, prior_prob=0.01)
+    out = head([torch.zeros(1, 16, 2, 2)] * 3)
+    box_logits, cls_logits = head.flatten(out)
+    assert box_logits.shape == (1, 12, 4, 16) and cls_logits.shape == (1, 12, 5)
+    # Zero input: the branches output their bias (BN in train mode maps a constant map to its shift = 0).
+    torch.testing.assert_close(cls_logits.sigmoid(), torch.full_like(cls_logits, 0.01), atol=1e-3, rtol=0)
+
+
+def test_train_losses_and_eval_detections(tiny):
+    tiny.train()
+    x = torch.rand(2, 3, 64, 64)
+    losses = tiny(x, _targets())
+    assert set(losses) == {"loss_cls", "loss_box", "loss_dfl", "loss"}
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
+    torch.testing.assert_close(losses["loss"], losses["loss_cls"] + losses["loss_box"] + losses["loss_dfl"])
+    losses["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in tiny.parameters() if p.grad is not None)
+    tiny.eval()
+    with torch.no_grad():
+        dets = tiny(x)
+    assert len(dets) == 2
+    for d in dets:
+        assert d["boxes"].dtype == torch.float32 and d["boxes"].shape[1] == 4
+        assert d["scores"].shape == d["labels"].shape and d["labels"].dtype == torch.int64
+        assert len(d["scores"]) <= tiny.cfg.max_det
+    with pytest.raises(ValueError, match="needs targets"):
+        tiny.train()(x)
+
+
+def test_batch_without_any_box_has_finite_background_loss(tiny):
+    tiny.train()
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * 2
+    for epoch in (0, 100):  # static assigner and TAL
+        tiny.set_epoch(epoch)
+        losses = tiny(torch.rand(2, 3, 64, 64), empty)
+        assert losses["loss_box"] == 0 and losses["loss_dfl"] == 0
+        assert torch.isfinite(losses["loss_cls"]) and losses["loss_cls"] > 0
+
+
+def test_set_epoch_switches_assigner(tiny):
+    tiny.set_epoch(0)
+    assert tiny.criterion.uses_static_assigner
+    tiny.set_epoch(tiny.cfg.static_assigner_epochs)
+    assert not tiny.criterion.uses_static_assigner
+
+
+@pytest.mark.parametrize("opts", [dict(cls_loss="varifocal", iou_loss="giou"), dict(reg_max=8, tal_topk=5)])
+def test_loss_options(opts):
+    model = build_detector(**{**TINY, **opts})
+    model.train().set_epoch(10)
+    losses = model(torch.rand(2, 3, 64, 64), _targets())
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_config_round_trip_and_unknown_option(tiny):
+    cfg = tiny.config
+    assert json.loads(json.dumps(cfg)) == cfg
+    rebuilt = build_detector(**cfg)
+    assert rebuilt.state_dict().keys() == tiny.state_dict().keys()
+    rebuilt.load_state_dict(tiny.state_dict())
+    with pytest.raises(ValueError, match="unknown detector option"):
+        build_detector(**TINY, neck_widht=[1, 2, 3])
+
+
+def test_select_feature_levels():
+    assert select_feature_levels([2, 4, 8, 16, 32]) == [2, 3, 4]
+    assert select_feature_levels([4, 8, 16, 32, 32]) == [1, 2, 4]  # deepest of equal reductions
+    with pytest.raises(ValueError, match="reduction 8"):
+        select_feature_levels([16, 16, 16], "vit")
+
+
+def test_resnet18_backbone_normalisation_from_pretrained_cfg():
+    model = build_detector("resnet18", num_classes=2, neck_channels=[32, 32, 32], neck_depth=1)
+    assert model.backbone.feature_info.reduction() == [8, 16, 32]
+    mean = timm.create_model("resnet18").pretrained_cfg["mean"]
+    torch.testing.assert_close(model.pixel_mean.flatten(), torch.tensor(mean))
+    assert "pixel_mean" not in model.state_dict()
+
+
+def test_freeze_bn_and_freeze_stages():
+    model = build_detector(**TINY, freeze_bn=True)
+    assert any(isinstance(m, FrozenBatchNormAct2d) for m in model.backbone.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
+    # freeze_stages=2: the stem (level 0) and stages.0 (level 1) of test_byobnet.
+    model = build_detector(**TINY, freeze_stages=2)
+    frozen = {n.split(".")[0] for n, p in model.backbone.named_parameters() if not p.requires_grad}
+    trainable = {n.split(".")[0] for n, p in model.backbone.named_parameters() if p.requires_grad}
+    assert frozen == {"stem", "stages_0"} and "stages_1" in trainable
+    frozen_part = [m for n, m in model.backbone.named_modules() if n.startswith(("stem", "stages_0"))]
+    assert any(isinstance(m, FrozenBatchNormAct2d) for m in frozen_part)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen_part)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.stages_1.modules())
+
+
+def test_sync_bn_uses_timm_converter_and_keeps_activation():
+    model = build_detector(**TINY, sync_bn=True)
+    sync = [m for m in model.modules() if isinstance(m, SyncBatchNormAct)]
+    assert sync and all(not isinstance(m.act, torch.nn.Identity) for m in sync if m is sync[0])
+    assert model.config["sync_bn"] is False  # a checkpoint rebuilds with plain BN (same state dict keys)
+
+
+def _trained_like(model):
+    """Non-trivial BN statistics and WRC weights, so folding is actually exercised."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            model.forward_features(torch.rand(2, 3, 64, 64))
+        for name, p in model.named_parameters():
+            if "wrc" in name:
+                p.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def test_fuse_matches_unfused_and_reparameterize_model():
+    model = _trained_like(build_detector(**TINY, neck_shortcut=True))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.forward_raw(x)
+        via_timm = timm.utils.reparameterize_model(model)  # a deep copy
+        fused = model.fuse()
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.neck.modules())
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.head.modules())
+        torch.testing.assert_close(fused.forward_raw(x), ref, atol=1e-4, rtol=0)
+        torch.testing.assert_close(via_timm.forward_raw(x), ref, atol=1e-4, rtol=0)
+
+
+def test_trace_raw_predictions():
+    model = _trained_like(build_detector(**TINY))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        traced = torch.jit.trace(RawPredictions(model), x)
+        torch.testing.assert_close(traced(x), model.forward_raw(x))
+        # Another batch size through the same trace.
+        x3 = torch.rand(3, 3, 64, 64)
+        torch.testing.assert_close(traced(x3), model.forward_raw(x3))
