@@ -4,3 +4,5 @@
 """
 
 __version__ = "0.1.0"
+
+from . import backbone  # noqa: E402,F401  (registers the cspwrc_* models with timm)

@@ -1,1 +1,12 @@
-"""cspwrc.backbone"""
+"""cspwrc.backbone: the ``cspwrc_*`` timm model family, the cs3darknet checkpoint filter and WRC inspection.
+
+Importing it registers ``cspwrc_n/s/m/l/x`` with timm (``import cspwrc`` does).
+"""
+
+from .cspwrcnet import P3_P5, CspWrcCfg, CspWrcNet, checkpoint_filter_fn, default_cfgs, model_cfgs
+from .inspect_wrc import WrcRow, backbone_state_dict, format_wrc_table, plot_wrc_weights, wrc_weights
+
+__all__ = [
+    "CspWrcCfg", "CspWrcNet", "checkpoint_filter_fn", "model_cfgs", "default_cfgs", "P3_P5",
+    "WrcRow", "wrc_weights", "format_wrc_table", "plot_wrc_weights", "backbone_state_dict",
+]

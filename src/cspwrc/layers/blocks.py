@@ -109,6 +109,7 @@ class WrcBottleneck(nn.Module):
             out_chs: int,
             shortcut: bool = True,
             expansion: float = 1.0,
+            dilation: int = 1,
             wrc_weights: str = "scalar",
             wrc_normalize: str = "none",
             act_layer: LayerType = "silu",
@@ -122,7 +123,7 @@ class WrcBottleneck(nn.Module):
         ckw = dict(act_layer=act_layer, norm_layer=norm_layer, **dd)
         mid_chs = int(round(out_chs * expansion))
         self.conv1 = FusableConvNormAct(in_chs, mid_chs, 1, **ckw)
-        self.conv2 = FusableConvNormAct(mid_chs, out_chs, 3, **ckw)
+        self.conv2 = FusableConvNormAct(mid_chs, out_chs, 3, dilation=dilation, **ckw)
         self.drop_path = _drop_path(drop_path)
         has_shortcut = shortcut and in_chs == out_chs
         self.wrc: Optional[nn.Module] = WeightedResidual(out_chs, wrc_weights, wrc_normalize, **dd) \
@@ -179,7 +180,7 @@ class WrcBottleneck(nn.Module):
 
 
 class CspStage(nn.Module):
-    """CSP / C3 stage (timm ``CrossStage3`` topology): optional stride-2 3x3 ``conv_down``, 1x1 ``conv_exp`` to
+    """CSP / C3 stage (timm ``CrossStage3`` topology): optional stride-2 (or dilated) 3x3 ``conv_down``, 1x1 ``conv_exp`` to
     ``round(out_chs * expand_ratio)`` channels split into two halves, the first half through ``depth``
     :class:`WrcBottleneck`, concat ``[blocks(x1), x2]``, 1x1 ``conv_transition`` to ``out_chs``.
 
@@ -194,6 +195,8 @@ class CspStage(nn.Module):
             out_chs: int,
             depth: int,
             stride: int = 1,
+            dilation: int = 1,
+            first_dilation: Optional[int] = None,
             expand_ratio: float = 1.0,
             bottle_ratio: float = 1.0,
             shortcut: bool = True,
@@ -208,15 +211,19 @@ class CspStage(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         ckw = dict(act_layer=act_layer, norm_layer=norm_layer, **dd)
-        # cs3darknet keeps the channels in the down conv (down_growth=False)
-        self.conv_down = FusableConvNormAct(in_chs, in_chs, 3, stride=stride, **ckw) if stride != 1 else nn.Identity()
+        first_dilation = first_dilation or dilation
+        # cs3darknet keeps the channels in the down conv (down_growth=False); it is also there when a dilated
+        # model (output_stride < 32) replaced the stride by dilation, so the state dict stays the same
+        self.conv_down = FusableConvNormAct(
+            in_chs, in_chs, 3, stride=stride, dilation=first_dilation, **ckw,
+        ) if stride != 1 or first_dilation != dilation else nn.Identity()
         self.expand_chs = exp_chs = int(round(out_chs * expand_ratio))
         half = exp_chs // 2
         self.conv_exp = FusableConvNormAct(in_chs, exp_chs, 1, **ckw)
         dpr = list(drop_path) if isinstance(drop_path, Sequence) else [drop_path] * depth
         self.blocks = nn.Sequential(*[
             WrcBottleneck(
-                half, half, shortcut=shortcut, expansion=bottle_ratio, wrc_weights=wrc_weights,
+                half, half, shortcut=shortcut, expansion=bottle_ratio, dilation=dilation, wrc_weights=wrc_weights,
                 wrc_normalize=wrc_normalize, drop_path=dpr[i], **ckw,
             ) for i in range(depth)
         ])
