@@ -29,7 +29,10 @@ from .loss import DetectionLoss
 from .neck import YoloPan
 from .postprocess import postprocess
 
-__all__ = ["DetectorConfig", "YoloDetector", "RawPredictions", "build_detector", "select_feature_levels"]
+__all__ = [
+    "DetectorConfig", "YoloDetector", "RawPredictions", "build_detector", "create_feature_backbone",
+    "freeze_first_levels", "select_feature_levels",
+]
 
 LEVEL_REDUCTIONS = (8, 16, 32)
 
@@ -107,40 +110,51 @@ class DetectorConfig:
         return cfg
 
 
-def select_feature_levels(reductions: Sequence[int], model_name: str = "backbone") -> list[int]:
-    """Indices into a timm ``feature_info`` of the levels with reductions 8, 16 and 32 (the deepest one when
+def select_feature_levels(
+    reductions: Sequence[int], model_name: str = "backbone", wanted: Sequence[int] = LEVEL_REDUCTIONS
+) -> list[int]:
+    """Indices into a timm ``feature_info`` of the levels with the ``wanted`` reductions (the deepest one when
     several levels share a reduction). Raises ``ValueError`` when a level is missing (e.g. plain ViTs)."""
     indices = []
-    for r in LEVEL_REDUCTIONS:
+    for r in wanted:
         matches = [i for i, red in enumerate(reductions) if red == r]
         if not matches:
             raise ValueError(
                 f"{model_name} has no feature level with reduction {r} (its reductions: {list(reductions)}); "
-                "the detector needs strides 8, 16 and 32"
+                f"needed: {list(wanted)}"
             )
         indices.append(matches[-1])
     return indices
 
 
-def _create_backbone(cfg: DetectorConfig) -> tuple[nn.Module, list[int]]:
-    """timm ``features_only`` backbone returning the stride 8/16/32 levels, and the feature-info index of each.
+def create_feature_backbone(
+    name: str,
+    reductions: Sequence[int] = LEVEL_REDUCTIONS,
+    pretrained: bool = False,
+    pretrained_cfg_overlay: dict[str, Any] | None = None,
+    freeze_bn: bool = False,
+    freeze_stages: int = 0,
+    **kwargs: Any,
+) -> nn.Module:
+    """timm ``features_only`` model returning the levels with the given ``reductions`` (strides), in that order.
 
     The levels are found from ``feature_info`` of a probe built on the meta device (no memory, no weights), so
     the real model is created (and pretrained weights loaded) once, with exactly those ``out_indices``.
+    ``freeze_bn`` / ``freeze_stages``: see :class:`DetectorConfig`. ``kwargs`` go to ``timm.create_model``.
     """
     with torch.device("meta"):
-        probe = timm.create_model(cfg.backbone, features_only=True, pretrained=False, **cfg.backbone_kwargs)
-    indices = select_feature_levels(probe.feature_info.reduction(), cfg.backbone)
-    kwargs = dict(cfg.backbone_kwargs)
-    if cfg.pretrained_cfg_overlay:
-        kwargs["pretrained_cfg_overlay"] = dict(cfg.pretrained_cfg_overlay)
-    backbone = timm.create_model(
-        cfg.backbone, features_only=True, out_indices=tuple(indices), pretrained=cfg.pretrained, **kwargs
-    )
-    return backbone, indices
+        probe = timm.create_model(name, features_only=True, pretrained=False, **kwargs)
+    indices = select_feature_levels(probe.feature_info.reduction(), name, reductions)
+    if pretrained_cfg_overlay:
+        kwargs["pretrained_cfg_overlay"] = dict(pretrained_cfg_overlay)
+    backbone = timm.create_model(name, features_only=True, out_indices=tuple(indices), pretrained=pretrained, **kwargs)
+    if freeze_bn:
+        backbone = freeze_batch_norm_2d(backbone)
+    freeze_first_levels(backbone, freeze_stages)
+    return backbone
 
 
-def _freeze_first_levels(backbone: nn.Module, num_levels: int) -> None:
+def freeze_first_levels(backbone: nn.Module, num_levels: int) -> None:
     """Freeze the modules that compute feature levels ``0 .. num_levels - 1`` of ``backbone.feature_info``.
 
     timm feature wrappers keep the original modules in forward order but may flatten names (``stages.0`` →
@@ -190,7 +204,15 @@ class YoloDetector(nn.Module):
     def __init__(self, cfg: DetectorConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.backbone, self.feature_indices = _create_backbone(cfg)
+        self.backbone = create_feature_backbone(
+            cfg.backbone,
+            LEVEL_REDUCTIONS,
+            pretrained=cfg.pretrained,
+            pretrained_cfg_overlay=cfg.pretrained_cfg_overlay,
+            freeze_bn=cfg.freeze_bn,
+            freeze_stages=cfg.freeze_stages,
+            **cfg.backbone_kwargs,
+        )
         backbone_channels = self.backbone.feature_info.channels()
         self.strides = tuple(self.backbone.feature_info.reduction())
         pcfg = getattr(self.backbone, "pretrained_cfg", None) or {}
@@ -231,9 +253,6 @@ class YoloDetector(nn.Module):
             tal_beta=cfg.tal_beta,
             atss_topk=cfg.atss_topk,
         )
-        if cfg.freeze_bn:
-            self.backbone = freeze_batch_norm_2d(self.backbone)
-        _freeze_first_levels(self.backbone, cfg.freeze_stages)
         if cfg.sync_bn:
             for name in ("backbone", "neck", "head"):
                 setattr(self, name, convert_sync_batchnorm(getattr(self, name)))
