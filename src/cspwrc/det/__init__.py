@@ -5,6 +5,7 @@ Modules in data-flow order: :mod:`.neck` (PAN), :mod:`.head` (decoupled DFL head
 (:func:`build_detector`), :mod:`.adapters` (timm backbone + FPN for torchvision FCOS / RetinaNet / Faster R-CNN).
 """
 
+from .adapters import TimmBackboneWithFPN, fasterrcnn_timm, fcos_timm, retinanet_timm, timm_fpn_backbone
 from .assigner import Assignment, AtssAssigner, TaskAlignedAssigner
 from .detector import DetectorConfig, RawPredictions, YoloDetector, build_detector
 from .head import DecoupledHead, dfl_decode, make_anchor_points
@@ -15,5 +16,6 @@ from .postprocess import postprocess, undo_letterbox
 __all__ = [
     "Assignment", "AtssAssigner", "TaskAlignedAssigner", "DetectorConfig", "RawPredictions", "YoloDetector",
     "build_detector", "DecoupledHead", "dfl_decode", "make_anchor_points", "DetectionLoss", "YoloPan",
-    "postprocess", "undo_letterbox",
+    "postprocess", "undo_letterbox", "TimmBackboneWithFPN", "timm_fpn_backbone", "fcos_timm", "retinanet_timm",
+    "fasterrcnn_timm",
 ]
