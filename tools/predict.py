@@ -76,7 +76,7 @@ def describe(det: dict[str, torch.Tensor], meta: dict[str, Any], conf: float) ->
 
 
 def draw(image: np.ndarray, dets: list[dict[str, Any]], path: Path) -> None:
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+    tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)  # own, writable copy
     if dets:
         boxes = torch.tensor([d["box"] for d in dets], dtype=torch.float32)
         labels = [f"{d['class_name']} {d['score']:.2f}" for d in dets]

@@ -78,6 +78,13 @@ def test_cli_overrides_and_set():
         load_config(None, cli_overrides(parser.parse_args(["--model", "resnet18", "--set", "optim.lrr=1"])))
 
 
+def test_default_recipe_is_valid():
+    cfg = load_config(ROOT / "configs" / "det" / "default.yaml")
+    assert cfg.model.name == "cspwrc_s" and cfg.train.img % 32 == 0 and cfg.optim.opt == "adamw"
+    with pytest.raises(ConfigError, match="close matches: .*cspwrc_s"):
+        load_config(None, {"model": {"name": "cspwrc_ss"}})
+
+
 def test_round_trip():
     cfg = load_config(None, {"model": {"name": "resnet18"}, "train": {"epochs": 7}})
     assert from_dict(to_dict(cfg)) == cfg

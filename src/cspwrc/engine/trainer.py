@@ -188,6 +188,7 @@ class Trainer:
         self.out = Path(cfg.train.out)
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temp_files(self.out)
         seed_everything(cfg.train.seed)
         self._build_data()
         self._build_model()
@@ -438,6 +439,7 @@ class Trainer:
         metrics = {
             "map": result.map, "map50": result.map50, "stats": dict(zip(_stat_keys(), result.stats)),
             "per_class": [vars(r) for r in result.per_class],
+            "val_images": result.num_images, "val_detections": result.num_detections, "world_size": dist.world_size(),
             "best_map": s.best_map, "best_epoch": s.best_epoch, "epochs": s.epoch,
             "train_time_s": s.train_time_s, "eval_time_s": s.eval_time_s, "wall_time_s_this_process": wall_s,
             "skips": {"nan_steps": s.nan_skipped, "read_failures": s.read_skipped,
@@ -450,6 +452,12 @@ class Trainer:
             self._log(f"final mAP@[.5:.95] {result.map:.4f}  mAP50 {result.map50:.4f}  (best {s.best_map:.4f} at "
                       f"epoch {s.best_epoch}); skipped: {metrics['skips']}; run dir {self.out}")
         return metrics
+
+
+def _remove_stale_temp_files(folder: Path) -> None:
+    """Temp files a killed run left behind (``.NAME.XXXX.tmp`` from atomic_write); never a real checkpoint."""
+    for path in folder.glob(".*.tmp"):
+        path.unlink(missing_ok=True)
 
 
 def _stat_keys() -> list[str]:

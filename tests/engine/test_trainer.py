@@ -1,0 +1,197 @@
+"""Training loop: exact resume, NaN policy, unwritable checkpoints, optimizer groups, lr warmup, eval tool."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+from _tiny import ROOT, tiny_config, tiny_data
+
+from cspwrc.engine import checkpoint as ck
+from cspwrc.engine.trainer import Trainer, TrainingStopped, WarmupScheduler, load_resume, param_groups
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def full_run(data, tmp_path_factory):
+    """An uninterrupted 2-epoch run: the reference for resume and the input of the eval tool test."""
+    out = tmp_path_factory.mktemp("full")
+    metrics = Trainer(tiny_config(data, out), progress=False).fit()
+    return out, metrics
+
+
+def _weights(path):
+    return ck.read_weights(path)[0]
+
+
+def test_run_writes_everything(full_run):
+    out, metrics = full_run
+    for name in ("last.safetensors", "last.state.pt", "best.safetensors", "best.state.pt", "results.csv",
+                 "curves.png", "metrics.json"):
+        assert (out / name).is_file(), name
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,loss,loss_cls,loss_box,loss_dfl,lr,map,map50") and len(rows) == 3
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["epochs"] == 2 and len(saved["stats"]) == 12 and "read_failures" in saved["skips"]
+    _, meta = ck.read_weights(out / "last.safetensors")
+    assert meta["model"] == "cspwrc_n" and meta["num_classes"] == 5 and meta["img"] == 64
+    assert meta["category_ids"] == [1, 2, 3, 4, 5] and meta["class_names"][0] == "circle"
+    assert math.isfinite(metrics["map"])
+
+
+def test_resume_continues_exactly(full_run, data, tmp_path, monkeypatch):
+    ref_out, ref_metrics = full_run
+    out = tmp_path / "run"
+    original = Trainer._end_epoch
+
+    def stop_after_first_epoch(self, epoch, means, result):
+        original(self, epoch, means, result)
+        raise KeyboardInterrupt  # the process "dies" right after epoch 1's checkpoint
+
+    monkeypatch.setattr(Trainer, "_end_epoch", stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(data, out), progress=False).fit()
+    monkeypatch.undo()
+    assert ck.read_state(out / "last.state.pt")["epoch"] == 1
+    cfg, state = load_resume(out)
+    metrics = Trainer(cfg, resume_state=state, progress=False).fit()
+    ref, got = _weights(ref_out / "last.safetensors"), _weights(out / "last.safetensors")
+    assert ref.keys() == got.keys()
+    for key in ref:
+        assert torch.equal(ref[key], got[key]), key
+    assert metrics["map"] == ref_metrics["map"]
+    ref_rows = (ref_out / "results.csv").read_text().splitlines()
+    got_rows = (out / "results.csv").read_text().splitlines()
+    strip_time = [r.rsplit(",", 1)[0] for r in ref_rows], [r.rsplit(",", 1)[0] for r in got_rows]
+    assert strip_time[0] == strip_time[1]
+
+
+def test_eval_tool_matches_training_eval(full_run, data, tmp_path):
+    """tools/eval_det.py on the val split reproduces the run's final numbers from the checkpoint alone."""
+    out, metrics = full_run
+    spec = importlib.util.spec_from_file_location("eval_det", ROOT / "tools" / "eval_det.py")
+    eval_det = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_det)
+    root = data.parent
+    summary_path = tmp_path / "summary.json"
+    rc = eval_det.main(["--weights", str(out / "last.safetensors"), "--ann", str(root / "annotations/instances_val.json"),
+                        "--images", str(root / "images/val"), "--out", str(tmp_path / "res.json"),
+                        "--json", str(summary_path), "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    summary = json.loads(summary_path.read_text())
+    assert summary["stats"][0] == pytest.approx(metrics["map"], abs=1e-9)
+    results = json.loads((tmp_path / "res.json").read_text())
+    assert all(len(r["bbox"]) == 4 and r["category_id"] in range(1, 6) for r in results)
+
+
+def _nan_after(monkeypatch, step: int):
+    """Make the detector's loss NaN from global step ``step`` on (a real loss, poisoned)."""
+    original = Trainer._step
+
+    def poisoned(self, images, targets, epoch):
+        if self.state.global_step >= step:
+            images = images.clone()
+            images[:] = 0
+            real = self.ddp_model.forward
+
+            def nan_forward(*args, **kwargs):
+                losses = real(*args, **kwargs)
+                return {k: v * float("nan") for k, v in losses.items()}
+
+            monkeypatch.setattr(self.ddp_model, "forward", nan_forward)
+        return original(self, images, targets, epoch)
+
+    monkeypatch.setattr(Trainer, "_step", poisoned)
+
+
+def test_nan_loss_stops_and_keeps_last_good(data, tmp_path, monkeypatch):
+    _nan_after(monkeypatch, step=2)  # epoch 1 = steps 0, 1 (2 batches of 8); epoch 2 turns NaN
+    with pytest.raises(TrainingStopped) as err:
+        Trainer(tiny_config(data, tmp_path), progress=False).fit()
+    msg = str(err.value)
+    assert "non-finite loss at epoch 2" in msg and "last.safetensors" in msg and "(epoch 1)" in msg
+    _, meta = ck.read_weights(tmp_path / "last.safetensors")
+    assert meta["epoch"] == 1 and ck.read_state(tmp_path / "last.state.pt")["epoch"] == 1
+
+
+def test_nan_skip_policy_counts(data, tmp_path, monkeypatch):
+    _nan_after(monkeypatch, step=3)
+    metrics = Trainer(tiny_config(data, tmp_path, nan_policy="skip"), progress=False).fit()
+    assert metrics["skips"]["nan_steps"] == 1
+    assert json.loads((tmp_path / "metrics.json").read_text())["skips"]["nan_steps"] == 1
+
+
+def test_unwritable_output_stops_and_keeps_previous(data, tmp_path, monkeypatch):
+    original = Trainer._end_epoch
+
+    def fail_from_epoch_2(self, epoch, means, result):
+        if epoch == 1:  # the disk "fills up" before epoch 2's checkpoint
+            def enospc(*args, **kwargs):
+                raise OSError(28, "No space left on device")
+
+            monkeypatch.setattr(ck.tempfile, "mkstemp", enospc)
+        return original(self, epoch, means, result)
+
+    monkeypatch.setattr(Trainer, "_end_epoch", fail_from_epoch_2)
+    with pytest.raises(TrainingStopped, match="No space left on device"):
+        Trainer(tiny_config(data, tmp_path), progress=False).fit()
+    monkeypatch.undo()
+    assert ck.read_state(tmp_path / "last.state.pt")["epoch"] == 1
+    assert ck.read_weights(tmp_path / "last.safetensors")[1]["epoch"] == 1
+
+
+def test_param_groups_on_a_real_detector():
+    from cspwrc.det import build_detector
+
+    model = build_detector(backbone="cspwrc_n", num_classes=3, backbone_kwargs={"wrc_weights": "channel"})
+    groups = {g["group"]: g for g in param_groups(model, 0.05)}
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = [names[id(p)] for p in groups["decay"]["params"]]
+    undecayed = [names[id(p)] for p in groups["no_decay"]["params"] + groups["bias"]["params"]]
+    assert decayed and all(model.get_parameter(n).ndim > 1 and "wrc" not in n for n in decayed)
+    assert any(n.endswith("wrc.weight") and model.get_parameter(n).ndim == 2 for n in undecayed)
+    assert len(decayed) + len(undecayed) == len(names)
+
+
+def test_param_groups_exclude_norms_biases_and_wrc():
+    from cspwrc.layers.wrc import WeightedResidual
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Linear(8, 4))
+    model.add_module("wrc", WeightedResidual(8, weights="channel"))  # a [2, C] parameter: not 1-d
+    groups = {g["group"]: g for g in param_groups(model, 0.05)}
+    ids = {k: {id(p) for p in g["params"]} for k, g in groups.items()}
+    assert ids["decay"] == {id(model[0].weight), id(model[2].weight)}
+    assert id(model.wrc.weight) in ids["no_decay"] and id(model[1].weight) in ids["no_decay"]
+    assert ids["bias"] == {id(model[0].bias), id(model[1].bias), id(model[2].bias)}
+    assert groups["decay"]["weight_decay"] == 0.05 and groups["no_decay"]["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("sched", ["cosine", "linear"])
+def test_warmup_and_bias_warmup(sched, tmp_path):
+    from cspwrc.engine.config import load_config
+    from cspwrc.engine.trainer import build_optimizer
+
+    cfg = load_config(None, {"model": {"name": "resnet18"}, "optim": {"opt": "sgd", "lr": 0.01},
+                             "schedule": {"sched": sched, "warmup_epochs": 1, "warmup_bias_lr": 0.1,
+                                          "min_lr_ratio": 0.1}, "train": {"epochs": 4}})
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+    opt = build_optimizer(model, cfg)
+    sched_ = WarmupScheduler(opt, cfg, steps_per_epoch=10)
+    lrs = {}
+    for step in (0, 5, 10, 20, 39, 40):
+        sched_.step(step)
+        lrs[step] = {g["group"]: g["lr"] for g in opt.param_groups}
+    assert lrs[0]["decay"] == pytest.approx(0.0) and lrs[0]["bias"] == pytest.approx(0.1)
+    assert lrs[5]["decay"] == pytest.approx(0.005) and lrs[5]["bias"] == pytest.approx(0.055)
+    assert lrs[10]["bias"] == pytest.approx(lrs[10]["decay"]) and lrs[10]["decay"] <= 0.01
+    assert lrs[20]["decay"] < lrs[10]["decay"]
+    assert lrs[40]["decay"] == pytest.approx(0.001, rel=0.05)  # decays to min_lr_ratio * lr
+    if sched == "linear":
+        assert lrs[20]["decay"] == pytest.approx(0.001 + 0.009 * 20 / 40, rel=0.05)
