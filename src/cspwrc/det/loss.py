@@ -155,6 +155,9 @@ class DetectionLoss(nn.Module):
             Scalars ``loss_cls``, ``loss_box``, ``loss_dfl`` (each already multiplied by its weight) and
             ``loss = loss_cls + loss_box + loss_dfl``, the one to back-propagate.
         """
+        # Losses and assignment in float32 even under autocast (IoU and log-softmax are precision-sensitive).
+        cls_logits, box_logits, pred_boxes = cls_logits.float(), box_logits.float(), pred_boxes.float()
+        points, stride_per_point = points.float(), stride_per_point.float()
         gt = pad_targets(targets, cls_logits.device)
         a = self.assign(cls_logits, pred_boxes, points, stride_per_point, num_points_per_level, gt)
         target_scores = a.scores.to(cls_logits.dtype)

@@ -1,0 +1,91 @@
+"""Loss terms against their formulas, normalisation, and images without boxes."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cspwrc.det.head import dfl_decode, make_anchor_points
+from cspwrc.det.loss import DetectionLoss, dfl_loss, pad_targets, varifocal_loss
+
+
+def test_dfl_loss_formula():
+    logits = torch.randn(5, 4, 16)
+    target = torch.rand(5, 4) * 14.9
+    left = target.floor()
+    logp = logits.log_softmax(-1)
+    lp = lambda idx: logp.gather(-1, idx.long()[..., None]).squeeze(-1)  # noqa: E731
+    expected = -(lp(left) * (left + 1 - target) + lp(left + 1) * (target - left)).mean(-1)
+    torch.testing.assert_close(dfl_loss(logits, target), expected)
+    # An integer target is plain cross-entropy on that bin.
+    t = torch.full((1, 4), 3.0)
+    torch.testing.assert_close(dfl_loss(logits[:1], t), -logp[:1, :, 3].mean(-1))
+
+
+def test_varifocal_weights():
+    logits = torch.tensor([0.3, -1.0, 2.0])
+    target = torch.tensor([0.8, 0.0, 0.0])
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    p = logits.sigmoid()
+    expected = bce * torch.tensor([0.8, 0.75 * p[1] ** 2, 0.75 * p[2] ** 2])
+    torch.testing.assert_close(varifocal_loss(logits, target), expected)
+
+
+def test_pad_targets():
+    targets = [
+        {"boxes": torch.tensor([[0.0, 0, 1, 1], [1, 1, 2, 2]]), "labels": torch.tensor([3, 4])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
+    labels, boxes, mask = pad_targets(targets, torch.device("cpu"))
+    assert labels.tolist() == [[3, 4], [0, 0]] and mask.tolist() == [[True, True], [False, False]]
+    assert boxes.shape == (2, 2, 4)
+    _, _, mask = pad_targets(targets[1:], torch.device("cpu"))
+    assert mask.shape == (1, 1) and not mask.any()  # one padded slot even when no image has boxes
+
+
+def _perfect_predictions(box, label, num_classes=2, reg_max=16):
+    """Logits that decode to ``box`` at every point inside it (within DFL's resolution) and score ``label``."""
+    points, strides = make_anchor_points([(4, 4)], [8], device=torch.device("cpu"), dtype=torch.float32)
+    dist = torch.cat((points - box[:2], box[2:] - points), -1) / strides  # [A, 4]
+    dist = dist.clamp(0, reg_max - 1.01)
+    left = dist.floor().long()
+    w = dist - left
+    probs = torch.zeros(len(points), 4, reg_max)
+    probs.scatter_(-1, left[..., None], (1 - w)[..., None])
+    probs.scatter_add_(-1, (left + 1)[..., None], w[..., None])
+    box_logits = probs.clamp(min=1e-9).log()[None]
+    cls_logits = torch.full((1, len(points), num_classes), -12.0)
+    return points, strides, box_logits, cls_logits
+
+
+@pytest.mark.parametrize("epoch", [0, 5])
+def test_loss_is_small_for_perfect_predictions_and_large_for_wrong_ones(epoch):
+    box = torch.tensor([0.0, 0.0, 16.0, 16.0])
+    points, strides, box_logits, cls_logits = _perfect_predictions(box, 1)
+    inside = ((points > 0) & (points < 16)).all(-1)
+    cls_logits[0, inside, 1] = 12.0
+    pred_boxes = dfl_decode(box_logits, points, strides)
+    loss_fn = DetectionLoss(num_classes=2, static_assigner_epochs=1)
+    loss_fn.epoch = epoch
+    targets = [{"boxes": box[None], "labels": torch.tensor([1])}]
+    good = loss_fn(cls_logits, box_logits, pred_boxes, points, strides, [16], targets)
+    assert good["loss_box"] < 1e-4 and good["loss_cls"] < 0.01
+    # DFL's minimum is the entropy of the two-bin target, not 0: bounded by log(2) per side.
+    assert good["loss_dfl"] <= 1.5 * math.log(2) + 1e-4
+    wrong = loss_fn(cls_logits, box_logits, pred_boxes, points, strides, [16],
+                    [{"boxes": torch.tensor([[16.0, 16.0, 32.0, 32.0]]), "labels": torch.tensor([0])}])
+    assert wrong["loss_box"] > 1.0 and wrong["loss_cls"] > 1.0
+
+
+def test_background_only_loss_is_normalised_by_one():
+    # No positives: the normaliser is max(sum of targets, 1) = 1, so loss_cls = 0.5 * sum of BCE(logit, 0).
+    points, strides = make_anchor_points([(2, 2)], [8], device=torch.device("cpu"), dtype=torch.float32)
+    cls_logits = torch.full((1, 4, 3), -2.0)
+    box_logits = torch.zeros(1, 4, 4, 16)
+    losses = DetectionLoss(num_classes=3)(
+        cls_logits, box_logits, dfl_decode(box_logits, points, strides), points, strides, [4],
+        [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}],
+    )
+    torch.testing.assert_close(losses["loss_cls"], 0.5 * 12 * F.softplus(torch.tensor(-2.0)))
+    assert losses["loss_box"] == 0 and losses["loss_dfl"] == 0
