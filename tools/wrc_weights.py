@@ -60,7 +60,9 @@ def build(args: argparse.Namespace) -> torch.nn.Module:
         raise SystemExit("--model is needed (the checkpoint has no cspwrc metadata naming it)")
     model = timm.create_model(name, num_classes=0, **model_kwargs(meta, args))
     if state is not None:
-        missing, unexpected = model.load_state_dict(backbone_state_dict(state), strict=False)
+        # the classifier (if any) is irrelevant here: the model is built without one
+        state = {k: v for k, v in backbone_state_dict(state).items() if not k.startswith("head.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise SystemExit(f"{args.weights} does not fit {name} {model_kwargs(meta, args)}: "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
