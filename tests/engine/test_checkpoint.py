@@ -127,3 +127,25 @@ def test_meta_is_json(tmp_path):
 
     with safe_open(tmp_path / "w.safetensors", "pt") as fh:
         assert json.loads(fh.metadata()["cspwrc"]) == {"class_names": ["x"]}
+
+
+def test_backbone_only_file_initialises_detector_backbone(tmp_path):
+    """--weights with a timm classification checkpoint: the backbone's tensors load (stages.N ~ stages_N)."""
+    import timm
+
+    import cspwrc  # noqa: F401
+    from cspwrc.det import build_detector
+
+    classifier = timm.create_model("cspwrc_n", num_classes=10)
+    path = tmp_path / "cspwrc_n_imagenet.safetensors"
+    ck.save_weights(path, classifier.state_dict(), {})
+    detector = build_detector(backbone="cspwrc_n", num_classes=3)
+    msg = ck.init_from_weights(detector, path)
+    assert msg.startswith("initialised backbone")
+    bb = detector.backbone.state_dict()
+    src = classifier.state_dict()
+    loaded = int(msg.split(": ")[1].split("/")[0])
+    assert loaded == len(bb)  # every backbone tensor came from the file
+    by_norm = {ck._norm_key(k): v for k, v in src.items()}
+    for name, value in bb.items():
+        assert torch.equal(value, by_norm[ck._norm_key(name)]), name

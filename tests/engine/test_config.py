@@ -85,6 +85,12 @@ def test_default_recipe_is_valid():
         load_config(None, {"model": {"name": "cspwrc_ss"}})
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "det").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_load(path):
+    cfg = load_config(path)
+    assert cfg.train.img % 32 == 0
+
+
 def test_round_trip():
     cfg = load_config(None, {"model": {"name": "resnet18"}, "train": {"epochs": 7}})
     assert from_dict(to_dict(cfg)) == cfg
