@@ -149,3 +149,13 @@ def test_backbone_only_file_initialises_detector_backbone(tmp_path):
     by_norm = {ck._norm_key(k): v for k, v in src.items()}
     for name, value in bb.items():
         assert torch.equal(value, by_norm[ck._norm_key(name)]), name
+
+
+def test_load_detector_needs_cspwrc_metadata(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    ck.save_weights(path, _weights(), {"model": "cspwrc_n"})
+    with pytest.raises(CheckpointError, match="missing 'num_classes'"):
+        ck.load_detector(path)
+    ck.save_weights(path, _weights(), {"model": "cspwrc_n", "num_classes": 2, "options": {"bogus_option": 1}})
+    with pytest.raises(CheckpointError, match="cannot build the detector.*bogus_option"):
+        ck.load_detector(path)

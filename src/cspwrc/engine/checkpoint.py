@@ -186,7 +186,10 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
         if key not in meta:
             raise CheckpointError(f"{path}: missing {key!r} in the {META_KEY!r} metadata; not a cspwrc detector "
                                   f"checkpoint (a backbone-only file can initialise training via --weights)")
-    model = build_detector(backbone=meta["model"], num_classes=int(meta["num_classes"]), **meta.get("options", {}))
+    try:
+        model = build_detector(backbone=meta["model"], num_classes=int(meta["num_classes"]), **meta.get("options", {}))
+    except (ValueError, TypeError, RuntimeError) as err:  # e.g. options of another version, unknown model
+        raise CheckpointError(f"{path}: cannot build the detector its metadata describes: {err}") from err
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:

@@ -41,13 +41,21 @@ def resolve_device(name: str) -> torch.device:
     """'auto' = CUDA when available; under torchrun each process takes cuda:LOCAL_RANK."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        from cspwrc.engine.config import ConfigError
+
+        raise ConfigError(f"device: {name!r} is not a device name (auto, cpu, cuda, cuda:1, ...): {err}") from err
     if device.type == "cuda" and launched_by_torchrun():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-        torch.cuda.set_device(device)
+            from cspwrc.engine.config import ConfigError
+
+            raise ConfigError(f"device: {name!r} requested but CUDA is not available on this machine")
+        if device.index is not None:  # set_device needs an index; plain "cuda" keeps the current device
+            torch.cuda.set_device(device)
     return device
 
 
