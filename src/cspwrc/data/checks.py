@@ -261,19 +261,13 @@ def load_image(entry: ImageEntry, draft_size: int | None = None) -> np.ndarray:
 def probe_image(path: Path) -> dict[str, Any]:
     """Decode an image once; return ``{"raw": [w, h], "orientation": int}`` or ``{"error": reason}``."""
     try:
+        _open_rgb(path, exif_transpose=False, draft_size=256)  # classifies every unreadable case
         with Image.open(path) as im:
             orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
             raw = list(im.size)
-        _open_rgb(path, exif_transpose=False, draft_size=256)
     except SampleReadError as e:
         return {"error": str(e)}
-    except FileNotFoundError:
-        return {"error": f"image file missing: {path}"}
-    except PermissionError:
-        return {"error": f"image file unreadable (permission denied): {path}"}
-    except UnidentifiedImageError:
-        return {"error": f"not an image: {path}"}
-    except (OSError, ValueError, SyntaxError) as e:
+    except (OSError, ValueError, SyntaxError) as e:  # the file changed between the two opens
         return {"error": f"corrupt or truncated image {path}: {e}"}
     return {"raw": raw, "orientation": orientation if 1 <= orientation <= 8 else 1}
 

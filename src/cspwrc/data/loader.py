@@ -17,7 +17,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -36,7 +35,6 @@ def seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
-    cv2.setNumThreads(1)  # one OpenCV thread per worker: the workers already use the cores
 
 
 def build_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int = 0, seed: int = 0,

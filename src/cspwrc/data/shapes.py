@@ -2,7 +2,7 @@
 
 Deterministic (image ``i`` of split ``s`` depends only on ``(seed, s, i)``), generated in a few seconds and
 written atomically (temp folder + rename) to ``$CSPWRC_CACHE/shapes-v1`` (default ``~/.cache/cspwrc``).
-Five classes (circle, square, triangle, star, cross), 1-5 objects of 28-100 px per 256-320 px image, random
+Five classes (circle, square, triangle, star, cross), 1-5 objects of 28-100 px (up to 141 px rotated) per 256-320 px image, random
 colours (colour does not give the class away), random rotation, at most a little overlap, on smooth
 coloured noise with pixel noise and distractor lines. Boxes are the exact extent of each drawn shape.
 """
@@ -81,8 +81,12 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
 
 
-def make_image(seed: int, split: int, index: int) -> tuple[np.ndarray, list[tuple[int, list[float]]]]:
-    """One sample: ``(image uint8 [h, w, 3] RGB, [(class_index, [x, y, w, h]), ...])``."""
+def make_image(seed: int, split: int, index: int, masks: list[np.ndarray] | None = None
+               ) -> tuple[np.ndarray, list[tuple[int, list[float]]]]:
+    """One sample: ``(image uint8 [h, w, 3] RGB, [(class_index, [x, y, w, h]), ...])``.
+
+    ``masks``, if given, receives each object's ``uint8 [h, w]`` mask (for tests of the box exactness).
+    """
     rng = np.random.default_rng([seed, split, index])
     h, w = IMAGE_SIZES[rng.integers(len(IMAGE_SIZES))]
     image = _background(rng, h, w).astype(np.float32)
@@ -103,6 +107,8 @@ def make_image(seed: int, split: int, index: int) -> tuple[np.ndarray, list[tupl
         region = image[y0:y1, x0:x1]
         region[:] = np.where(mask[y0:y1, x0:x1, None] > 0, np.clip(_colour(rng) * shade, 0, 255), region)
         objects.append((cls, box))
+        if masks is not None:
+            masks.append(mask)
     return image.astype(np.uint8), objects
 
 

@@ -18,6 +18,10 @@ import albumentations as A
 import cv2
 import numpy as np
 
+# OpenCV's own thread pool does not survive fork(): a DataLoader worker forked after the parent used it can
+# hang in its first cv2 call (and parallelism comes from the workers anyway). Same choice as Ultralytics.
+cv2.setNumThreads(0)
+
 PAD_VALUE = 114  # YOLO grey for letterbox and augmentation borders
 
 #: Augmentation knobs and their defaults; a recipe's ``augment:`` section passes these as keyword args.
