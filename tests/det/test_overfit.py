@@ -36,40 +36,35 @@ def synthetic_batch(n: int = 4, size: int = 64, seed: int = 0):
 
 @pytest.mark.slow
 def test_tiny_detector_overfits_and_finds_the_boxes():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convs: one thread is as fast and does not fight the other test processes
-    try:
-        torch.manual_seed(0)
-        images, targets = synthetic_batch()
-        model = build_detector(
-            "test_byobnet", num_classes=3, neck_channels=[32, 64, 64], static_assigner_epochs=1, score_thresh=0.25
-        )
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
-        model.train()
-        steps = 60
-        history = []
-        for step in range(steps):
-            model.set_epoch(0 if step < steps // 3 else 1)  # ATSS for a third of the run, then TAL
-            losses = model(images, targets)
-            opt.zero_grad()
-            losses["loss"].backward()
-            opt.step()
-            history.append({k: v.item() for k, v in losses.items()})
-        assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
-        start = sum(h["loss"] for h in history[:3]) / 3
-        end = sum(h["loss"] for h in history[-3:]) / 3
-        assert end < 0.3 * start, (start, end)
+    torch.manual_seed(0)
+    images, targets = synthetic_batch()
+    model = build_detector(
+        "test_byobnet", num_classes=3, neck_channels=[32, 64, 64], static_assigner_epochs=1, score_thresh=0.25
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    model.train()
+    steps = 60
+    history = []
+    for step in range(steps):
+        model.set_epoch(0 if step < steps // 3 else 1)  # ATSS for a third of the run, then TAL
+        losses = model(images, targets)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+        history.append({k: v.item() for k, v in losses.items()})
+    assert all(torch.isfinite(torch.tensor(list(h.values()))).all() for h in history)
+    start = sum(h["loss"] for h in history[:3]) / 3
+    end = sum(h["loss"] for h in history[-3:]) / 3
+    assert end < 0.3 * start, (start, end)
 
-        model.eval()
-        with torch.no_grad():
-            detections = model(images)
-        for det, target in zip(detections, targets):
-            for box, label in zip(target["boxes"], target["labels"]):
-                same_class = det["labels"] == label
-                assert same_class.any(), f"no detection of class {int(label)}"
-                iou = box_iou(box[None], det["boxes"][same_class])[0]
-                assert iou.max() > 0.5, (box, det)
-            # No confident detection of a class that is not in the image.
-            assert set(det["labels"].tolist()) <= set(target["labels"].tolist())
-    finally:
-        torch.set_num_threads(threads)
+    model.eval()
+    with torch.no_grad():
+        detections = model(images)
+    for det, target in zip(detections, targets):
+        for box, label in zip(target["boxes"], target["labels"]):
+            same_class = det["labels"] == label
+            assert same_class.any(), f"no detection of class {int(label)}"
+            iou = box_iou(box[None], det["boxes"][same_class])[0]
+            assert iou.max() > 0.5, (box, det)
+        # No confident detection of a class that is not in the image.
+        assert set(det["labels"].tolist()) <= set(target["labels"].tolist())
