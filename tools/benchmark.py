@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cspwrc  # noqa: F401 - registers the cspwrc models with timm
 from cspwrc.deploy.benchmark import DEFAULT_MODES, BenchSettings, format_table, run_benchmark
+from cspwrc.deploy.train_bench import TrainBenchSettings, run_train_benchmark
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,6 +42,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline", default=None, help="model the ratios refer to, e.g. cs3darknet_s")
     p.add_argument("--baseline-mode", default="eager")
     p.add_argument("--peak-size", type=int, default=2048, help="n of the n x n sgemm measuring the peak")
+    t = p.add_argument_group("training-side checks (--train-step)")
+    t.add_argument("--train-step", action="store_true",
+                   help="time detector fwd+bwd+AdamW step with WRC weights vs wrc_weights=none, and the data loader")
+    t.add_argument("--skip-inference", action="store_true", help="only the --train-step part")
+    t.add_argument("--train-model", default="cspwrc_s")
+    t.add_argument("--train-img", type=int, default=256, help="default recipe's train size")
+    t.add_argument("--train-batch", type=int, default=16)
+    t.add_argument("--train-iters", type=int, default=10)
+    t.add_argument("--data", default=None, help="data YAML for the loader (default: embedded shapes set)")
+    t.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
     return p.parse_args(argv)
@@ -67,12 +78,32 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     )
 
 
+def train_settings_from_args(args: argparse.Namespace) -> TrainBenchSettings:
+    return TrainBenchSettings(backbone=args.train_model, img=args.train_img, batch=args.train_batch,
+                              num_classes=args.num_classes, iters=args.train_iters, data=args.data,
+                              workers=args.workers)
+
+
+def print_train_report(train: dict) -> None:
+    steps = ", ".join(f"wrc_weights={k}: {v['median_s'] * 1e3:.1f} ms" for k, v in train["steps"].items())
+    print(f"\ntrain step (median): {steps}; WRC slowdown {train['wrc_slowdown_pct']:+.1f} %")
+    print(f"data pipeline {train['data_img_s']:.1f} img/s = {train['data_vs_step']:.2f}x the train step's rate")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = run_benchmark(settings_from_args(args), log=lambda s: print(s, file=sys.stderr, flush=True))
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731 - progress on stderr, table on stdout
+    settings = settings_from_args(args)
+    if args.skip_inference:
+        settings.models = []
+    report = run_benchmark(settings, log=log)
     report["command"] = " ".join(["python", "tools/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
-    print(format_table(report, markdown=args.markdown))
+    if report["results"]:
+        print(format_table(report, markdown=args.markdown))
     print(f"\nfp32 matmul peak: {report['matmul_peak_gflop_s']:.1f} GFLOP/s ({report['env']['threads']} threads)")
+    if args.train_step:
+        report["train_step"] = run_train_benchmark(train_settings_from_args(args), log=log)
+        print_train_report(report["train_step"])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))

@@ -69,3 +69,18 @@ def test_peak_and_percentiles() -> None:
     assert bm.matmul_peak_gflops("cpu", n=128, repeats=2) > 0
     assert bm.p90([1.0]) == 1.0
     assert bm.p90([float(i) for i in range(1, 11)]) == pytest.approx(9.1)
+
+
+def test_train_step_ab_smoke() -> None:
+    """Both WRC settings build, step (loss finite, weights move) and are timed round-robin; no speed claim."""
+    from cspwrc.deploy import train_bench as tb
+
+    settings = tb.TrainBenchSettings(backbone="resnet18", img=64, batch=2, num_classes=3)
+    assert tb.detector_kwargs("cspwrc_s", "none")["backbone_kwargs"] == {"wrc_weights": "none"}
+    assert "backbone_kwargs" not in tb.detector_kwargs("resnet18", "none")  # timm peers: neck A/B only
+    steps = {w: tb.make_step(settings, w) for w in tb.WRC_SETTINGS}
+    times = tb.interleaved_times(steps, warmup=0, iters=1, max_seconds=60)
+    assert set(times) == set(tb.WRC_SETTINGS) and all(len(t) == 1 and t[0] > 0 for t in times.values())
+    images, targets = tb.synthetic_batch(3, 64, 5)
+    boxes = torch.cat([t["boxes"] for t in targets])
+    assert images.shape == (3, 3, 64, 64) and bool((boxes[:, 2:] > boxes[:, :2]).all()) and boxes.max() <= 64

@@ -159,10 +159,8 @@ def fold_model(model: nn.Module) -> nn.Module:
 
     Folding the peers' BN too keeps "folded" a fair comparison (cs3darknet gets the same conv+BN fold).
     """
-    try:
-        from cspwrc.layers.fuse import fuse_model
-    except ImportError:  # layers without the generic helper: timm's walk over ``fuse()``/``reparameterize()``
-        return timm.utils.reparameterize_model(model)
+    from cspwrc.layers import fuse_model
+
     return fuse_model(model)
 
 

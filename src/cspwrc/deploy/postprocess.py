@@ -29,7 +29,8 @@ def nms_numpy(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.nd
         w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
         h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
         inter = w * h
-        iou = inter / (areas[i] + areas[rest] - inter)
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 for zero-area boxes clipped at the border
+            iou = inter / (areas[i] + areas[rest] - inter)
         order = rest[~(iou > iou_thresh)]  # NaN IoU (degenerate boxes) keeps the box, as torchvision does
     return np.asarray(keep, dtype=np.int64)
 

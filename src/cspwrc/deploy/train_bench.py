@@ -1,0 +1,129 @@
+"""Training-side speed checks: WRC weights on vs off in a full detector train step, and data pipeline vs step.
+
+* WRC A/B: two detectors that differ only in ``wrc_weights`` (backbone and neck), each stepped with timm's AdamW
+  (``create_optimizer_v2``, as the default recipe) on the same synthetic batch. Their steps are *interleaved*
+  (A, B, A, B, ...) so that load drift on a shared machine hits both equally; medians are compared.
+* Data vs step: images/s of the training loader (``cspwrc.data.loader.measure_throughput``: train augmentation,
+  mosaic, collate, ``workers`` processes) against images/s of the train step at the same ``img`` and ``batch``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from timm.optim import create_optimizer_v2
+from torch import nn
+
+from cspwrc.deploy.benchmark import p90
+
+WRC_SETTINGS = ("scalar", "none")  # default WRC (one learnable pair per block) vs plain residual adds
+
+
+@dataclass
+class TrainBenchSettings:
+    backbone: str = "cspwrc_s"
+    img: int = 256  # the default recipe's train size (configs/det/default.yaml)
+    batch: int = 16
+    num_classes: int = 80
+    warmup: int = 2
+    iters: int = 10
+    max_seconds: float = 120.0
+    wrc_weights: tuple[str, ...] = WRC_SETTINGS
+    data: str | None = None  # data YAML; None = the embedded shapes data set
+    workers: int = 2
+    data_batches: int = 10
+
+
+def synthetic_batch(batch: int, img: int, num_classes: int, boxes: int = 4,
+                    seed: int = 0) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    """Images in [0, 1] and ``boxes`` random valid xyxy boxes per image (the detector's train input)."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 3, img, img, generator=g)
+    targets = []
+    for _ in range(batch):
+        xy = torch.rand(boxes, 2, generator=g) * img * 0.6
+        wh = torch.rand(boxes, 2, generator=g) * img * 0.3 + 8
+        targets.append({"boxes": torch.cat((xy, (xy + wh).clamp(max=img)), 1),
+                        "labels": torch.randint(0, num_classes, (boxes,), generator=g)})
+    return images, targets
+
+
+def detector_kwargs(backbone: str, wrc_weights: str) -> dict[str, Any]:
+    """The WRC switch for the neck (its WRC is used only with ``neck_shortcut``) and for a cspwrc backbone."""
+    kwargs: dict[str, Any] = {"neck_shortcut": True, "neck_wrc_weights": wrc_weights}
+    if backbone.startswith("cspwrc"):  # timm peers have no WRC option; their A/B is the neck only
+        kwargs["backbone_kwargs"] = {"wrc_weights": wrc_weights}
+    return kwargs
+
+
+def make_step(settings: TrainBenchSettings, wrc_weights: str) -> Callable[[], None]:
+    """One closure = forward (loss) + backward + AdamW step of a fresh detector, on a fixed batch."""
+    from cspwrc.det import build_detector
+
+    torch.manual_seed(0)
+    model: nn.Module = build_detector(settings.backbone, settings.num_classes, **detector_kwargs(settings.backbone, wrc_weights)).train()
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-4, weight_decay=0.05)
+    images, targets = synthetic_batch(settings.batch, settings.img, settings.num_classes)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model(images, targets)["loss"].backward()
+        optimizer.step()
+
+    return step
+
+
+def interleaved_times(steps: dict[str, Callable[[], None]], warmup: int, iters: int,
+                      max_seconds: float) -> dict[str, list[float]]:
+    """Warm every step up, then time them round-robin so slow phases of a shared machine hit all equally."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    start = time.perf_counter()
+    for _ in range(iters):
+        for key, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[key].append(time.perf_counter() - t0)
+        if time.perf_counter() - start > max_seconds:
+            break
+    return times
+
+
+def data_throughput(settings: TrainBenchSettings) -> float:
+    """Images/s of the training loader (augmentation incl. mosaic) at the step's ``img`` and ``batch``."""
+    from cspwrc.data import build_datasets, ensure_shapes_dataset
+    from cspwrc.data.loader import measure_throughput
+
+    yaml_path = Path(settings.data) if settings.data else ensure_shapes_dataset()
+    train, _ = build_datasets(yaml_path, img=settings.img, progress=False)
+    return measure_throughput(train, batch_size=settings.batch, workers=settings.workers,
+                              batches=settings.data_batches)
+
+
+def run_train_benchmark(settings: TrainBenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """WRC on/off step times and data-vs-step throughput; the dict is stored under ``train_step`` in the JSON."""
+    steps = {w: make_step(settings, w) for w in settings.wrc_weights}
+    times = interleaved_times(steps, settings.warmup, settings.iters, settings.max_seconds)
+    report: dict[str, Any] = {"settings": asdict(settings), "steps": {}}
+    for key, ts in times.items():
+        median = statistics.median(ts)
+        report["steps"][key] = {"median_s": median, "p90_s": p90(ts), "iters": len(ts),
+                                "img_s": settings.batch / median}
+        log(f"train step wrc_weights={key:7s} bs{settings.batch}@{settings.img}: {median * 1e3:8.1f} ms median")
+    on, off = (report["steps"][w]["median_s"] for w in settings.wrc_weights[:2])
+    report["wrc_slowdown_pct"] = 100.0 * (on / off - 1.0)
+    data_img_s = data_throughput(settings)
+    step_img_s = report["steps"][settings.wrc_weights[0]]["img_s"]
+    report["data_img_s"] = data_img_s
+    report["data_vs_step"] = data_img_s / step_img_s
+    log(f"data pipeline: {data_img_s:.1f} img/s vs train step {step_img_s:.1f} img/s "
+        f"({report['data_vs_step']:.2f}x)")
+    return report

@@ -1,0 +1,106 @@
+"""ONNX / TorchScript export of a folded detector: parity with the unfolded PyTorch model, dynamic batch, CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
+
+import cspwrc  # noqa: F401 - registers the cspwrc models
+from cspwrc.deploy.export import deploy_model, export_onnx, export_torchscript
+from cspwrc.deploy.postprocess import postprocess_numpy
+from cspwrc.det import build_detector
+from cspwrc.layers import randomize_norm_and_wrc_
+
+# torch.jit.load/trace are deprecated upstream but are exactly what TorchScript users call.
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+ROOT = Path(__file__).resolve().parents[2]
+IMG = 64
+BACKBONE = "cspwrc_n"
+
+
+def load_tool(name: str) -> ModuleType:
+    """Import tools/NAME.py in-process (cheaper than a subprocess that re-imports torch)."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def detector() -> torch.nn.Module:
+    """A tiny detector with random BN statistics and WRC weights (relu-normalised) so that folding is non-trivial."""
+    torch.manual_seed(0)
+    wrc = {"wrc_weights": "channel", "wrc_normalize": "relu"}
+    model = build_detector(BACKBONE, num_classes=3, backbone_kwargs=wrc, neck_shortcut=True)
+    return randomize_norm_and_wrc_(model).eval()
+
+
+def _reference(detector: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return detector.forward_raw(images)
+
+
+def _assert_raw_close(actual: torch.Tensor | np.ndarray, expected: torch.Tensor) -> None:
+    actual = torch.as_tensor(actual)
+    assert actual.shape == expected.shape
+    # Boxes are in pixels (values up to IMG), probabilities in [0, 1]: absolute tolerances per part.
+    torch.testing.assert_close(actual[..., :4], expected[..., :4], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(actual[..., 4:], expected[..., 4:], atol=1e-4, rtol=0)
+
+
+def test_onnx_parity_dynamic_batch_and_postprocess(detector: torch.nn.Module, tmp_path: Path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    path = export_onnx(deploy_model(detector), tmp_path / "det.onnx", IMG)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):  # traced with batch 1: batch 3 proves the dynamic axis
+        images = torch.rand(batch, 3, IMG, IMG)
+        (raw,) = session.run(None, {"images": images.numpy()})
+        _assert_raw_close(raw, _reference(detector, images))
+    # What the caller does after the exported model reproduces the PyTorch eval output (incl. NMS).
+    with torch.no_grad():
+        expected = detector(images)
+    cfg = detector.cfg
+    actual = postprocess_numpy(raw, cfg.score_thresh, cfg.nms_iou, cfg.max_det, cfg.pre_nms_topk, (IMG, IMG))
+    for act, exp in zip(actual, expected):
+        np.testing.assert_array_equal(act["labels"], exp["labels"].numpy())
+        np.testing.assert_allclose(act["boxes"], exp["boxes"].numpy(), atol=1e-3)
+        np.testing.assert_allclose(act["scores"], exp["scores"].numpy(), atol=1e-4)
+
+
+def test_torchscript_parity(detector: torch.nn.Module, tmp_path: Path) -> None:
+    path = export_torchscript(deploy_model(detector), tmp_path / "det.ts", IMG)
+    loaded = torch.jit.load(str(path))
+    images = torch.rand(2, 3, IMG, IMG)
+    with torch.no_grad():
+        _assert_raw_close(loaded(images), _reference(detector, images))
+
+
+def test_deploy_model_leaves_the_detector_unfolded(detector: torch.nn.Module) -> None:
+    before = {k: v.clone() for k, v in detector.state_dict().items()}
+    deploy_model(detector)
+    after = detector.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_export_cli_from_model_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli.ts"
+    tool = load_tool("export")
+    assert tool.main(["--model", "resnet18", "--num-classes", "2", "--format", "torchscript", "--img", "64",
+                      "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and "max |pytorch - torchscript|" in text
+    assert torch.jit.load(str(out))(torch.rand(1, 3, 64, 64)).shape == (1, 64 + 16 + 4, 4 + 2)
+
+
+def test_export_cli_rejects_bad_size(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="multiple of 32"):
+        load_tool("export").main(["--model", "resnet18", "--img", "70", "--out", str(tmp_path / "x.onnx")])
