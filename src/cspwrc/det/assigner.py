@@ -75,7 +75,7 @@ def _resolve_and_gather(
     best_mask = torch.zeros_like(pos).scatter_(1, best, True)
     pos = torch.where(multi, best_mask & pos, pos)
     fg_mask = pos.any(1)
-    gt_index = pos.to(torch.uint8).argmax(1)  # [B, A]; 0 for background
+    gt_index = pos.to(torch.float32).argmax(1)  # [B, A]; 0 for background (float: argmax on bool is unsupported)
     labels = gt_labels.gather(1, gt_index)
     boxes = gt_boxes.gather(1, gt_index[..., None].expand(-1, -1, 4))
     return pos, fg_mask, gt_index, labels, boxes

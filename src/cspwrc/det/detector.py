@@ -2,8 +2,8 @@
 
 Data flow: images ``[B, 3, H, W]`` in ``[0, 1]`` → normalise (backbone ``pretrained_cfg`` mean/std) → timm
 ``features_only`` backbone (the stride 8/16/32 levels) → :class:`~cspwrc.det.neck.YoloPan` →
-:class:`~cspwrc.det.head.DecoupledHead` → decode (anchor points + DFL) → train: :class:`~cspwrc.det.loss.DetectionLoss`;
-eval: :func:`~cspwrc.det.postprocess.postprocess`.
+:class:`~cspwrc.det.head.DecoupledHead` → decode (anchor points + DFL) →
+train: :class:`~cspwrc.det.loss.DetectionLoss`; eval: :func:`~cspwrc.det.postprocess.postprocess`.
 
 All options live in :class:`DetectorConfig`, whose fields are exactly the keyword arguments of
 :func:`build_detector`, so a YAML ``model:`` section can be passed straight through, and
