@@ -72,6 +72,11 @@ def test_resume_continues_exactly(full_run, data, tmp_path, monkeypatch):
     strip_time = [r.rsplit(",", 1)[0] for r in ref_rows], [r.rsplit(",", 1)[0] for r in got_rows]
     assert strip_time[0] == strip_time[1]
 
+    # Extending a finished run: one more epoch; --weights of the original run is not re-applied on resume.
+    cfg, state = load_resume(out, {"train": {"epochs": 3, "weights": str(tmp_path / "gone.safetensors")}})
+    assert Trainer(cfg, resume_state=state, progress=False).fit()["epochs"] == 3
+    assert len((out / "results.csv").read_text().splitlines()) == 4
+
 
 def test_eval_tool_matches_training_eval(full_run, data, tmp_path):
     """tools/eval_det.py on the val split reproduces the run's final numbers from the checkpoint alone."""
@@ -91,30 +96,28 @@ def test_eval_tool_matches_training_eval(full_run, data, tmp_path):
     assert all(len(r["bbox"]) == 4 and r["category_id"] in range(1, 6) for r in results)
 
 
-def _nan_after(monkeypatch, step: int):
-    """Make the detector's loss NaN from global step ``step`` on (a real loss, poisoned)."""
+def _nan_at(monkeypatch, step: int):
+    """Make the detector's real loss NaN at global step ``step`` (one bad batch)."""
     original = Trainer._step
 
     def poisoned(self, images, targets, epoch):
-        if self.state.global_step >= step:
-            images = images.clone()
-            images[:] = 0
-            real = self.ddp_model.forward
-
-            def nan_forward(*args, **kwargs):
-                losses = real(*args, **kwargs)
-                return {k: v * float("nan") for k, v in losses.items()}
-
-            monkeypatch.setattr(self.ddp_model, "forward", nan_forward)
-        return original(self, images, targets, epoch)
+        if self.state.global_step != step:
+            return original(self, images, targets, epoch)
+        real = self.ddp_model.forward
+        monkeypatch.setattr(self.ddp_model, "forward",
+                            lambda *a, **k: {n: v * float("nan") for n, v in real(*a, **k).items()})
+        try:
+            return original(self, images, targets, epoch)
+        finally:
+            monkeypatch.setattr(self.ddp_model, "forward", real)
 
     monkeypatch.setattr(Trainer, "_step", poisoned)
 
 
 def test_nan_loss_stops_and_keeps_last_good(data, tmp_path, monkeypatch):
-    _nan_after(monkeypatch, step=2)  # epoch 1 = steps 0, 1 (2 batches of 8); epoch 2 turns NaN
+    _nan_at(monkeypatch, step=1)  # one step per epoch: epoch 1 = step 0, epoch 2 turns NaN
     with pytest.raises(TrainingStopped) as err:
-        Trainer(tiny_config(data, tmp_path), progress=False).fit()
+        Trainer(tiny_config(data, tmp_path, max_steps_per_epoch=1), progress=False).fit()
     msg = str(err.value)
     assert "non-finite loss at epoch 2" in msg and "last.safetensors" in msg and "(epoch 1)" in msg
     _, meta = ck.read_weights(tmp_path / "last.safetensors")
@@ -122,10 +125,12 @@ def test_nan_loss_stops_and_keeps_last_good(data, tmp_path, monkeypatch):
 
 
 def test_nan_skip_policy_counts(data, tmp_path, monkeypatch):
-    _nan_after(monkeypatch, step=3)
-    metrics = Trainer(tiny_config(data, tmp_path, nan_policy="skip"), progress=False).fit()
+    _nan_at(monkeypatch, step=1)
+    cfg = tiny_config(data, tmp_path, nan_policy="skip", max_steps_per_epoch=1, epochs=3)
+    metrics = Trainer(cfg, progress=False).fit()
     assert metrics["skips"]["nan_steps"] == 1
     assert json.loads((tmp_path / "metrics.json").read_text())["skips"]["nan_steps"] == 1
+    assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "last.safetensors").values())
 
 
 def test_unwritable_output_stops_and_keeps_previous(data, tmp_path, monkeypatch):
@@ -141,7 +146,7 @@ def test_unwritable_output_stops_and_keeps_previous(data, tmp_path, monkeypatch)
 
     monkeypatch.setattr(Trainer, "_end_epoch", fail_from_epoch_2)
     with pytest.raises(TrainingStopped, match="No space left on device"):
-        Trainer(tiny_config(data, tmp_path), progress=False).fit()
+        Trainer(tiny_config(data, tmp_path, max_steps_per_epoch=1), progress=False).fit()
     monkeypatch.undo()
     assert ck.read_state(tmp_path / "last.state.pt")["epoch"] == 1
     assert ck.read_weights(tmp_path / "last.safetensors")[1]["epoch"] == 1

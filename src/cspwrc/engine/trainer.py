@@ -137,9 +137,6 @@ class WarmupScheduler:
     def state_dict(self) -> dict[str, Any]:
         return self.timm.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.timm.load_state_dict(state)
-
 
 # ------------------------------------------------------------------------------------------ run state
 
@@ -191,7 +188,7 @@ class Trainer:
             _remove_stale_temp_files(self.out)
         seed_everything(cfg.train.seed)
         self._build_data()
-        self._build_model()
+        self._build_model(init_weights=resume_state is None)  # a resumed run gets its weights from the state
         self.state = RunState()
         if resume_state is not None:
             self._restore(resume_state)
@@ -216,16 +213,15 @@ class Trainer:
                               f"{cfg.train.batch} per process; lower --batch")
         self.steps_per_epoch = min(n, cfg.train.max_steps_per_epoch) if cfg.train.max_steps_per_epoch > 0 else n
 
-    def _build_model(self) -> None:
+    def _build_model(self, init_weights: bool) -> None:
         from cspwrc.det import DetectorConfig, build_detector
 
         cfg = self.cfg
         # build_detector takes **opts; its DetectorConfig dataclass is the schema to check them against.
         check_kwargs(DetectorConfig, cfg.model.options, "model.options", skip=("backbone", "num_classes"))
         model = build_detector(backbone=cfg.model.name, num_classes=self.train_set.num_classes, **cfg.model.options)
-        if cfg.train.weights:
-            msg = init_from_weights(model, cfg.train.weights)
-            self._log(msg)
+        if cfg.train.weights and init_weights:
+            self._log(init_from_weights(model, cfg.train.weights))
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = WarmupScheduler(self.optimizer, cfg, self.steps_per_epoch)
@@ -269,7 +265,8 @@ class Trainer:
     def _restore(self, st: dict[str, Any]) -> None:
         self.model.load_state_dict(st["model"])
         self.optimizer.load_state_dict(st["optimizer"])
-        self.scheduler.load_state_dict(st["scheduler"])
+        # The schedule is a pure function of (config, global step): it is rebuilt, not loaded, so resuming
+        # with more --epochs stretches the decay over the new length instead of keeping the old one.
         self.scaler.load_state_dict(st["scaler"])
         if self.ema is not None and st.get("ema") is not None:
             self.ema.module.load_state_dict(st["ema"])
@@ -370,7 +367,7 @@ class Trainer:
         with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
             losses = self.ddp_model(images, targets)
         loss = losses["loss"]
-        if not self._finite_everywhere(loss.detach(), epoch, losses):
+        if not self._finite_everywhere(loss.detach(), epoch, losses, "loss"):
             return None
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -378,7 +375,7 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
             # Under AMP the scaler skips inf steps by design; in fp32 a non-finite norm is a real failure.
-            if not self.use_amp and not self._finite_everywhere(norm.detach(), epoch, {"grad_norm": norm}):
+            if not self.use_amp and not self._finite_everywhere(norm.detach(), epoch, {"grad_norm": norm}, "gradient"):
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
         self.scaler.step(self.optimizer)
@@ -387,7 +384,7 @@ class Trainer:
             self.ema.update(self.model, step=self.state.global_step)
         return {k: float(v.detach()) for k, v in losses.items()}
 
-    def _finite_everywhere(self, value: torch.Tensor, epoch: int, losses: dict[str, Any]) -> bool:
+    def _finite_everywhere(self, value: torch.Tensor, epoch: int, losses: dict[str, Any], what: str) -> bool:
         """All ranks agree whether the step is finite (DDP must take or skip a step together)."""
         bad = torch.tensor([0.0 if bool(torch.isfinite(value).all()) else 1.0])
         bad = dist.all_reduce_mean(bad)
@@ -396,14 +393,14 @@ class Trainer:
         detail = ", ".join(f"{k}={float(v.detach()) if torch.is_tensor(v) else v}" for k, v in losses.items())
         if self.cfg.train.nan_policy == "skip" and self.state.nan_skipped < self.cfg.train.max_nan_skips:
             self.state.nan_skipped += 1
-            self._log(f"warning: non-finite value at epoch {epoch + 1} step {self.state.global_step} ({detail}); "
+            self._log(f"warning: non-finite {what} at epoch {epoch + 1} step {self.state.global_step} ({detail}); "
                       f"step skipped ({self.state.nan_skipped} so far)")
             return False
         kept = self.out / "last.safetensors"
         where = f"last good checkpoint kept: {kept} (epoch {self.state.epoch})" if kept.exists() else \
             "no checkpoint had been written yet"
         raise TrainingStopped(
-            f"non-finite loss at epoch {epoch + 1}, step {self.state.global_step}: {detail}. Stopping "
+            f"non-finite {what} at epoch {epoch + 1}, step {self.state.global_step}: {detail}. Stopping "
             f"(train.nan_policy={self.cfg.train.nan_policy}, {self.state.nan_skipped} skipped); {where}. "
             f"Try a lower optim.lr, train.grad_clip, or check the data.")
 
