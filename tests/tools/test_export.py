@@ -94,7 +94,7 @@ def test_deploy_model_leaves_the_detector_unfolded(detector: torch.nn.Module) ->
 def test_export_cli_from_model_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli.ts"
     tool = load_tool("export")
-    assert tool.main(["--model", "resnet18", "--num-classes", "2", "--format", "torchscript", "--img", "64",
+    assert tool.main(["--model", BACKBONE, "--num-classes", "2", "--format", "torchscript", "--img", "64",
                       "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert out.is_file() and "max |pytorch - torchscript|" in text

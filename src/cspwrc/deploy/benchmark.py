@@ -172,6 +172,20 @@ def _jit_optimize(model: nn.Module, example: torch.Tensor) -> nn.Module:
         return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
 
 
+def _jit_detector(detector: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], Any]:
+    """Trace only the static-shape part (``forward_raw``); NMS has data-dependent shapes and stays eager."""
+    from cspwrc.det import RawPredictions
+    from cspwrc.det.postprocess import postprocess
+
+    raw = _jit_optimize(RawPredictions(detector), example)
+    cfg = detector.cfg
+
+    def run(x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        return postprocess(raw(x), cfg.score_thresh, cfg.nms_iou, cfg.max_det, cfg.pre_nms_topk, tuple(x.shape[-2:]))
+
+    return run
+
+
 def prepare(model: nn.Module, mode: str, example: torch.Tensor) -> tuple[Callable[[torch.Tensor], Any], torch.Tensor]:
     """Apply a mode's conversions to a copy of ``model``; returns (callable, input in the matching layout)."""
     flags = parse_mode(mode)
@@ -183,9 +197,11 @@ def prepare(model: nn.Module, mode: str, example: torch.Tensor) -> tuple[Callabl
         example = example.contiguous(memory_format=torch.channels_last)
     fn: Callable[[torch.Tensor], Any] = model
     if "jit" in flags:
-        fn = _jit_optimize(model, example)
+        fn = _jit_detector(model, example) if hasattr(model, "forward_raw") else _jit_optimize(model, example)
     if "compile" in flags:
-        fn = torch.compile(fn)
+        # freezing: inductor folds weights as constants, pre-packs oneDNN conv weights and fuses conv + SiLU,
+        # which is what makes it pay off for CPU inference (without it inductor calls plain aten convs).
+        fn = torch.compile(fn, options={"freezing": True})
     return fn, example
 
 

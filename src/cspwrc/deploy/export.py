@@ -52,6 +52,7 @@ def _quiet_tracing() -> None:
     torch.jit's deprecation notices say nothing about the exported file (tracing is what ONNX export uses)."""
     warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
     warnings.simplefilter("ignore", category=FutureWarning)
+    warnings.simplefilter("ignore", category=DeprecationWarning)  # the legacy ONNX exporter's logging helper
 
 
 def export_onnx(module: nn.Module, path: str | Path, img: int, opset: int = ONNX_OPSET,
