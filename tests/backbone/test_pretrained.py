@@ -65,3 +65,14 @@ def test_pth_is_not_unpickled(tmp_path: Path) -> None:
     torch.save({"state_dict": ref.state_dict(), "evil": pickle.Pickler}, path)
     with pytest.raises(RuntimeError, match="weights_only=True blocked"):
         timm.create_model("cspwrc_s", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+
+
+def test_timm_pretrained_contract_offline(tmp_path: Path) -> None:
+    """What timm's test_model_load_pretrained / test_model_features_pretrained do, with a local file:
+    in_chans=1 (first conv adapted), another class count, no classifier, features_only."""
+    _, path = _saved_cs3darknet("s", tmp_path, "safetensors")
+    overlay = dict(file=str(path))
+    gray = timm.create_model("cspwrc_s", pretrained=True, pretrained_cfg_overlay=overlay, in_chans=1, num_classes=5)
+    assert gray.stem.conv1.conv.weight.shape[1] == 1 and gray(X[:, :1]).shape == (2, 5)
+    timm.create_model("cspwrc_s", pretrained=True, pretrained_cfg_overlay=overlay, in_chans=1, num_classes=0)
+    timm.create_model("cspwrc_s", pretrained=True, pretrained_cfg_overlay=overlay, features_only=True)

@@ -95,8 +95,8 @@ class ScaledAdd(nn.Module):
         beta = self.beta
         if alpha is not None:
             branch = branch * alpha.reshape(-1, 1, 1)
-        if beta is not None:
-            shortcut = shortcut * beta.reshape(-1, 1, 1)
+        if beta is not None:  # one fused multiply-add instead of a multiply then an add
+            return torch.addcmul(branch, shortcut, beta.reshape(-1, 1, 1))
         return branch + shortcut
 
     def extra_repr(self) -> str:
