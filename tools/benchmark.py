@@ -87,7 +87,9 @@ def train_settings_from_args(args: argparse.Namespace) -> TrainBenchSettings:
 def print_train_report(train: dict) -> None:
     steps = ", ".join(f"wrc_weights={k}: {v['median_s'] * 1e3:.1f} ms" for k, v in train["steps"].items())
     print(f"\ntrain step (median): {steps}; WRC slowdown {train['wrc_slowdown_pct']:+.1f} %")
-    print(f"data pipeline {train['data_img_s']:.1f} img/s = {train['data_vs_step']:.2f}x the train step's rate")
+    print(f"data pipeline {train['data_img_s']:.1f} img/s = {train['data_vs_step']:.2f}x the train step's rate; "
+          f"a real loop ({train['settings']['workers']} workers) waits for data {train['loader_wait_pct']:.1f} % "
+          "of the time")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -84,3 +84,16 @@ def test_train_step_ab_smoke() -> None:
     images, targets = tb.synthetic_batch(3, 64, 5)
     boxes = torch.cat([t["boxes"] for t in targets])
     assert images.shape == (3, 3, 64, 64) and bool((boxes[:, 2:] > boxes[:, :2]).all()) and boxes.max() <= 64
+
+
+def test_data_side_measurements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loader throughput and the in-loop wait fraction run on a tiny generated shapes set (no timing claims)."""
+    from cspwrc.data.shapes import generate_shapes
+    from cspwrc.deploy import train_bench as tb
+
+    monkeypatch.setenv("CSPWRC_CACHE", str(tmp_path / "cache"))
+    data = generate_shapes(tmp_path / "shapes", num_train=6, num_val=2)
+    settings = tb.TrainBenchSettings(backbone="cspwrc_n", img=64, batch=2, num_classes=3, data=str(data),
+                                     workers=0, data_batches=1)
+    assert tb.data_throughput(settings) > 0
+    assert 0.0 <= tb.loader_wait_fraction(settings, warmup=1) < 1.0

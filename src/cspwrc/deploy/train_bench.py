@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,21 +62,29 @@ def detector_kwargs(backbone: str, wrc_weights: str) -> dict[str, Any]:
     return kwargs
 
 
-def make_step(settings: TrainBenchSettings, wrc_weights: str) -> Callable[[], None]:
-    """One closure = forward (loss) + backward + AdamW step of a fresh detector, on a fixed batch."""
+def make_train_step(settings: TrainBenchSettings, wrc_weights: str) -> Callable[[torch.Tensor, list], None]:
+    """``step(images, targets)`` = forward (loss) + backward + AdamW step of a fresh detector."""
     from cspwrc.det import build_detector
 
     torch.manual_seed(0)
-    model: nn.Module = build_detector(settings.backbone, settings.num_classes, **detector_kwargs(settings.backbone, wrc_weights)).train()
+    model: nn.Module = build_detector(settings.backbone, settings.num_classes, **detector_kwargs(settings.backbone,
+                                                                                                  wrc_weights))
+    model.train()
     optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-4, weight_decay=0.05)
-    images, targets = synthetic_batch(settings.batch, settings.img, settings.num_classes)
 
-    def step() -> None:
+    def step(images: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> None:
         optimizer.zero_grad(set_to_none=True)
         model(images, targets)["loss"].backward()
         optimizer.step()
 
     return step
+
+
+def make_step(settings: TrainBenchSettings, wrc_weights: str) -> Callable[[], None]:
+    """A train step on a fixed synthetic batch (no data loading inside the timed region)."""
+    step = make_train_step(settings, wrc_weights)
+    images, targets = synthetic_batch(settings.batch, settings.img, settings.num_classes)
+    return lambda: step(images, targets)
 
 
 def interleaved_times(steps: dict[str, Callable[[], None]], warmup: int, iters: int,
@@ -97,15 +105,42 @@ def interleaved_times(steps: dict[str, Callable[[], None]], warmup: int, iters: 
     return times
 
 
-def data_throughput(settings: TrainBenchSettings) -> float:
-    """Images/s of the training loader (augmentation incl. mosaic) at the step's ``img`` and ``batch``."""
+def train_dataset(settings: TrainBenchSettings) -> Any:
     from cspwrc.data import build_datasets, ensure_shapes_dataset
-    from cspwrc.data.loader import measure_throughput
 
     yaml_path = Path(settings.data) if settings.data else ensure_shapes_dataset()
     train, _ = build_datasets(yaml_path, img=settings.img, progress=False)
-    return measure_throughput(train, batch_size=settings.batch, workers=settings.workers,
+    return train
+
+
+def data_throughput(settings: TrainBenchSettings) -> float:
+    """Images/s of the training loader alone (augmentation incl. mosaic) at the step's ``img`` and ``batch``."""
+    from cspwrc.data.loader import measure_throughput
+
+    return measure_throughput(train_dataset(settings), batch_size=settings.batch, workers=settings.workers,
                               batches=settings.data_batches)
+
+
+def loader_wait_fraction(settings: TrainBenchSettings, wrc_weights: str = "scalar", warmup: int = 2) -> float:
+    """Fraction of a real training loop (loader workers + step sharing the machine) spent waiting for batches."""
+    from cspwrc.data.loader import build_loader
+
+    dataset = train_dataset(settings)
+    loader = build_loader(dataset, settings.batch, train=True, workers=settings.workers, seed=0)
+    step = make_train_step(replace(settings, num_classes=dataset.num_classes), wrc_weights)
+    waited = total = 0.0
+    it = iter(loader)
+    for i in range(warmup + settings.data_batches):
+        t0 = time.perf_counter()
+        try:
+            images, targets = next(it)
+        except StopIteration:
+            break
+        t1 = time.perf_counter()
+        step(images.float() / 255, targets)  # the engine's uint8 -> [0, 1] conversion
+        if i >= warmup:  # the first batches include worker start-up
+            waited, total = waited + t1 - t0, total + time.perf_counter() - t0
+    return waited / total if total else float("nan")
 
 
 def run_train_benchmark(settings: TrainBenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -126,4 +161,6 @@ def run_train_benchmark(settings: TrainBenchSettings, log: Callable[[str], None]
     report["data_vs_step"] = data_img_s / step_img_s
     log(f"data pipeline: {data_img_s:.1f} img/s vs train step {step_img_s:.1f} img/s "
         f"({report['data_vs_step']:.2f}x)")
+    report["loader_wait_pct"] = 100.0 * loader_wait_fraction(settings, settings.wrc_weights[0])
+    log(f"training loop with {settings.workers} loader workers waits {report['loader_wait_pct']:.1f} % of the time")
     return report
