@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=20, help="timed runs per configuration (upper bound)")
     p.add_argument("--max-seconds", type=float, default=20.0, help="time budget per configuration")
     p.add_argument("--min-iters", type=int, default=3)
-    p.add_argument("--baseline", default=None, help="model the ratios refer to, e.g. cs3darknet_s")
+    p.add_argument("--baseline", default=None, help="model the ratios refer to, e.g. cs3darknet_s; 'peer': each cspwrc_X vs cs3darknet_X (n vs s)")
     p.add_argument("--baseline-mode", default="eager")
     p.add_argument("--peak-size", type=int, default=2048, help="n of the n x n sgemm measuring the peak")
     t = p.add_argument_group("training-side checks (--train-step)")

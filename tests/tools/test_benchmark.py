@@ -97,3 +97,14 @@ def test_data_side_measurements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
                                      workers=0, data_batches=1)
     assert tb.data_throughput(settings) > 0
     assert 0.0 <= tb.loader_wait_fraction(settings, warmup=1) < 1.0
+
+
+def test_peer_baseline() -> None:
+    assert bm.peer_of("cspwrc_m") == "cs3darknet_m" and bm.peer_of("cspwrc_n") == "cs3darknet_s"
+    assert bm.peer_of("resnet18") == "resnet18"
+    rows = [bm.BenchRow(m, "backbone", "eager", 64, 1, gflops=g, throughput_img_s=t)
+            for m, g, t in [("cspwrc_m", 2.0, 30.0), ("cs3darknet_m", 2.0, 20.0), ("cspwrc_n", 1.0, 80.0),
+                            ("cs3darknet_s", 1.5, 40.0)]]
+    bm.add_ratios(rows, "peer", "eager", peak=100.0)
+    assert [r.ratio_vs_baseline for r in rows] == [1.5, 1.0, 2.0, 1.0]
+    assert rows[2].flops_ratio_vs_baseline == pytest.approx(1 / 1.5)

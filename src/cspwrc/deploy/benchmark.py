@@ -275,18 +275,26 @@ def bench_model(name: str, target: str, settings: BenchSettings, device: torch.d
                 yield measure_row(model, row, flops, settings, device)
 
 
+def peer_of(model: str) -> str:
+    """timm's cs3darknet of the same size (``cspwrc_n`` has none: cs3darknet_s, the smallest); others: itself."""
+    if not model.startswith("cspwrc_"):
+        return model
+    size = model.removeprefix("cspwrc_")
+    return f"cs3darknet_{'s' if size == 'n' else size}"
+
+
 def add_ratios(rows: list[BenchRow], baseline: str | None, baseline_mode: str, peak: float) -> None:
-    """Peak percentage and ratios vs ``baseline`` model in ``baseline_mode`` at the same target/img/batch."""
-    ref = {
-        (r.target, r.img, r.batch): r
-        for r in rows
-        if r.model == baseline and r.mode == baseline_mode and r.status == "ok"
-    }
+    """Peak percentage and ratios vs the baseline in ``baseline_mode`` at the same target/img/batch.
+
+    ``baseline``: a model name, or ``"peer"`` = each cspwrc model against its cs3darknet peer (:func:`peer_of`).
+    """
+    ref = {(r.model, r.target, r.img, r.batch): r for r in rows if r.mode == baseline_mode and r.status == "ok"}
     for r in rows:
         if r.status != "ok":
             continue
         r.peak_pct = 100.0 * r.achieved_gflop_s / peak if peak > 0 else 0.0
-        base = ref.get((r.target, r.img, r.batch))
+        base_model = peer_of(r.model) if baseline == "peer" else baseline
+        base = ref.get((base_model, r.target, r.img, r.batch))
         if base is not None:
             r.ratio_vs_baseline = r.throughput_img_s / base.throughput_img_s
             r.flops_ratio_vs_baseline = r.gflops / base.gflops if base.gflops else None
