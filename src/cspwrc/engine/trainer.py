@@ -275,7 +275,7 @@ class Trainer:
         self._log(f"resumed from {self.out} after epoch {self.state.epoch} (step {self.state.global_step})")
 
     def _save(self, names: list[str]) -> None:
-        """Rank 0 writes; every rank learns whether it worked (so no rank waits forever on a dead one)."""
+        """Rank 0 writes checkpoints and records; every rank learns whether it worked (none waits on a dead one)."""
         error = None
         if dist.is_main():
             weights = (self.ema.module if self.ema is not None else self.model).state_dict()
@@ -283,6 +283,9 @@ class Trainer:
             try:
                 for name in names:
                     save_checkpoint(self.out, name, weights, meta, state)
+                # Records after checkpoints: a resumed run rewrites them from the checkpoint's history.
+                write_results_csv(self.out / "results.csv", self.state.history)
+                plot_curves(self.out / "curves.png", self.state.history)
             except CheckpointError as err:
                 error = str(err)
         error = dist.broadcast_object(error)
@@ -427,9 +430,6 @@ class Trainer:
             s.best_map, s.best_epoch = result.map, epoch + 1
             names.append("best")
         self._save(names)
-        if dist.is_main():
-            write_results_csv(self.out / "results.csv", s.history)
-            plot_curves(self.out / "curves.png", s.history)
 
     def _finish(self, result: EvalResult, wall_s: float) -> dict[str, Any]:
         s = self.state
