@@ -128,3 +128,15 @@ def test_folded_stage_scripts() -> None:
     fused = _fold(stage)
     x = torch.randn(1, 8, 8, 8)
     torch.testing.assert_close(torch.jit.script(fused)(x), fused(x))
+
+
+def test_fold_frozen_batchnorm() -> None:
+    """Detectors may freeze BN (timm FrozenBatchNormAct2d, not an nn.BatchNorm2d): it folds the same way."""
+    from timm.layers import freeze_batch_norm_2d
+
+    stage = randomize_norm_and_wrc_(CspStage(8, 8, depth=2, wrc_weights="channel")).eval()
+    frozen = freeze_batch_norm_2d(stage).eval()
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
+    fused = _fold(frozen)
+    assert not any(isinstance(m, ConvNormAct) for m in fused.modules())
+    assert _max_diff(stage, fused, torch.randn(2, 8, 8, 8)) <= TOL
