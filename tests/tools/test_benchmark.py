@@ -58,11 +58,15 @@ def test_modes_parse_and_unknown_mode_fails() -> None:
 
 
 def test_failing_mode_is_skipped_not_fatal() -> None:
-    settings = bm.BenchSettings(models=["resnet18"], img=[64], modes=["eager"], warmup=0, iters=1, min_iters=1)
-    row = bm.BenchRow("resnet18", "backbone", "eager", 64, 1)
-    broken = torch.nn.Conv2d(4, 4, 1)  # wrong input channels: the forward raises
-    out = bm.measure_row(broken, row, 1, settings, torch.device("cpu"))
-    assert out.status == "skipped" and "RuntimeError" in out.error
+    settings = bm.BenchSettings(models=["ok", "broken"], img=[8], modes=["eager", "folded"], warmup=1, iters=2,
+                                min_iters=1)
+    built = {"ok": bm._Built(torch.nn.Conv2d(3, 4, 1), 0.0, {8: 10}),
+             "broken": bm._Built(torch.nn.Conv2d(4, 4, 1), 0.0, {8: 10})}  # wrong input channels: forward raises
+    with torch.inference_mode():
+        rows = bm.bench_group(built, "backbone", 8, 1, settings, torch.device("cpu"), log=lambda s: None)
+    assert [(r.model, r.mode, r.status) for r in rows] == [
+        ("ok", "eager", "ok"), ("ok", "folded", "ok"), ("broken", "eager", "skipped"), ("broken", "folded", "skipped")]
+    assert "RuntimeError" in rows[-1].error and rows[0].iters == 2 and rows[0].latency_ms_median > 0
 
 
 def test_peak_and_percentiles() -> None:
@@ -78,9 +82,9 @@ def test_train_step_ab_smoke() -> None:
     settings = tb.TrainBenchSettings(backbone="resnet18", img=64, batch=2, num_classes=3)
     assert tb.detector_kwargs("cspwrc_s", "none")["backbone_kwargs"] == {"wrc_weights": "none"}
     assert "backbone_kwargs" not in tb.detector_kwargs("resnet18", "none")  # timm peers: neck A/B only
-    steps = {w: tb.make_step(settings, w) for w in tb.WRC_SETTINGS}
-    times = tb.interleaved_times(steps, warmup=0, iters=1, max_seconds=60)
-    assert set(times) == set(tb.WRC_SETTINGS) and all(len(t) == 1 and t[0] > 0 for t in times.values())
+    steps = [tb.make_step(settings, w) for w in tb.WRC_SETTINGS]
+    times = bm.round_robin_times(steps, iters=1, max_seconds=60, min_iters=1)
+    assert len(times) == 2 and all(len(t) == 1 and t[0] > 0 for t in times)
     images, targets = tb.synthetic_batch(3, 64, 5)
     boxes = torch.cat([t["boxes"] for t in targets])
     assert images.shape == (3, 3, 64, 64) and bool((boxes[:, 2:] > boxes[:, :2]).all()) and boxes.max() <= 64

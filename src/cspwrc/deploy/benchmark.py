@@ -16,7 +16,7 @@ import platform
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -205,28 +205,23 @@ def prepare(model: nn.Module, mode: str, example: torch.Tensor) -> tuple[Callabl
     return fn, example
 
 
-def time_calls(
-    fn: Callable[[torch.Tensor], Any],
-    x: torch.Tensor,
-    warmup: int,
-    iters: int,
-    max_seconds: float,
-    min_iters: int,
-) -> list[float]:
-    """Per-call wall times (s) after ``warmup`` calls; stops early after ``max_seconds`` once ``min_iters`` are in."""
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn(x)
-        times: list[float] = []
-        start = time.perf_counter()
-        while len(times) < iters:
-            synchronize(x.device)
+def round_robin_times(calls: Sequence[Callable[[], Any]], iters: int, max_seconds: float,
+                      min_iters: int) -> list[list[float]]:
+    """Wall times (s) of every call, timed in rounds (one call of each per round).
+
+    On a shared machine the load drifts over minutes; interleaving makes every configuration see the same
+    drift, so the ratios between them stay meaningful even when absolute numbers move. Stops after ``iters``
+    rounds, or after ``max_seconds`` per call once ``min_iters`` rounds are in.
+    """
+    times: list[list[float]] = [[] for _ in calls]
+    start = time.perf_counter()
+    for round_ in range(iters):
+        for call, ts in zip(calls, times):
             t0 = time.perf_counter()
-            fn(x)
-            synchronize(x.device)
-            times.append(time.perf_counter() - t0)
-            if len(times) >= min_iters and time.perf_counter() - start > max_seconds:
-                break
+            call()
+            ts.append(time.perf_counter() - t0)
+        if round_ + 1 >= min_iters and time.perf_counter() - start > max_seconds * len(calls):
+            break
     return times
 
 
@@ -236,43 +231,78 @@ def p90(times: Sequence[float]) -> float:
     return statistics.quantiles(times, n=10, method="inclusive")[-1]
 
 
-def measure_row(
-    model: nn.Module, row: BenchRow, flops_per_img: int, settings: BenchSettings, device: torch.device
-) -> BenchRow:
-    """Fill the timing fields of ``row``; an unsupported mode (e.g. compile without a compiler) is skipped."""
-    example = torch.rand(row.batch, 3, row.img, row.img, device=device)  # detector convention: [0, 1]
-    try:
-        fn, x = prepare(model, row.mode, example)
-        times = time_calls(fn, x, settings.warmup, settings.iters, settings.max_seconds, settings.min_iters)
-    except Exception as exc:  # noqa: BLE001 - any backend failure means "mode not available here"
-        row.status, row.error = "skipped", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        return row
+@dataclass
+class _Built:
+    model: nn.Module
+    params_m: float
+    flops_per_img: dict[int, int]  # by image size
+
+
+def _skipped(row: BenchRow, exc: BaseException, stage: str = "") -> BenchRow:
+    row.status, row.error = "skipped", f"{stage}{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    return row
+
+
+def _ready_call(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, warmup: int) -> Callable[[], Any]:
+    """A no-argument call (synchronised on GPUs) after ``warmup`` runs: compile or tracing failures surface here."""
+    def call() -> Any:
+        out = fn(x)
+        synchronize(x.device)
+        return out
+
+    for _ in range(warmup):
+        call()
+    return call
+
+
+def bench_group(built: dict[str, _Built], target: str, img: int, batch: int, settings: BenchSettings,
+                device: torch.device, log: Callable[[str], None]) -> list[BenchRow]:
+    """Every model x mode at one target/size/batch, timed round-robin; a failing mode is skipped, not fatal."""
+    example = torch.rand(batch, 3, img, img, device=device)  # detector convention: [0, 1]
+    rows: list[BenchRow] = []
+    ready: list[tuple[BenchRow, Callable[[], Any]]] = []
+    for name, b in built.items():
+        for mode in settings.modes:
+            row = BenchRow(name, target, mode, img, batch, params_m=b.params_m, gflops=b.flops_per_img[img] / 1e9)
+            rows.append(row)
+            try:
+                fn, x = prepare(b.model, mode, example)
+                ready.append((row, _ready_call(fn, x, settings.warmup)))
+            except Exception as exc:  # noqa: BLE001 - any backend failure means "mode not available here"
+                log(_progress(_skipped(row, exc)))
+    times = round_robin_times([c for _, c in ready], settings.iters, settings.max_seconds, settings.min_iters)
+    for (row, _), ts in zip(ready, times):
+        _fill(row, ts, row.gflops * 1e9)
+        log(_progress(row))
+    return rows
+
+
+def _fill(row: BenchRow, times: Sequence[float], flops_per_img: float) -> None:
     median = statistics.median(times)
     row.latency_ms_median = median * 1e3
     row.latency_ms_p90 = p90(times) * 1e3
     row.throughput_img_s = row.batch / median
     row.achieved_gflop_s = flops_per_img * row.batch / median / 1e9
     row.iters = len(times)
-    return row
 
 
-def bench_model(name: str, target: str, settings: BenchSettings, device: torch.device) -> Iterable[BenchRow]:
-    """All modes x sizes x batches of one model/target; FLOPs counted once per size on the eager model."""
-    try:
-        model = build_target(name, target, settings.num_classes).to(device)
-    except Exception as exc:  # noqa: BLE001 - report and continue with the other models
-        for img in settings.img:
-            for batch in settings.batch:
-                for mode in settings.modes:
-                    yield BenchRow(name, target, mode, img, batch, status="skipped", error=f"build: {exc}"[:300])
-        return
-    params_m = count_params(model) / 1e6
-    for img in settings.img:
-        flops = count_flops(model, torch.rand(1, 3, img, img, device=device))
-        for batch in settings.batch:
-            for mode in settings.modes:
-                row = BenchRow(name, target, mode, img, batch, params_m=params_m, gflops=flops / 1e9)
-                yield measure_row(model, row, flops, settings, device)
+def build_all(target: str, settings: BenchSettings, device: torch.device,
+              log: Callable[[str], None]) -> tuple[dict[str, _Built], list[BenchRow]]:
+    """Build every model once and count its FLOPs per image size (eager model, batch 1; FLOPs are linear in B)."""
+    built: dict[str, _Built] = {}
+    failed: list[BenchRow] = []
+    for name in settings.models:
+        try:
+            model = build_target(name, target, settings.num_classes).to(device)
+            flops = {img: count_flops(model, torch.rand(1, 3, img, img, device=device)) for img in settings.img}
+        except Exception as exc:  # noqa: BLE001 - report and continue with the other models
+            for img in settings.img:
+                for batch in settings.batch:
+                    failed += [_skipped(BenchRow(name, target, m, img, batch), exc, "build: ") for m in settings.modes]
+            log(f"{target} {name}: skipped ({exc})")
+            continue
+        built[name] = _Built(model, count_params(model) / 1e6, flops)
+    return built, failed
 
 
 def peer_of(model: str) -> str:
@@ -344,10 +374,12 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = print) -
     log(f"fp32 matmul peak ({settings.peak_size}^3, {threads} threads): {peaks[0]:.1f} GFLOP/s")
     rows: list[BenchRow] = []
     for target in settings.targets:
-        for name in settings.models:
-            for row in bench_model(name, target, settings, device):
-                log(_progress(row))
-                rows.append(row)
+        built, failed = build_all(target, settings, device, log)
+        rows += failed
+        with torch.inference_mode():
+            for img in settings.img:
+                for batch in settings.batch:
+                    rows += bench_group(built, target, img, batch, settings, device, log)
     # Measured again at the end: the peak is "best of", and the load of a shared machine drifts.
     peaks.append(matmul_peak_gflops(device, settings.peak_size))
     peak = max(peaks)

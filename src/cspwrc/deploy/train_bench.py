@@ -20,7 +20,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 
-from cspwrc.deploy.benchmark import p90
+from cspwrc.deploy.benchmark import p90, round_robin_times
 
 WRC_SETTINGS = ("scalar", "none")  # default WRC (one learnable pair per block) vs plain residual adds
 
@@ -87,24 +87,6 @@ def make_step(settings: TrainBenchSettings, wrc_weights: str) -> Callable[[], No
     return lambda: step(images, targets)
 
 
-def interleaved_times(steps: dict[str, Callable[[], None]], warmup: int, iters: int,
-                      max_seconds: float) -> dict[str, list[float]]:
-    """Warm every step up, then time them round-robin so slow phases of a shared machine hit all equally."""
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    times: dict[str, list[float]] = {k: [] for k in steps}
-    start = time.perf_counter()
-    for _ in range(iters):
-        for key, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            times[key].append(time.perf_counter() - t0)
-        if time.perf_counter() - start > max_seconds:
-            break
-    return times
-
-
 def train_dataset(settings: TrainBenchSettings) -> Any:
     from cspwrc.data import build_datasets, ensure_shapes_dataset
 
@@ -146,7 +128,12 @@ def loader_wait_fraction(settings: TrainBenchSettings, wrc_weights: str = "scala
 def run_train_benchmark(settings: TrainBenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """WRC on/off step times and data-vs-step throughput; the dict is stored under ``train_step`` in the JSON."""
     steps = {w: make_step(settings, w) for w in settings.wrc_weights}
-    times = interleaved_times(steps, settings.warmup, settings.iters, settings.max_seconds)
+    for step in steps.values():
+        for _ in range(settings.warmup):
+            step()
+    # Round-robin (A, B, A, B, ...): load drift on a shared machine hits both settings equally.
+    rounds = round_robin_times(list(steps.values()), settings.iters, settings.max_seconds, min_iters=1)
+    times = dict(zip(steps, rounds))
     report: dict[str, Any] = {"settings": asdict(settings), "steps": {}}
     for key, ts in times.items():
         median = statistics.median(ts)
