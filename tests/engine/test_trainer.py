@@ -14,17 +14,6 @@ from cspwrc.engine import checkpoint as ck
 from cspwrc.engine.trainer import Trainer, TrainingStopped, WarmupScheduler, load_resume, param_groups
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads per process make tiny
-    steps 5-20x slower; the subprocess tests set OMP_NUM_THREADS=1 for the same reason. Module scope: the
-    shared reference run must use the same thread count as the runs compared with it (bit-exact floats)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return tiny_data(tmp_path_factory.mktemp("data"))

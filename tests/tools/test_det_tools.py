@@ -12,29 +12,24 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import shared_dataset
-
 from cspwrc.engine.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads per process make tiny
-    steps 5-20x slower; the subprocess tests set OMP_NUM_THREADS=1 for the same reason. Module scope: the
-    shared reference run must use the same thread count as the runs compared with it (bit-exact floats)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _tool(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"cspwrc_tool_{name}", ROOT / "tools" / f"{name}.py")
+def _load(path: Path, name: str) -> ModuleType:
+    """Import a file by path: the tools are scripts, and ``conftest`` is ambiguous with per-folder conftests."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _tool(name: str) -> ModuleType:
+    return _load(ROOT / "tools" / f"{name}.py", f"cspwrc_tool_{name}")
+
+
+shared_dataset = _load(ROOT / "tests" / "conftest.py", "cspwrc_tests_root_conftest").shared_dataset
 
 
 def _checkpoint(folder: Path, category_ids: list[int], names: list[str], img: int = 64) -> Path:
