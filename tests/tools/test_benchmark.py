@@ -55,6 +55,8 @@ def test_modes_parse_and_unknown_mode_fails() -> None:
     assert bm.parse_mode("folded+channels_last") == {"folded", "channels_last"}
     with pytest.raises(ValueError, match="unknown mode"):
         bm.parse_mode("fast")
+    with pytest.raises(ValueError, match="one runtime"):
+        bm.parse_mode("folded+jit+compile")
 
 
 def test_failing_mode_is_skipped_not_fatal() -> None:
@@ -112,3 +114,18 @@ def test_peer_baseline() -> None:
     bm.add_ratios(rows, "peer", "eager", peak=100.0)
     assert [r.ratio_vs_baseline for r in rows] == [1.5, 1.0, 2.0, 1.0]
     assert rows[2].flops_ratio_vs_baseline == pytest.approx(1 / 1.5)
+
+
+@pytest.mark.parametrize("mode", ["folded+channels_last", "folded+jit", "folded+ort"])
+def test_deploy_modes_compute_the_same_features(mode: str) -> None:
+    """A mode is only a fair speed comparison if it computes the same thing as eager."""
+    if "ort" in mode:
+        pytest.importorskip("onnxruntime")
+    model = bm.build_backbone("cspwrc_n")
+    x = torch.rand(2, 3, 64, 64)
+    fn, x_mode = bm.prepare(model, mode, x)
+    with torch.inference_mode():
+        expected, actual = model(x), fn(x_mode)
+    assert len(actual) == len(expected) == 3
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)

@@ -26,7 +26,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 TARGETS = ("backbone", "detector")
-MODE_FLAGS = ("eager", "folded", "channels_last", "jit", "compile")
+MODE_FLAGS = ("eager", "folded", "channels_last", "jit", "ort", "compile")
+RUNTIMES = ("jit", "ort", "compile")  # mutually exclusive ways to run the (folded) model
 DEFAULT_MODES = ("eager", "folded", "channels_last", "folded+channels_last")
 # P3-P5: the three levels a YOLO-style neck consumes.
 DETECTOR_REDUCTIONS = (8, 16, 32)
@@ -80,6 +81,8 @@ def parse_mode(mode: str) -> frozenset[str]:
     unknown = flags - set(MODE_FLAGS)
     if unknown or not flags:
         raise ValueError(f"unknown mode {mode!r}: combine {MODE_FLAGS} with '+'")
+    if len(flags & set(RUNTIMES)) > 1:
+        raise ValueError(f"mode {mode!r}: pick one runtime of {RUNTIMES}")
     return flags - {"eager"}
 
 
@@ -172,18 +175,59 @@ def _jit_optimize(model: nn.Module, example: torch.Tensor) -> nn.Module:
         return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
 
 
-def _jit_detector(detector: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], Any]:
-    """Trace only the static-shape part (``forward_raw``); NMS has data-dependent shapes and stays eager."""
-    from cspwrc.det import RawPredictions
+def _with_eager_nms(raw_fn: Callable[[torch.Tensor], torch.Tensor],
+                    detector: nn.Module) -> Callable[[torch.Tensor], Any]:
+    """Detector output from a compiled/exported ``forward_raw``: NMS has data-dependent shapes and stays eager."""
     from cspwrc.det.postprocess import postprocess
 
-    raw = _jit_optimize(RawPredictions(detector), example)
     cfg = detector.cfg
 
     def run(x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        return postprocess(raw(x), cfg.score_thresh, cfg.nms_iou, cfg.max_det, cfg.pre_nms_topk, tuple(x.shape[-2:]))
+        return postprocess(raw_fn(x), cfg.score_thresh, cfg.nms_iou, cfg.max_det, cfg.pre_nms_topk, tuple(x.shape[-2:]))
 
     return run
+
+
+def _static_part(model: nn.Module) -> nn.Module:
+    """What tracing/exporting sees: the detector's ``forward_raw`` (no NMS), or the backbone itself."""
+    if hasattr(model, "forward_raw"):
+        from cspwrc.det import RawPredictions
+
+        return RawPredictions(model)
+    return model
+
+
+def _ort_session(module: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], Any]:
+    """Export ``module`` to ONNX (a temp file) and run it with onnxruntime on CPU at torch's thread count."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from cspwrc.deploy.export import INPUT_NAME, export_onnx
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()  # the same threads as every other mode
+    opts.inter_op_num_threads = 1
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(module, f"{tmp}/model.onnx", example.shape[-1])
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> list[torch.Tensor]:
+        return [torch.from_numpy(o) for o in session.run(None, {INPUT_NAME: x.contiguous().numpy()})]
+
+    return run
+
+
+def _convert(model: nn.Module, flags: frozenset[str], example: torch.Tensor) -> Callable[[torch.Tensor], Any]:
+    """jit / ort: convert the static part and keep the detector's NMS eager; otherwise the model itself."""
+    if "jit" in flags:
+        fn: Callable[[torch.Tensor], Any] = _jit_optimize(_static_part(model), example)
+    elif "ort" in flags:
+        session = _ort_session(_static_part(model), example)
+        fn = (lambda x: session(x)[0]) if hasattr(model, "forward_raw") else session
+    else:
+        return model
+    return _with_eager_nms(fn, model) if hasattr(model, "forward_raw") else fn
 
 
 def prepare(model: nn.Module, mode: str, example: torch.Tensor) -> tuple[Callable[[torch.Tensor], Any], torch.Tensor]:
@@ -195,9 +239,7 @@ def prepare(model: nn.Module, mode: str, example: torch.Tensor) -> tuple[Callabl
     if "channels_last" in flags:
         model = model.to(memory_format=torch.channels_last)
         example = example.contiguous(memory_format=torch.channels_last)
-    fn: Callable[[torch.Tensor], Any] = model
-    if "jit" in flags:
-        fn = _jit_detector(model, example) if hasattr(model, "forward_raw") else _jit_optimize(model, example)
+    fn = _convert(model, flags, example)
     if "compile" in flags:
         # freezing: inductor folds weights as constants, pre-packs oneDNN conv weights and fuses conv + SiLU,
         # which is what makes it pay off for CPU inference (without it inductor calls plain aten convs).
