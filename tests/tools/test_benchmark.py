@@ -61,11 +61,12 @@ def test_modes_parse_and_unknown_mode_fails() -> None:
 
 def test_failing_mode_is_skipped_not_fatal() -> None:
     settings = bm.BenchSettings(models=["ok", "broken"], img=[8], modes=["eager", "folded"], warmup=1, iters=2,
-                                min_iters=1)
+                                min_iters=1, peak_size=64)
     built = {"ok": bm._Built(torch.nn.Conv2d(3, 4, 1), 0.0, {8: 10}),
              "broken": bm._Built(torch.nn.Conv2d(4, 4, 1), 0.0, {8: 10})}  # wrong input channels: forward raises
     with torch.inference_mode():
-        rows = bm.bench_group(built, "backbone", 8, 1, settings, torch.device("cpu"), log=lambda s: None)
+        rows, peak = bm.bench_group(built, "backbone", 8, 1, settings, torch.device("cpu"), log=lambda s: None)
+    assert peak > 0
     assert [(r.model, r.mode, r.status) for r in rows] == [
         ("ok", "eager", "ok"), ("ok", "folded", "ok"), ("broken", "eager", "skipped"), ("broken", "folded", "skipped")]
     assert "RuntimeError" in rows[-1].error and rows[0].iters == 2 and rows[0].latency_ms_median > 0

@@ -29,8 +29,6 @@ TARGETS = ("backbone", "detector")
 MODE_FLAGS = ("eager", "folded", "channels_last", "jit", "ort", "compile")
 RUNTIMES = ("jit", "ort", "compile")  # mutually exclusive ways to run the (folded) model
 DEFAULT_MODES = ("eager", "folded", "channels_last", "folded+channels_last")
-# P3-P5: the three levels a YOLO-style neck consumes.
-DETECTOR_REDUCTIONS = (8, 16, 32)
 
 
 @dataclass
@@ -98,21 +96,29 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class SgemmProbe:
+    """An ``n x n @ n x n`` fp32 matmul (2 n^3 FLOPs): the machine's attainable GFLOP/s at this thread count."""
+
+    def __init__(self, device: str | torch.device = "cpu", n: int = 2048) -> None:
+        self.device = torch.device(device)
+        self.a = torch.randn(n, n, device=self.device)
+        self.b = torch.randn(n, n, device=self.device)
+        self.out = torch.empty(n, n, device=self.device)
+        self.flops = 2 * n**3
+
+    def __call__(self) -> None:
+        torch.mm(self.a, self.b, out=self.out)
+        synchronize(self.device)
+
+    def gflops(self, times: Sequence[float]) -> float:
+        return self.flops / min(times) / 1e9
+
+
 def matmul_peak_gflops(device: str | torch.device = "cpu", n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` fp32 sgemm GFLOP/s for ``n x n @ n x n`` (2*n^3 FLOPs) at the current thread count."""
-    device = torch.device(device)
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    out = torch.empty(n, n, device=device)
-    torch.mm(a, b, out=out)  # warm-up: thread pool and allocator
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        torch.mm(a, b, out=out)
-        synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+    """Best-of-``repeats`` fp32 sgemm GFLOP/s at the current thread count (after one warm-up call)."""
+    probe = SgemmProbe(device, n)
+    probe()  # thread pool and allocator warm-up
+    return probe.gflops(round_robin_times([probe], repeats, float("inf"), repeats)[0])
 
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> int:
@@ -127,13 +133,12 @@ def count_params(model: nn.Module) -> int:
 
 
 def p3_p5_indices(name: str, **kwargs: Any) -> tuple[int, ...]:
-    """Feature indices of strides 8/16/32 for any timm model (resnets, cspnets, cspwrc...)."""
-    probe = timm.create_model(name, features_only=True, pretrained=False, **kwargs)
-    reductions = probe.feature_info.reduction()
-    indices = tuple(i for i, r in enumerate(reductions) if r in DETECTOR_REDUCTIONS)
-    if len(indices) != len(DETECTOR_REDUCTIONS):
-        raise ValueError(f"{name}: feature reductions {reductions} do not cover {DETECTOR_REDUCTIONS}")
-    return indices
+    """Feature indices of strides 8/16/32, chosen exactly as the detector chooses them (any timm CNN)."""
+    from cspwrc.det.detector import select_feature_levels
+
+    with torch.device("meta"):  # only feature_info is needed: no memory, no init
+        probe = timm.create_model(name, features_only=True, pretrained=False, **kwargs)
+    return tuple(select_feature_levels(probe.feature_info.reduction(), name))
 
 
 def build_backbone(name: str, **kwargs: Any) -> nn.Module:
@@ -298,8 +303,12 @@ def _ready_call(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, warmup: int)
 
 
 def bench_group(built: dict[str, _Built], target: str, img: int, batch: int, settings: BenchSettings,
-                device: torch.device, log: Callable[[str], None]) -> list[BenchRow]:
-    """Every model x mode at one target/size/batch, timed round-robin; a failing mode is skipped, not fatal."""
+                device: torch.device, log: Callable[[str], None]) -> tuple[list[BenchRow], float]:
+    """Every model x mode at one target/size/batch, timed round-robin; a failing mode is skipped, not fatal.
+
+    The sgemm probe takes part in every round, so the peak is measured under the same load as the models.
+    Returns the rows and the probe's best GFLOP/s.
+    """
     example = torch.rand(batch, 3, img, img, device=device)  # detector convention: [0, 1]
     rows: list[BenchRow] = []
     ready: list[tuple[BenchRow, Callable[[], Any]]] = []
@@ -312,11 +321,13 @@ def bench_group(built: dict[str, _Built], target: str, img: int, batch: int, set
                 ready.append((row, _ready_call(fn, x, settings.warmup)))
             except Exception as exc:  # noqa: BLE001 - any backend failure means "mode not available here"
                 log(_progress(_skipped(row, exc)))
-    times = round_robin_times([c for _, c in ready], settings.iters, settings.max_seconds, settings.min_iters)
+    probe = SgemmProbe(device, settings.peak_size)
+    *times, probe_times = round_robin_times([c for _, c in ready] + [probe], settings.iters, settings.max_seconds,
+                                            settings.min_iters)
     for (row, _), ts in zip(ready, times):
         _fill(row, ts, row.gflops * 1e9)
         log(_progress(row))
-    return rows
+    return rows, probe.gflops(probe_times)
 
 
 def _fill(row: BenchRow, times: Sequence[float], flops_per_img: float) -> None:
@@ -421,8 +432,10 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = print) -
         with torch.inference_mode():
             for img in settings.img:
                 for batch in settings.batch:
-                    rows += bench_group(built, target, img, batch, settings, device, log)
-    # Measured again at the end: the peak is "best of", and the load of a shared machine drifts.
+                    group, peak = bench_group(built, target, img, batch, settings, device, log)
+                    rows += group
+                    peaks.append(peak)
+    # Best of start, every timing round and end: the load of a shared machine drifts, a peak is a best case.
     peaks.append(matmul_peak_gflops(device, settings.peak_size))
     peak = max(peaks)
     add_ratios(rows, settings.baseline, settings.baseline_mode, peak)
