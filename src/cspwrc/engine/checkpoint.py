@@ -70,7 +70,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         tmp_name = None
         _fsync_dir(path.parent)
     except OSError as err:
-        raise CheckpointError(f"could not write checkpoint {path}: {err}; the previous file (if any) is kept") from err
+        raise CheckpointError(f"could not write {path}: {err}; the previous file (if any) is kept") from err
     finally:
         if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)
