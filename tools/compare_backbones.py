@@ -10,7 +10,14 @@ size, the run's train time and the process CPU time.
         --out runs/compare --seeds 0 1 -- --data configs/data/coco_native.yaml --img 320
 
 A variant is ``MODEL`` or ``MODEL:key=value,key=value`` (timm kwargs of the backbone, e.g.
-``cspwrc_s:wrc_weights=channel,wrc_normalize=relu``). Arguments after ``--`` go to every train_det.py run.
+``cspwrc_s:wrc_weights=channel,wrc_normalize=relu``). Arguments after ``--`` go to every train_det.py run;
+``--variant-args VARIANT="ARGS"`` appends ARGS to one variant's runs only, e.g. fewer epochs for a backbone that
+costs more per epoch, so that every variant gets the same CPU-time budget:
+
+    python tools/compare_backbones.py --variant-args resnet18="--epochs 8" -- --epochs 15
+
+A run whose directory already holds a metrics.json is not trained again (``--retrain`` forces it), so an
+interrupted comparison continues where it stopped and the table can be rebuilt from finished runs.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -42,10 +50,17 @@ def parse_variant(text: str) -> tuple[str, dict[str, object]]:
     return model, kwargs
 
 
-def run_variant(variant: str, seed: int, out: Path, train_args: list[str]) -> dict[str, object]:
-    """One training run in a child process; returns its metrics.json plus the child's CPU time."""
+def run_variant(variant: str, seed: int, out: Path, train_args: list[str], retrain: bool) -> dict[str, object]:
+    """One training run in a child process; returns its metrics.json plus the child's CPU time.
+
+    The CPU time is stored in the run directory (``cpu_time.json``) so that a finished run is reused as is.
+    """
     model, kwargs = parse_variant(variant)
     run_dir = out / f"{variant.replace(':', '_').replace(',', '_').replace('=', '-')}_seed{seed}"
+    cpu_file = run_dir / "cpu_time.json"
+    if not retrain and (run_dir / "metrics.json").is_file() and cpu_file.is_file():
+        print(f"{run_dir}: finished run found, not trained again", flush=True)
+        return _run_record(run_dir, variant, seed, json.loads(cpu_file.read_text())["cpu_time_s"])
     cmd = [sys.executable, str(ROOT / "tools" / "train_det.py"), "--model", model, "--seed", str(seed),
            "--out", str(run_dir), "--no-progress", *train_args]
     if kwargs:
@@ -53,9 +68,14 @@ def run_variant(variant: str, seed: int, out: Path, train_args: list[str]) -> di
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_time_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    cpu_file.write_text(json.dumps({"cpu_time_s": cpu_time_s, "command": cmd}, indent=1))
+    return _run_record(run_dir, variant, seed, cpu_time_s)
+
+
+def _run_record(run_dir: Path, variant: str, seed: int, cpu_time_s: float) -> dict[str, object]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    metrics["cpu_time_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    metrics["variant"], metrics["seed"], metrics["run_dir"] = variant, seed, str(run_dir)
+    metrics.update(cpu_time_s=cpu_time_s, variant=variant, seed=seed, run_dir=str(run_dir))
     return metrics
 
 
@@ -71,13 +91,25 @@ def model_cost(run_dir: str) -> tuple[float, float]:
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    lines = ["| backbone | seed | mAP@[.5:.95] | mAP50 | params (M) | GFLOPs | train time (s) | CPU time (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| backbone | seed | epochs | mAP@[.5:.95] | mAP50 | params (M) | GFLOPs | train time (s) | CPU time (s) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         params, gflops = model_cost(str(r["run_dir"]))
-        lines.append(f"| {r['variant']} | {r['seed']} | {r['map']:.4f} | {r['map50']:.4f} | {params:.2f} | "
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['epochs']} | {r['map']:.4f} | {r['map50']:.4f} | {params:.2f} | "
                      f"{gflops:.2f} | {r['train_time_s']:.0f} | {r['cpu_time_s']:.0f} |")
     return "\n".join(lines)
+
+
+def _variant_args(items: list[str], variants: list[str]) -> dict[str, list[str]]:
+    """``['resnet18=--epochs 8']`` -> ``{'resnet18': ['--epochs', '8']}``; the variant must be compared."""
+    extra = {}
+    for item in items:
+        # variants contain '=' themselves (cspwrc_s:wrc_weights=none), so match the known names
+        variant = next((v for v in sorted(variants, key=len, reverse=True) if item.startswith(v + "=")), None)
+        if variant is None:
+            raise SystemExit(f"bad --variant-args {item!r}: expected VARIANT=\"ARGS\" for one of {variants}")
+        extra[variant] = shlex.split(item[len(variant) + 1:])
+    return extra
 
 
 def main() -> int:
@@ -88,8 +120,13 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--out", type=Path, default=Path("runs/compare"))
+    parser.add_argument("--variant-args", nargs="+", default=[], metavar='VARIANT="ARGS"',
+                        help="extra train_det.py arguments for one variant")
+    parser.add_argument("--retrain", action="store_true", help="train again even where a finished run exists")
     args = parser.parse_args(own)
-    rows = [run_variant(v, s, args.out, train_args) for v in args.variants for s in args.seeds]
+    extra = _variant_args(args.variant_args, args.variants)
+    rows = [run_variant(v, s, args.out, train_args + extra.get(v, []), args.retrain)
+            for s in args.seeds for v in args.variants]
     text = table(rows)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -66,6 +66,26 @@ def test_csp_stage_fold(weights: str, normalize: str) -> None:
         assert (folded.wrc.alpha is None) == bool((a.abs() >= MIN_PUSHED_SCALE).all())
 
 
+def test_folded_stage_computes_each_half_with_its_own_conv() -> None:
+    """conv_exp is cut in two so neither half is a copied channel slice; the halves are exactly its rows."""
+    stage = randomize_norm_and_wrc_(CspStage(8, 16, depth=1), seed=1).eval()
+    fused = _fold(stage)
+    assert fused.exp_split and isinstance(fused.conv_exp, nn.Identity)
+    x = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        whole = fuse_conv_norm(stage.conv_exp)(x)
+        halves = torch.cat([fused.conv_exp_blocks(x), fused.conv_exp_bypass(x)], dim=1)
+    assert halves.is_contiguous() and fused.conv_exp_blocks(x).shape[1] == 8
+    torch.testing.assert_close(halves, whole)
+
+
+def test_stage_with_unfoldable_norm_keeps_its_expansion_conv() -> None:
+    stage = CspStage(8, 64, depth=1, norm_layer="groupnorm").eval()  # GroupNorm: 32 groups
+    fused = _fold(stage)
+    assert not fused.exp_split
+    assert _max_diff(stage, fused, torch.randn(1, 8, 8, 8)) <= TOL
+
+
 def test_fold_pushes_scale_through_zero_weight() -> None:
     """relu normalisation can give a == 0 exactly: that block keeps an explicit branch scale, output still equal."""
     stage = randomize_norm_and_wrc_(CspStage(8, 8, depth=3, wrc_normalize="relu")).eval()

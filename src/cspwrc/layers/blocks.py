@@ -12,7 +12,9 @@ import torch.nn as nn
 from timm.layers import DropPath, LayerType, create_act_layer
 from timm.models import checkpoint_seq
 
-from .fuse import ConvAct, FusableConvNormAct, ScaledAdd, fuse_conv_norm, scale_conv_input_, scale_conv_output_
+from .fuse import (
+    ConvAct, FusableConvNormAct, ScaledAdd, fuse_conv_norm, scale_conv_input_, scale_conv_output_, split_conv_output,
+)
 from .wrc import WeightedResidual
 
 __all__ = ["ResidualBlock", "WrcBottleneck", "CspStage", "Sppf", "MIN_PUSHED_SCALE"]
@@ -228,12 +230,19 @@ class CspStage(nn.Module):
             ) for i in range(depth)
         ])
         self.conv_transition = FusableConvNormAct(2 * half, out_chs, 1, **ckw)
+        # fuse() replaces conv_exp by its two output halves (no parameters until then: the state dict stays timm's)
+        self.conv_exp_blocks: nn.Module = nn.Identity()
+        self.conv_exp_bypass: nn.Module = nn.Identity()
+        self.exp_split = False
         self.grad_checkpointing = False
         self.fused = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv_exp(self.conv_down(x))
-        x1, x2 = x.split(self.expand_chs // 2, dim=1)
+        x = self.conv_down(x)
+        if self.exp_split:
+            x1, x2 = self.conv_exp_blocks(x), self.conv_exp_bypass(x)
+        else:
+            x1, x2 = self.conv_exp(x).split(self.expand_chs // 2, dim=1)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x1 = checkpoint_seq(self.blocks, x1)  # recomputes each block's forward during backward
         else:
@@ -242,13 +251,17 @@ class CspStage(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> "CspStage":
-        """Fold BN everywhere and the WRC weights along the block chain into the transition conv."""
+        """Fold BN everywhere and the WRC weights along the block chain into the transition conv; cut conv_exp
+        into the two convs that produce the halves, so neither half is a (copied) channel slice."""
         if self.fused:
             return self
         self.fused = True
         if not isinstance(self.conv_down, nn.Identity):
             self.conv_down = fuse_conv_norm(self.conv_down)
         self.conv_exp = fuse_conv_norm(self.conv_exp)
+        if isinstance(self.conv_exp, ConvAct):  # not when a norm without running statistics stays unfolded
+            self.conv_exp_blocks, self.conv_exp_bypass = split_conv_output(self.conv_exp, self.expand_chs // 2)
+            self.conv_exp, self.exp_split = nn.Identity(), True
         self.conv_transition = fuse_conv_norm(self.conv_transition)
         scale: Optional[torch.Tensor] = None
         for block in self.blocks:

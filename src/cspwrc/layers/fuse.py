@@ -16,7 +16,7 @@ from timm.utils import reparameterize_model
 
 __all__ = [
     "ConvAct", "FusableConvNormAct", "ScaledAdd", "fold_conv_bn", "fuse_conv_norm", "fuse_model",
-    "scale_conv_input_", "scale_conv_output_",
+    "scale_conv_input_", "scale_conv_output_", "split_conv_output",
 ]
 
 
@@ -134,6 +134,24 @@ def scale_conv_output_(module: ConvAct, scale: torch.Tensor) -> None:
     conv = module.conv
     conv.weight *= scale.to(conv.weight).reshape(-1, 1, 1, 1)
     conv.bias *= scale.to(conv.bias)
+
+
+@torch.no_grad()
+def split_conv_output(module: ConvAct, first: int) -> tuple[ConvAct, ConvAct]:
+    """Cut a folded conv in two along its output channels: ``[:first]`` and ``[first:]``.
+
+    ``torch.cat([a(x), b(x)], 1)`` equals ``module(x)``. Two convs writing their own outputs replace one conv whose
+    output is split: a channel slice of an NCHW/NHWC tensor is not contiguous, and the next conv copies it first.
+    """
+    conv = _conv_of(module)
+    halves = []
+    for rows in (slice(0, first), slice(first, conv.out_channels)):
+        part = copy.deepcopy(conv)
+        part.weight = nn.Parameter(conv.weight[rows].clone())
+        part.bias = nn.Parameter(conv.bias[rows].clone())
+        part.out_channels = part.weight.shape[0]
+        halves.append(ConvAct(part, copy.deepcopy(module.act)))
+    return halves[0], halves[1]
 
 
 def fuse_model(model: nn.Module, inplace: bool = False) -> nn.Module:
