@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from cspwrc.atomic import WriteError, write_json
 from cspwrc.data import CocoDetection, DataError, build_loader
 from cspwrc.engine.checkpoint import CheckpointError, load_detector
 from cspwrc.engine.config import ConfigError
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> dict:
     summary = {"stats": outcome.stats, "per_class": [vars(r) for r in outcome.per_class],
                "num_images": outcome.num_images, "num_detections": outcome.num_detections, "img": img}
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+        write_json(args.json, summary)
     return summary
 
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with torch.inference_mode():
             run(args)
-    except (ConfigError, DataError, CheckpointError) as err:
+    except (ConfigError, DataError, CheckpointError, WriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -8,6 +8,7 @@
 import argparse
 import sys
 
+from cspwrc.atomic import WriteError
 from cspwrc.data.checks import DataError
 from cspwrc.data.merge import merge_coco
 
@@ -19,7 +20,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         out = merge_coco(args.ann, args.out)
-    except DataError as e:
+    except (DataError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(out)

@@ -12,7 +12,6 @@ detections with ``box`` (xyxy, original pixels), ``score``, ``label``, ``class_n
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.utils import draw_bounding_boxes
 
+from cspwrc.atomic import WriteError, write_json
 from cspwrc.data.checks import to_rgb
 from cspwrc.data.transforms import letterbox
 from cspwrc.det.postprocess import undo_letterbox
@@ -108,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         draw(image, dets, out / f"{path.stem}.png")
         records.append({"file": str(path), "height": image.shape[0], "width": image.shape[1], "detections": dets})
         print(f"{path.name}: {len(dets)} detections")
-    (out / "detections.json").write_text(json.dumps({"images": records, "skipped": failed}, indent=2))
+    try:
+        write_json(out / "detections.json", {"images": records, "skipped": failed})
+    except WriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0 if records or not images else 1
 
 

@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cspwrc.atomic import WriteError
 from cspwrc.data import DataError
 from cspwrc.engine.checkpoint import CheckpointError
 from cspwrc.engine.config import ConfigError, add_cli_arguments, cli_overrides, load_config
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
             cfg, state = load_config(path, overrides), None
         metrics = Trainer(cfg, resume_state=state, progress=not args.no_progress).fit()
-    except (ConfigError, DataError, CheckpointError) as err:
+    except (ConfigError, DataError, CheckpointError, WriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingStopped as err:

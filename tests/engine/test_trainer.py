@@ -10,6 +10,7 @@ import pytest
 import torch
 from _tiny import ROOT, tiny_config, tiny_data
 
+from cspwrc import atomic
 from cspwrc.engine import checkpoint as ck
 from cspwrc.engine.trainer import Trainer, TrainingStopped, WarmupScheduler, load_resume, param_groups
 
@@ -141,7 +142,7 @@ def test_unwritable_output_stops_and_keeps_previous(data, tmp_path, monkeypatch)
             def enospc(*args, **kwargs):
                 raise OSError(28, "No space left on device")
 
-            monkeypatch.setattr(ck.tempfile, "mkstemp", enospc)
+            monkeypatch.setattr(atomic.tempfile, "mkstemp", enospc)
         return original(self, epoch, means, result)
 
     monkeypatch.setattr(Trainer, "_end_epoch", fail_from_epoch_2)

@@ -7,14 +7,13 @@ renumbering would break the link to the original COCO ids that evaluation relies
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cspwrc.atomic import write_json
 from cspwrc.data.checks import DataError, load_json
-from cspwrc.engine.checkpoint import atomic_write
 
 __all__ = ["merge_coco"]
 
@@ -48,5 +47,5 @@ def merge_coco(ann_files: Sequence[str | os.PathLike[str]], out: str | os.PathLi
     merged["annotations"] = [rec for data in datas for rec in data["annotations"]]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda fh: fh.write(json.dumps(merged).encode()))
+    write_json(out, merged, indent=None)
     return out

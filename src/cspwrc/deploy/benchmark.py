@@ -213,6 +213,9 @@ def _ort_session(module: nn.Module, example: torch.Tensor) -> Callable[[torch.Te
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()  # the same threads as every other mode
     opts.inter_op_num_threads = 1
+    # onnxruntime's workers spin after each run by default and would steal the cores from the configuration timed
+    # next in the round-robin; deployments that run one model keep the default
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(module, f"{tmp}/model.onnx", example.shape[-1])
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

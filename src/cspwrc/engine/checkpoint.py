@@ -7,73 +7,31 @@ A run directory holds, for ``last`` and ``best``:
 - ``NAME.state.pt``: the training state, plain tensors and containers only, read with
   ``torch.load(weights_only=True)``.
 
-Writes go to a temp file in the same folder, are flushed and fsync'ed, then ``os.replace``d over the old
-file and the folder is fsync'ed, so a crash at any moment leaves either the old or the new file, never a
-torn one. A failed write (full disk, read-only folder) raises :class:`CheckpointError` and leaves the
-previous file untouched.
+Both are written with :func:`cspwrc.atomic.atomic_write`: a crash at any moment leaves either the old or the new
+file, never a torn one; a failed write (full disk, read-only folder) raises :class:`cspwrc.atomic.WriteError`
+and leaves the previous file untouched. A file that is not a checkpoint raises :class:`CheckpointError`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
+from cspwrc.atomic import atomic_write, write_bytes
+
 META_KEY = "cspwrc"
 WEIGHTS_SUFFIX = ".safetensors"
 STATE_SUFFIX = ".state.pt"
 
-# Test hook: a training subprocess sleeps this many seconds between writing a temp file and renaming it,
-# so the reliability tests can kill -9 it exactly inside a checkpoint write. Unset in normal use.
-_PAUSE_ENV = "CSPWRC_CKPT_PAUSE_S"
-
-
 class CheckpointError(RuntimeError):
     """A checkpoint could not be written, or a file is not a checkpoint this library will load."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename is only durable once the directory entry is on disk (POSIX); not possible on Windows.
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` through ``write(fileobj)`` atomically; raise CheckpointError, keep the old file on failure."""
-    path = Path(path)
-    tmp_name: str | None = None
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
-        if pause > 0:
-            import time
-
-            time.sleep(pause)
-        os.replace(tmp_name, path)
-        tmp_name = None
-        _fsync_dir(path.parent)
-    except OSError as err:
-        raise CheckpointError(f"could not write {path}: {err}; the previous file (if any) is kept") from err
-    finally:
-        if tmp_name is not None and os.path.exists(tmp_name):
-            os.unlink(tmp_name)
 
 
 def _plain_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -83,7 +41,7 @@ def _plain_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     data = st_save_bytes(_plain_tensors(state_dict), metadata={META_KEY: json.dumps(meta)})
-    atomic_write(path, lambda fh: fh.write(data))
+    write_bytes(path, data)
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:

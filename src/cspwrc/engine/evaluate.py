@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -18,6 +18,8 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
+
+from cspwrc.atomic import write_json
 
 STAT_NAMES: tuple[str, ...] = (
     "AP@[.50:.95]", "AP@.50", "AP@.75", "AP small", "AP medium", "AP large",
@@ -135,7 +137,8 @@ def _mean_valid(values: np.ndarray) -> float:
 
 
 def write_results(path: str | Path, results: list[dict[str, Any]]) -> None:
-    Path(path).write_text(json.dumps(results))
+    """COCO results JSON (the list ``loadRes`` reads), written atomically."""
+    write_json(path, results, indent=None)
 
 
 def evaluate(model: torch.nn.Module, loader: Iterable, coco_gt: COCO, label_to_cat: Sequence[int],

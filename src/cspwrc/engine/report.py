@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from cspwrc.engine.checkpoint import atomic_write
+from cspwrc.atomic import write_bytes
 
 LOSS_KEYS = ("loss", "loss_cls", "loss_box", "loss_dfl")
 
@@ -30,26 +29,11 @@ def write_results_csv(path: str | Path, history: Sequence[dict[str, Any]]) -> No
     for row in history:
         writer.writerow({k: _fmt(row.get(k, "")) for k in columns})
     data = buf.getvalue().encode()
-    atomic_write(path, lambda fh: fh.write(data))
+    write_bytes(path, data)
 
 
 def _fmt(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
-
-
-def write_json(path: str | Path, data: dict[str, Any]) -> None:
-    payload = json.dumps(data, indent=2, default=_json_default, allow_nan=True).encode()
-    atomic_write(path, lambda fh: fh.write(payload))
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "__dataclass_fields__"):
-        import dataclasses
-
-        return dataclasses.asdict(obj)
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
 
 
 def plot_curves(path: str | Path, history: Sequence[dict[str, Any]]) -> None:
@@ -77,4 +61,4 @@ def plot_curves(path: str | Path, history: Sequence[dict[str, Any]]) -> None:
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     data = buf.getvalue()
-    atomic_write(path, lambda fh: fh.write(data))
+    write_bytes(path, data)

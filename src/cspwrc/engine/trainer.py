@@ -26,10 +26,11 @@ from torch import nn
 from tqdm import tqdm
 
 from cspwrc.engine import distributed as dist
+from cspwrc.atomic import WriteError, write_json
 from cspwrc.engine.checkpoint import CheckpointError, init_from_weights, read_state, save_checkpoint
 from cspwrc.engine.config import ConfigError, RunConfig, check_kwargs, from_dict, to_dict
 from cspwrc.engine.evaluate import EvalResult, evaluate
-from cspwrc.engine.report import LOSS_KEYS, plot_curves, write_json, write_results_csv
+from cspwrc.engine.report import LOSS_KEYS, plot_curves, write_results_csv
 
 
 class TrainingStopped(RuntimeError):
@@ -286,7 +287,7 @@ class Trainer:
                 # Records after checkpoints: a resumed run rewrites them from the checkpoint's history.
                 write_results_csv(self.out / "results.csv", self.state.history)
                 plot_curves(self.out / "curves.png", self.state.history)
-            except CheckpointError as err:
+            except WriteError as err:
                 error = str(err)
         error = dist.broadcast_object(error)
         if error:

@@ -86,7 +86,7 @@ class WeightedResidual(nn.Module):
         if self.weights == "channel":
             a = a.reshape(-1, 1, 1)
             b = b.reshape(-1, 1, 1)
-        return a * branch + b * shortcut
+        return torch.addcmul(b * shortcut, a, branch)  # one elementwise pass fewer than a * branch + b * shortcut
 
     def extra_repr(self) -> str:
         return f"{self.channels}, weights={self.weights!r}, normalize={self.normalize!r}"
