@@ -34,6 +34,28 @@ def test_formula(weights: str, normalize: str) -> None:
     assert ea.shape == eb.shape == (6,)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("normalize", WRC_NORMALIZE)
+@pytest.mark.parametrize("weights", ["scalar", "channel"])
+def test_training_gradients_match_autograd(weights: str, normalize: str, memory_format: torch.memory_format) -> None:
+    """The hand-written backward (used while grad is enabled) against autograd on the written-out formula."""
+    wrc = WeightedResidual(6, weights=weights, normalize=normalize).double()
+    with torch.no_grad():
+        wrc.weight.uniform_(0.2, 1.5)
+    branch = torch.randn(2, 6, 5, 7, dtype=torch.double).to(memory_format=memory_format).requires_grad_()
+    shortcut = torch.randn(2, 6, 5, 7, dtype=torch.double, requires_grad=True)
+    grad_out = torch.randn(2, 6, 5, 7, dtype=torch.double)
+    out = wrc(branch, shortcut)
+    a, b = _expected(wrc.weight, normalize, 1e-4)
+    if weights == "channel":
+        a, b = a.view(1, 6, 1, 1), b.view(1, 6, 1, 1)
+    expected = a * branch + b * shortcut
+    torch.testing.assert_close(out, expected)
+    inputs = [branch, shortcut, wrc.weight]
+    for got, want in zip(torch.autograd.grad(out, inputs, grad_out), torch.autograd.grad(expected, inputs, grad_out)):
+        torch.testing.assert_close(got, want)
+
+
 def test_relu_normalize_zero_weight() -> None:
     wrc = WeightedResidual(3, weights="scalar", normalize="relu")
     with torch.no_grad():

@@ -86,7 +86,56 @@ class WeightedResidual(nn.Module):
         if self.weights == "channel":
             a = a.reshape(-1, 1, 1)
             b = b.reshape(-1, 1, 1)
-        return torch.addcmul(b * shortcut, a, branch)  # one elementwise pass fewer than a * branch + b * shortcut
+        if torch.jit.is_scripting() or torch.jit.is_tracing() or not torch.is_grad_enabled():
+            return torch.addcmul(b * shortcut, a, branch)
+        return _WeightedSum.apply(a, branch, b, shortcut)
 
     def extra_repr(self) -> str:
         return f"{self.channels}, weights={self.weights!r}, normalize={self.normalize!r}"
+
+
+def _weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``d(sum(grad * weight * x)) / d weight`` for a 0-dim or ``[C, 1, 1]`` weight."""
+    fmt = _memory_format(x)
+    if weight.dim() == 0 and grad.dtype == x.dtype and grad.is_contiguous(memory_format=fmt):
+        return torch.dot(_flat(grad, fmt), _flat(x, fmt)).to(weight.dtype)  # no temporary tensor
+    return (grad * x).sum_to_size(weight.shape).to(weight.dtype)
+
+
+def _flat(x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """A 1-d view of a dense tensor in memory order."""
+    return (x.permute(0, 2, 3, 1) if fmt == torch.channels_last else x).reshape(-1)
+
+
+class _WeightedSum(torch.autograd.Function):
+    """``a * branch + b * shortcut`` with a hand-written backward for training.
+
+    Autograd's version allocates six activation-sized tensors per merge (forward products, ``grad * branch`` and
+    ``grad * shortcut`` before their reductions); this one allocates three (the output and the two input
+    gradients) and reduces the weight gradients with ``dot``. On CPU fresh allocations are page-faulted in, so
+    that is what the WRC costs in a training step (tools/benchmark.py --train-step).
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, branch: torch.Tensor, b: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a, branch, b, shortcut)
+        return (shortcut * b).addcmul_(branch, a)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        a, branch, b, shortcut = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=_memory_format(branch))
+        return (
+            _weight_grad(grad, branch, a) if ctx.needs_input_grad[0] else None,
+            (grad * a).to(branch.dtype) if ctx.needs_input_grad[1] else None,
+            _weight_grad(grad, shortcut, b) if ctx.needs_input_grad[2] else None,
+            (grad * b).to(shortcut.dtype) if ctx.needs_input_grad[3] else None,
+        )
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    """channels_last for a dense NHWC tensor, else the default (a non-dense tensor never takes the dot path)."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
