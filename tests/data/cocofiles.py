@@ -1,25 +1,13 @@
-"""Helpers of the data tests: tiny COCO-format files, and the shared real data sets."""
+"""Helpers of the data tests: tiny COCO-format files."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
-
-
-def _root_conftest() -> Any:
-    # tests/conftest.py is shadowed by tests/data/conftest.py for ``import conftest``; load it by path.
-    spec = importlib.util.spec_from_file_location("_cspwrc_tests_conftest", Path(__file__).parents[1] / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-shared_dataset = _root_conftest().shared_dataset
 
 
 def write_coco(root: Path, images: list[dict[str, Any]], annotations: list[dict[str, Any]],

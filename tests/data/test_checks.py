@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cocofiles import ann_rec, image_rec, write_coco
+from cocofiles import ann_rec, image_rec
 from cspwrc.data import checks
 from cspwrc.data.checks import DataError, load_image, verify_coco
 from cspwrc.data.coco import CocoDetection

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from cspwrc.data.checks import DataError
 from cspwrc.data.coco import CocoDetection
-from cocofiles import ann_rec, image_rec, shared_dataset
+from cocofiles import ann_rec, image_rec
+from shared_data import shared_dataset
 
 # COCO ids are not contiguous: the labels must be 0..3 in id order.
 CATS = [{"id": 90, "name": "toothbrush"}, {"id": 1, "name": "person"}, {"id": 7, "name": "train"},

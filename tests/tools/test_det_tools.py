@@ -12,13 +12,15 @@ import pytest
 import torch
 from PIL import Image
 
+from shared_data import shared_dataset
+
 from cspwrc.engine.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load(path: Path, name: str) -> ModuleType:
-    """Import a file by path: the tools are scripts, and ``conftest`` is ambiguous with per-folder conftests."""
+    """Import a file by path: the tools are scripts, not modules of a package."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -29,7 +31,6 @@ def _tool(name: str) -> ModuleType:
     return _load(ROOT / "tools" / f"{name}.py", f"cspwrc_tool_{name}")
 
 
-shared_dataset = _load(ROOT / "tests" / "conftest.py", "cspwrc_tests_root_conftest").shared_dataset
 
 
 def _checkpoint(folder: Path, category_ids: list[int], names: list[str], img: int = 64) -> Path:
