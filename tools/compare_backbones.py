@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from cspwrc.atomic import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VARIANTS = ["cspwrc_s", "cspwrc_s:wrc_weights=channel", "cspwrc_s:wrc_normalize=relu",
                     "cspwrc_s:wrc_weights=none", "cs3darknet_s", "resnet18"]
@@ -69,7 +71,7 @@ def run_variant(variant: str, seed: int, out: Path, train_args: list[str], retra
     subprocess.run(cmd, check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu_time_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    cpu_file.write_text(json.dumps({"cpu_time_s": cpu_time_s, "command": cmd}, indent=1))
+    write_json(cpu_file, {"cpu_time_s": cpu_time_s, "command": cmd})
     return _run_record(run_dir, variant, seed, cpu_time_s)
 
 

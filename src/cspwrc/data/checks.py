@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +42,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
+
+from cspwrc.atomic import WriteError, write_json
 
 log = logging.getLogger("cspwrc.data")
 
@@ -310,11 +311,8 @@ def _read_cache(path: Path) -> dict[str, Any]:
 def _write_cache(path: Path, data: dict[str, Any]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except OSError as e:  # read-only home etc.: verification still worked, only the cache is lost
+        write_json(path, data, indent=None)
+    except (OSError, WriteError) as e:  # read-only home etc.: verification still worked, only the cache is lost
         log.debug("cannot write check cache %s: %s", path, e)
 
 

@@ -30,8 +30,9 @@ META_KEY = "cspwrc"
 WEIGHTS_SUFFIX = ".safetensors"
 STATE_SUFFIX = ".state.pt"
 
+
 class CheckpointError(RuntimeError):
-    """A checkpoint could not be written, or a file is not a checkpoint this library will load."""
+    """A file is not a checkpoint this library will load (writes fail with :class:`cspwrc.atomic.WriteError`)."""
 
 
 def _plain_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cspwrc.engine import distributed as dist
 from cspwrc.atomic import WriteError, write_json
+from cspwrc.engine import distributed as dist
 from cspwrc.engine.checkpoint import CheckpointError, init_from_weights, read_state, save_checkpoint
 from cspwrc.engine.config import ConfigError, RunConfig, check_kwargs, from_dict, to_dict
 from cspwrc.engine.evaluate import EvalResult, evaluate
