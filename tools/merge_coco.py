@@ -1,31 +1,9 @@
-#!/usr/bin/env python3
-"""Merge COCO instances files that share their categories into one file.
+#!/usr/bin/env python
+"""``cspwrc merge`` from a source checkout: the command lives in :mod:`cspwrc.cli.merge` (``--help`` for its flags)."""
 
-    python tools/merge_coco.py ../shared/data/coco128/annotations/instances_{train,val}.json \
-        --out runs/coco128_all/instances_all.json
-"""
-
-import argparse
 import sys
 
-from cspwrc.atomic import WriteError
-from cspwrc.data.checks import DataError
-from cspwrc.data.merge import merge_coco
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("ann", nargs="+", help="COCO instances JSON files (same categories, disjoint ids)")
-    parser.add_argument("--out", required=True, help="merged JSON to write")
-    args = parser.parse_args()
-    try:
-        out = merge_coco(args.ann, args.out)
-    except (DataError, WriteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(out)
-    return 0
-
+from cspwrc.cli.merge import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from cspwrc.errors import RunStopped
+
 __all__ = ["WriteError", "atomic_write", "write_bytes", "write_json"]
 
 # Test hook: a process sleeps this many seconds between writing a temp file and renaming it, so the reliability
@@ -23,7 +25,7 @@ __all__ = ["WriteError", "atomic_write", "write_bytes", "write_json"]
 PAUSE_ENV = "CSPWRC_CKPT_PAUSE_S"
 
 
-class WriteError(RuntimeError):
+class WriteError(RunStopped, RuntimeError):
     """A file could not be written; the previous file (if any) is kept."""
 
 

@@ -1,7 +1,6 @@
 """WRC inspection: rows, table, plot, checkpoint key mapping and the tools/wrc_weights.py CLI."""
 
 import contextlib
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -14,6 +13,7 @@ from timm.models import FeatureListNet
 
 import cspwrc  # noqa: F401
 from cspwrc.backbone import P3_P5, backbone_state_dict, format_wrc_table, plot_wrc_weights, wrc_weights
+from cspwrc.cli import wrc_weights as wrc_weights_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,13 +56,10 @@ def test_backbone_state_dict_from_detector_keys() -> None:
 
 
 def _cli(*args: str) -> str:
-    """Run tools/wrc_weights.py's main() in-process (a subprocess would spend seconds importing torch)."""
-    spec = importlib.util.spec_from_file_location("wrc_weights_cli", ROOT / "tools" / "wrc_weights.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    """Run ``cspwrc wrc-weights`` in-process (a subprocess would spend seconds importing torch)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert cli.main(list(args)) == 0
+        assert wrc_weights_cli.main(list(args)) == 0
     return out.getvalue()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
@@ -12,13 +11,12 @@ from _tiny import ROOT, tiny_config, tiny_data
 
 from cspwrc import atomic
 from cspwrc.engine import checkpoint as ck
+from cspwrc.cli import val as eval_det
 from cspwrc.engine.trainer import Trainer, TrainingStopped, WarmupScheduler, load_resume, param_groups
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return tiny_data(tmp_path_factory.mktemp("data"))
-
 
 @pytest.fixture(scope="module")
 def full_run(data, tmp_path_factory):
@@ -27,10 +25,8 @@ def full_run(data, tmp_path_factory):
     metrics = Trainer(tiny_config(data, out), progress=False).fit()
     return out, metrics
 
-
 def _weights(path):
     return ck.read_weights(path)[0]
-
 
 def test_run_writes_everything(full_run):
     out, metrics = full_run
@@ -45,7 +41,6 @@ def test_run_writes_everything(full_run):
     assert meta["model"] == "cspwrc_n" and meta["num_classes"] == 5 and meta["img"] == 64
     assert meta["category_ids"] == [1, 2, 3, 4, 5] and meta["class_names"][0] == "circle"
     assert math.isfinite(metrics["map"])
-
 
 def test_resume_continues_exactly(full_run, data, tmp_path, monkeypatch):
     ref_out, ref_metrics = full_run
@@ -78,13 +73,9 @@ def test_resume_continues_exactly(full_run, data, tmp_path, monkeypatch):
     assert Trainer(cfg, resume_state=state, progress=False).fit()["epochs"] == 3
     assert len((out / "results.csv").read_text().splitlines()) == 4
 
-
 def test_eval_tool_matches_training_eval(full_run, data, tmp_path):
     """tools/eval_det.py on the val split reproduces the run's final numbers from the checkpoint alone."""
     out, metrics = full_run
-    spec = importlib.util.spec_from_file_location("eval_det", ROOT / "tools" / "eval_det.py")
-    eval_det = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(eval_det)
     root = data.parent
     summary_path = tmp_path / "summary.json"
     rc = eval_det.main(["--weights", str(out / "last.safetensors"), "--ann", str(root / "annotations/instances_val.json"),
@@ -95,7 +86,6 @@ def test_eval_tool_matches_training_eval(full_run, data, tmp_path):
     assert summary["stats"][0] == pytest.approx(metrics["map"], abs=1e-9)
     results = json.loads((tmp_path / "res.json").read_text())
     assert all(len(r["bbox"]) == 4 and r["category_id"] in range(1, 6) for r in results)
-
 
 def _nan_at(monkeypatch, step: int):
     """Make the detector's real loss NaN at global step ``step`` (one bad batch)."""
@@ -114,7 +104,6 @@ def _nan_at(monkeypatch, step: int):
 
     monkeypatch.setattr(Trainer, "_step", poisoned)
 
-
 def test_nan_loss_stops_and_keeps_last_good(data, tmp_path, monkeypatch):
     _nan_at(monkeypatch, step=1)  # one step per epoch: epoch 1 = step 0, epoch 2 turns NaN
     with pytest.raises(TrainingStopped) as err:
@@ -124,7 +113,6 @@ def test_nan_loss_stops_and_keeps_last_good(data, tmp_path, monkeypatch):
     _, meta = ck.read_weights(tmp_path / "last.safetensors")
     assert meta["epoch"] == 1 and ck.read_state(tmp_path / "last.state.pt")["epoch"] == 1
 
-
 def test_nan_skip_policy_counts(data, tmp_path, monkeypatch):
     _nan_at(monkeypatch, step=1)
     cfg = tiny_config(data, tmp_path, nan_policy="skip", max_steps_per_epoch=1, epochs=3)
@@ -132,7 +120,6 @@ def test_nan_skip_policy_counts(data, tmp_path, monkeypatch):
     assert metrics["skips"]["nan_steps"] == 1
     assert json.loads((tmp_path / "metrics.json").read_text())["skips"]["nan_steps"] == 1
     assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "last.safetensors").values())
-
 
 def test_unwritable_output_stops_and_keeps_previous(data, tmp_path, monkeypatch):
     original = Trainer._end_epoch
@@ -152,7 +139,6 @@ def test_unwritable_output_stops_and_keeps_previous(data, tmp_path, monkeypatch)
     assert ck.read_state(tmp_path / "last.state.pt")["epoch"] == 1
     assert ck.read_weights(tmp_path / "last.safetensors")[1]["epoch"] == 1
 
-
 def test_param_groups_on_a_real_detector():
     from cspwrc.det import build_detector
 
@@ -165,7 +151,6 @@ def test_param_groups_on_a_real_detector():
     assert any(n.endswith("wrc.weight") and model.get_parameter(n).ndim == 2 for n in undecayed)
     assert len(decayed) + len(undecayed) == len(names)
 
-
 def test_param_groups_exclude_norms_biases_and_wrc():
     from cspwrc.layers.wrc import WeightedResidual
 
@@ -177,7 +162,6 @@ def test_param_groups_exclude_norms_biases_and_wrc():
     assert id(model.wrc.weight) in ids["no_decay"] and id(model[1].weight) in ids["no_decay"]
     assert ids["bias"] == {id(model[0].bias), id(model[1].bias), id(model[2].bias)}
     assert groups["decay"]["weight_decay"] == 0.05 and groups["no_decay"]["weight_decay"] == 0.0
-
 
 @pytest.mark.parametrize("sched", ["cosine", "linear"])
 def test_warmup_and_bias_warmup(sched, tmp_path):

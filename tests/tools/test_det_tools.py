@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 from types import ModuleType
@@ -19,16 +19,12 @@ from cspwrc.engine.checkpoint import save_checkpoint
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(path: Path, name: str) -> ModuleType:
-    """Import a file by path: the tools are scripts, not modules of a package."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+TOOLS = {"train_det": "train", "eval_det": "val", "predict": "predict"}
 
 
 def _tool(name: str) -> ModuleType:
-    return _load(ROOT / "tools" / f"{name}.py", f"cspwrc_tool_{name}")
+    """The module behind tools/NAME.py (the scripts are shims over cspwrc.cli)."""
+    return importlib.import_module(f"cspwrc.cli.{TOOLS[name]}")
 
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from pathlib import Path
 from types import ModuleType
 
@@ -24,11 +24,8 @@ BACKBONE = "cspwrc_n"
 
 
 def load_tool(name: str) -> ModuleType:
-    """Import tools/NAME.py in-process (cheaper than a subprocess that re-imports torch)."""
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The module behind tools/NAME.py, in-process (cheaper than a subprocess that re-imports torch)."""
+    return importlib.import_module(f"cspwrc.cli.{name}")
 
 
 @pytest.fixture(scope="module")

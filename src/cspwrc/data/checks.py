@@ -44,6 +44,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from cspwrc.atomic import WriteError, write_json
+from cspwrc.errors import InputError
 
 log = logging.getLogger("cspwrc.data")
 
@@ -56,7 +57,7 @@ _ANN_FIELDS: dict[str, type | tuple[type, ...]] = {"id": int, "image_id": int, "
 _CAT_FIELDS: dict[str, type | tuple[type, ...]] = {"id": int, "name": str}
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
     """A fatal data or config problem: stops before training, names file, record and fault."""
 
     def __init__(self, file: str | os.PathLike[str], record: str, fault: str) -> None:

@@ -25,13 +25,14 @@ from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
 from cspwrc.atomic import atomic_write, write_bytes
+from cspwrc.errors import InputError
 
 META_KEY = "cspwrc"
 WEIGHTS_SUFFIX = ".safetensors"
 STATE_SUFFIX = ".state.pt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(InputError, RuntimeError):
     """A file is not a checkpoint this library will load (writes fail with :class:`cspwrc.atomic.WriteError`)."""
 
 

@@ -25,8 +25,10 @@ from typing import Any, Callable, Literal
 
 import yaml
 
+from cspwrc.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError, ValueError):
     """A fatal problem in a run config: names the source (file or command line), the key and the fault."""
 
 

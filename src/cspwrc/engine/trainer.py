@@ -31,9 +31,10 @@ from cspwrc.engine.checkpoint import CheckpointError, init_from_weights, read_st
 from cspwrc.engine.config import ConfigError, RunConfig, check_kwargs, from_dict, to_dict
 from cspwrc.engine.evaluate import EvalResult, evaluate
 from cspwrc.engine.report import LOSS_KEYS, plot_curves, write_results_csv
+from cspwrc.errors import RunStopped
 
 
-class TrainingStopped(RuntimeError):
+class TrainingStopped(RunStopped, RuntimeError):
     """The run stopped on purpose (non-finite loss, unwritable checkpoint); the message says why and what was kept."""
 
 

@@ -1,0 +1,116 @@
+"""Speed benchmark: cspwrc backbones/detectors vs timm peers (logic in cspwrc.deploy.benchmark).
+
+Example (the command behind docs/deploy.md):
+    python tools/benchmark.py --models cspwrc_s cs3darknet_s resnet18 --img 640 --batch 1 8 \
+        --threads 2 --baseline cs3darknet_s --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cspwrc  # noqa: F401 - registers the cspwrc models with timm
+from cspwrc.deploy.benchmark import DEFAULT_MODES, BenchSettings, format_table, run_benchmark
+from cspwrc.deploy.train_bench import TrainBenchSettings, run_train_benchmark
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=["cspwrc_s", "cs3darknet_s"], help="timm model names")
+    p.add_argument("--img", nargs="+", type=int, default=[640], help="square input sizes")
+    p.add_argument("--batch", nargs="+", type=int, default=[1], help="batch sizes")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=list(DEFAULT_MODES),
+        help="eager, or '+'-joined flags of folded, channels_last, jit (trace+freeze+optimize_for_inference), "
+        "compile (torch.compile, opt-in: slow to compile on few cores)",
+    )
+    p.add_argument("--detector", action="store_true", help="also benchmark the full detector (incl. NMS)")
+    p.add_argument("--detector-only", action="store_true", help="benchmark only the full detector")
+    p.add_argument("--num-classes", type=int, default=80)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=20, help="timed runs per configuration (upper bound)")
+    p.add_argument("--max-seconds", type=float, default=20.0, help="time budget per configuration")
+    p.add_argument("--min-iters", type=int, default=3)
+    p.add_argument("--baseline", default=None, help="model the ratios refer to, e.g. cs3darknet_s; 'peer': each cspwrc_X vs cs3darknet_X (n vs s)")
+    p.add_argument("--baseline-mode", default="eager")
+    p.add_argument("--peak-size", type=int, default=2048, help="n of the n x n sgemm measuring the peak")
+    t = p.add_argument_group("training-side checks (--train-step)")
+    t.add_argument("--train-step", action="store_true",
+                   help="time detector fwd+bwd+AdamW step with WRC weights vs wrc_weights=none, and the data loader")
+    t.add_argument("--skip-inference", action="store_true", help="only the --train-step part")
+    t.add_argument("--train-model", default="cspwrc_s")
+    t.add_argument("--train-img", type=int, default=256, help="default recipe's train size")
+    t.add_argument("--train-batch", type=int, default=16)
+    t.add_argument("--train-iters", type=int, default=10)
+    t.add_argument("--data", default=None, help="data YAML for the loader (default: embedded shapes set)")
+    t.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", type=Path, default=None, help="write the full report here")
+    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    return p.parse_args(argv)
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    targets = ("detector",) if args.detector_only else ("backbone", "detector") if args.detector else ("backbone",)
+    return BenchSettings(
+        models=args.models,
+        img=args.img,
+        batch=args.batch,
+        modes=args.modes,
+        targets=targets,
+        device=args.device,
+        threads=args.threads,
+        warmup=args.warmup,
+        iters=args.iters,
+        max_seconds=args.max_seconds,
+        min_iters=args.min_iters,
+        num_classes=args.num_classes,
+        baseline=args.baseline,
+        baseline_mode=args.baseline_mode,
+        peak_size=args.peak_size,
+    )
+
+
+def train_settings_from_args(args: argparse.Namespace) -> TrainBenchSettings:
+    return TrainBenchSettings(backbone=args.train_model, img=args.train_img, batch=args.train_batch,
+                              num_classes=args.num_classes, iters=args.train_iters, data=args.data,
+                              workers=args.workers)
+
+
+def print_train_report(train: dict) -> None:
+    steps = ", ".join(f"wrc_weights={k}: {v['median_s'] * 1e3:.1f} ms" for k, v in train["steps"].items())
+    print(f"\ntrain step (median): {steps}; WRC slowdown {train['wrc_slowdown_pct']:+.1f} %")
+    print(f"data pipeline {train['data_img_s']:.1f} img/s = {train['data_vs_step']:.2f}x the train step's rate; "
+          f"a real loop ({train['settings']['workers']} workers) waits for data {train['loader_wait_pct']:.1f} % "
+          "of the time")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731 - progress on stderr, table on stdout
+    settings = settings_from_args(args)
+    if args.skip_inference:
+        settings.models = []
+    report = run_benchmark(settings, log=log)
+    report["command"] = " ".join(["python", "tools/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
+    if report["results"]:
+        print(format_table(report, markdown=args.markdown))
+    print(f"\nfp32 matmul peak: {report['matmul_peak_gflop_s']:.1f} GFLOP/s ({report['env']['threads']} threads)")
+    if args.train_step:
+        report["train_step"] = run_train_benchmark(train_settings_from_args(args), log=log)
+        print_train_report(report["train_step"])
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""Evaluate a cspwrc detector checkpoint on any COCO-format annotation file with pycocotools.
+
+    python tools/eval_det.py --weights runs/det/best.safetensors --ann instances_val.json --images val/ \
+        [--img 640] [--out results.json]
+
+Prints the 12 standard COCOeval numbers and a per-class AP table; writes COCO results JSON (original
+category ids, xywh boxes in original-image pixels) to --out. Only the model's classes are scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from cspwrc.atomic import WriteError, write_json
+from cspwrc.data import CocoDetection, DataError, build_loader
+from cspwrc.engine.checkpoint import CheckpointError, load_detector
+from cspwrc.engine.config import ConfigError
+from cspwrc.engine.distributed import resolve_device
+from cspwrc.engine.evaluate import coco_evaluate, predict_loader, write_results
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", required=True, help="cspwrc .safetensors checkpoint (last/best)")
+    parser.add_argument("--ann", required=True, help="COCO instances JSON")
+    parser.add_argument("--images", required=True, help="image folder the JSON's file_names are relative to")
+    parser.add_argument("--img", type=int, default=None, help="eval size, multiple of 32 (default: the checkpoint's)")
+    parser.add_argument("--out", default=None, help="write COCO results JSON here")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", default=None, help="also write the stats and per-class table as JSON")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def shared_categories(ann: str, model_ids: list[int]) -> list[int]:
+    """The model's category ids that the annotation file has (COCOeval scores only those)."""
+    data = json.loads(Path(ann).read_text())
+    present = {c.get("id") for c in data.get("categories", []) if isinstance(c, dict)}
+    shared = [c for c in model_ids if c in present]
+    if not shared:
+        raise DataError(ann, "categories", f"none of the model's category ids {model_ids[:20]} are in this file")
+    return shared
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = resolve_device(args.device)
+    model, meta = load_detector(args.weights, device)
+    img = args.img or int(meta.get("img", 640))
+    if img % 32:
+        raise ConfigError(f"--img {img} is not a multiple of 32")
+    model_ids = [int(c) for c in meta.get("category_ids", range(int(meta["num_classes"])))]
+    dataset = CocoDetection(args.ann, args.images, img=img, train=False,
+                            categories=shared_categories(args.ann, model_ids), progress=not args.no_progress)
+    loader = build_loader(dataset, args.batch, train=False, workers=args.workers)
+    # Predictions use the model's label -> id map; classes absent from the file are ignored by COCOeval.
+    results, image_ids = predict_loader(model, loader, model_ids, device, progress=not args.no_progress)
+    if args.out:
+        write_results(args.out, results)
+    outcome = coco_evaluate(dataset.coco_gt(), results, image_ids)
+    print(outcome.format())
+    summary = {"stats": outcome.stats, "per_class": [vars(r) for r in outcome.per_class],
+               "num_images": outcome.num_images, "num_detections": outcome.num_detections, "img": img}
+    if args.json:
+        write_json(args.json, summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        with torch.inference_mode():
+            run(args)
+    except (ConfigError, DataError, CheckpointError, WriteError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
