@@ -179,11 +179,19 @@ def load_resume(path: str | Path, overrides: dict[str, Any] | None = None) -> tu
 class Trainer:
     """One training run. ``Trainer(cfg).fit()`` or ``Trainer(cfg, resume_state=state).fit()``."""
 
-    def __init__(self, cfg: RunConfig, resume_state: dict[str, Any] | None = None, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, resume_state: dict[str, Any] | None = None, progress: bool = True,
+                 new_run_dir: bool = False) -> None:
+        """``new_run_dir``: when ``train.out`` already holds a run, use the next free numbered folder instead."""
         self.cfg = cfg
         self.device = dist.resolve_device(cfg.train.device)
         dist.init_distributed(self.device)
         self.progress = progress and dist.is_main()
+        if new_run_dir:
+            # Rank 0 picks the folder for all ranks (each picking its own could race to different numbers).
+            free = dist.broadcast_object(str(next_free_run_dir(Path(cfg.train.out))) if dist.is_main() else None)
+            if free != cfg.train.out:
+                self._log(f"note: {cfg.train.out} holds a previous run; this run goes to {free} (--exist-ok to reuse)")
+                cfg.train.out = free  # the saved config names the folder the run really is in
         self.out = Path(cfg.train.out)
         if dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
@@ -451,6 +459,24 @@ class Trainer:
             self._log(f"final mAP@[.5:.95] {result.map:.4f}  mAP50 {result.map50:.4f}  (best {s.best_map:.4f} at "
                       f"epoch {s.best_epoch}); skipped: {metrics['skips']}; run dir {self.out}")
         return metrics
+
+
+def next_free_run_dir(path: Path) -> Path:
+    """``path`` if it is not a folder holding files, else the first free ``path2``, ``path3``, ... (Ultralytics'
+    increment_path: ``runs/det`` -> ``runs/det2``). An empty folder (a run killed before its first file) is reused;
+    a file named ``path`` is left to the run's own output checks.
+    """
+    def taken(p: Path) -> bool:
+        return p.exists() and (not p.is_dir() or any(p.iterdir()))
+
+    if not path.is_dir():
+        return path
+    n = 2
+    candidate = path
+    while taken(candidate):
+        candidate = path.with_name(f"{path.name}{n}")
+        n += 1
+    return candidate
 
 
 def _remove_stale_temp_files(folder: Path) -> None:
