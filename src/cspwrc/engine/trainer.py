@@ -29,6 +29,7 @@ from cspwrc.atomic import WriteError, write_json
 from cspwrc.engine import distributed as dist
 from cspwrc.engine.checkpoint import CheckpointError, init_from_weights, read_state, save_checkpoint
 from cspwrc.engine.config import ConfigError, RunConfig, check_kwargs, from_dict, to_dict
+from cspwrc.engine.eval_plots import write_eval_plots
 from cspwrc.engine.evaluate import EvalResult, evaluate
 from cspwrc.engine.report import LOSS_KEYS, plot_curves, write_results_csv
 from cspwrc.errors import RunStopped
@@ -445,7 +446,7 @@ class Trainer:
         s = self.state
         metrics = {
             "map": result.map, "map50": result.map50, "stats": dict(zip(_stat_keys(), result.stats)),
-            "per_class": [vars(r) for r in result.per_class],
+            **result.summary(),  # per_class (instances, P/R/F1, AP) and the confusion matrix
             "val_images": result.num_images, "val_detections": result.num_detections, "world_size": dist.world_size(),
             "best_map": s.best_map, "best_epoch": s.best_epoch, "epochs": s.epoch,
             "train_time_s": s.train_time_s, "eval_time_s": s.eval_time_s, "wall_time_s_this_process": wall_s,
@@ -455,6 +456,8 @@ class Trainer:
         }
         if dist.is_main():
             write_json(self.out / "metrics.json", metrics)
+            if result.detection is not None:  # confusion matrix, PR and F1 curves next to metrics.json
+                write_eval_plots(result.detection, self.out)
             self._log(result.format())
             self._log(f"final mAP@[.5:.95] {result.map:.4f}  mAP50 {result.map50:.4f}  (best {s.best_map:.4f} at "
                       f"epoch {s.best_epoch}); skipped: {metrics['skips']}; run dir {self.out}")
