@@ -59,8 +59,8 @@ def test_hand_computed_p_r_f1_and_confusion() -> None:
 
 
 def test_no_predictions_at_all() -> None:
-    images = [ImageDetections(i.gt_boxes, i.gt_labels, torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
-              for i in _images()]
+    none = (torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.int64))
+    images = [ImageDetections(i.gt_boxes, i.gt_labels, *none) for i in _images()]
     stats = detection_stats(images, NAMES)
     assert stats.precision == [0.0, 0.0, None] and stats.recall == [0.0, 0.0, None]
     assert stats.confusion[-1] == [2, 2, 0, 0]  # every object missed
@@ -77,8 +77,8 @@ def test_coco_input_gives_the_same_numbers(tmp_path: Path) -> None:
             for k, (img, c, b) in enumerate(gts)]
     anns.append({"id": 99, "image_id": 2, "category_id": 5, "bbox": xywh(FAR), "area": 100, "iscrowd": 1})  # ignored
     path = tmp_path / "gt.json"
-    path.write_text(json.dumps({"images": [{"id": i, "file_name": f"{i}.jpg", "width": 80, "height": 80} for i in (1, 2)],
-                                "annotations": anns, "categories": cats}))
+    images = [{"id": i, "file_name": f"{i}.jpg", "width": 80, "height": 80} for i in (1, 2)]
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(path))
     results = [{"image_id": 1, "category_id": cat_of[c], "bbox": xywh(b), "score": s} for c, b, s in PREDS]

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from test_det_tools import _checkpoint
 
 from cspwrc.cli import predict
@@ -53,10 +52,11 @@ def test_glob_with_images_and_a_video(tmp_path: Path) -> None:
     lines = (out / "labels" / "42.txt").read_text().splitlines()
     assert len(lines) == len(records[0]["detections"])
     for line, det in zip(lines, records[0]["detections"]):
-        label, xc, yc, w, h, score = line.split()
+        label, xc, _, _, h, score = line.split()
         x1, y1, x2, y2 = det["box"]
         assert label == "1" and float(score) == pytest.approx(det["score"], abs=1e-4)
-        assert float(xc) == pytest.approx((x1 + x2) / 2 / 140, abs=1e-5) and float(h) == pytest.approx((y2 - y1) / 90, abs=1e-5)
+        assert float(xc) == pytest.approx((x1 + x2) / 2 / 140, abs=1e-5)
+        assert float(h) == pytest.approx((y2 - y1) / 90, abs=1e-5)
     assert (out / "labels" / "clip_2.txt").is_file()
 
     results = json.loads((out / "predictions.json").read_text())

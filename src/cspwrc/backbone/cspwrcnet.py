@@ -15,9 +15,9 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+from huggingface_hub import try_to_load_from_cache
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, LayerType, calculate_drop_path_rates, get_device_dtype, make_divisible
-from huggingface_hub import try_to_load_from_cache
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import MATCH_PREV_GROUP
@@ -318,7 +318,8 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
 def _no_weights_message(variant: str, where: str, reason: str) -> str:
     return (f"{variant}: cannot get its pretrained weights ({where}): {reason}. Load a local copy instead: "
             f"timm.create_model({variant!r}, pretrained=True, pretrained_cfg_overlay=dict(file='/path/to/"
-            f"weights.pth')) (a cs3darknet or cspwrc .pth/.safetensors), or train_det --weights FILE")
+            f"weights.pth')) (a cs3darknet or cspwrc .pth/.safetensors); with cspwrc train / tools/train_det.py: "
+            f"--weights FILE instead of pretrained=true")
 
 
 def _check_pretrained_source(variant: str, kwargs: Dict[str, Any]) -> None:

@@ -221,7 +221,8 @@ class Writer:
         self.records.append(record)
         stem = path.stem if frame is None else f"{path.stem}_{frame}"
         if self.args.save_txt:
-            write_bytes(self.out / "labels" / f"{stem}.txt", yolo_lines(dets, height, width, self.args.save_conf).encode())
+            lines = yolo_lines(dets, height, width, self.args.save_conf)
+            write_bytes(self.out / "labels" / f"{stem}.txt", lines.encode())
         if self.args.save_json:
             image_id = int(stem) if stem.isdigit() else len(self.records)
             self.results.extend(coco_results(dets, image_id))
