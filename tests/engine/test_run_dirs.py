@@ -13,7 +13,8 @@ def test_next_free_run_dir(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     assert next_free_run_dir(runs / "det") == runs / "det"  # missing
     (runs / "det").mkdir(parents=True)
-    assert next_free_run_dir(runs / "det") == runs / "det"  # empty: a run killed before its first file
+    (runs / "det" / ".last.state.pt.x1y2.tmp").write_bytes(b"")
+    assert next_free_run_dir(runs / "det") == runs / "det"  # nothing but a killed run's temp file
     (runs / "det" / "last.safetensors").write_bytes(b"x")
     (runs / "det2").mkdir()
     (runs / "det2" / "results.csv").write_text("x")

@@ -466,11 +466,11 @@ class Trainer:
 
 def next_free_run_dir(path: Path) -> Path:
     """``path`` if it is not a folder holding files, else the first free ``path2``, ``path3``, ... (Ultralytics'
-    increment_path: ``runs/det`` -> ``runs/det2``). An empty folder (a run killed before its first file) is reused;
-    a file named ``path`` is left to the run's own output checks.
+    increment_path: ``runs/det`` -> ``runs/det2``). A folder with nothing but hidden files (the temp files of a run
+    killed before its first checkpoint) is reused; a file named ``path`` is left to the run's own output checks.
     """
     def taken(p: Path) -> bool:
-        return p.exists() and (not p.is_dir() or any(p.iterdir()))
+        return p.exists() and (not p.is_dir() or any(not c.name.startswith(".") for c in p.iterdir()))
 
     if not path.is_dir():
         return path
