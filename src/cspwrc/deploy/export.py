@@ -4,9 +4,10 @@ The exported graph is normalisation + backbone + neck + head + box decoding, i.e
 ``forward_raw``: ``images float32 [B, 3, S, S]`` (RGB in [0, 1], letterboxed to ``S``) ->
 ``raw float32 [B, A, 4 + C]`` (xyxy boxes in input pixels, then ``C`` class probabilities).
 
-NMS is deliberately *not* in the graph: ONNX ``NonMaxSuppression`` from ``torchvision.ops.nms`` exports only for
-batch 1 and its class-aware, multi-label top-k variant does not map cleanly onto it, so the graph keeps a
-dynamic batch and the caller runs :func:`cspwrc.deploy.postprocess.postprocess_numpy` (numpy only) afterwards.
+By default NMS is not in the graph (``torchvision.ops.nms`` exports only for batch 1): the caller runs
+:func:`cspwrc.deploy.postprocess.postprocess_numpy` (numpy only) afterwards. :class:`EndToEnd` +
+:func:`export_onnx_nms` (``export --nms``) put the whole post-processing in the graph instead, around one
+batched, per-class ONNX ``NonMaxSuppression`` node. Every ONNX file gets :func:`onnx_metadata`.
 """
 
 from __future__ import annotations
