@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from cspwrc.cli.convert import main as convert_main
+from cspwrc.cli.main import main as cspwrc_main
 from cspwrc.data.checks import DataError, verify_coco
 from cspwrc.data.config import build_datasets, load_data_config
 from cspwrc.data.formats import yolo_label_path
@@ -148,5 +149,5 @@ def test_convert_writes_coco_that_reads_back_the_same(tmp_path, capsys):
     assert "source" not in written["annotations"][0] and written["categories"][1] == {"id": 1, "name": "dog"}
     again, _ = build_datasets(tmp_path / "out" / "data.yaml", img=64, progress=False)
     np.testing.assert_allclose(again.report.boxes[1], [[10, 20, 30, 40]])
-    assert convert_main([str(tmp_path / "out" / "data.yaml"), "--out", str(tmp_path / "o2")]) == 2
+    assert cspwrc_main(["convert", str(tmp_path / "out" / "data.yaml"), "--out", str(tmp_path / "o2")]) == 2
     assert "already COCO format" in capsys.readouterr().err
