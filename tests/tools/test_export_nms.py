@@ -21,7 +21,6 @@ from cspwrc.layers import randomize_norm_and_wrc_
 from shared_data import shared_dataset
 
 ort = pytest.importorskip("onnxruntime")
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # the exporter's note on advanced indexing
 
 
 class ToyRaw(nn.Module):

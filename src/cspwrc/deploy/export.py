@@ -196,6 +196,8 @@ def export_onnx_nms(module: nn.Module, path: str | Path, img: int, opset: int = 
     axes = {INPUT_NAME: {0: "batch"}, **{name: {0: "detections"} for name in NMS_OUTPUTS}}
     with torch.no_grad(), warnings.catch_warnings():
         _quiet_tracing()
+        # The gathers index with NonMaxSuppression's output, never negative: the exporter's caveat does not apply.
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing")
         torch.onnx.export(module, (torch.rand(1, 3, img, img),), str(path), dynamo=False, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=list(NMS_OUTPUTS), dynamic_axes=axes,
                           do_constant_folding=True)
