@@ -52,6 +52,14 @@ def test_yolo_boxes_background_and_skip_policy(tmp_path):
     assert {p.file for p in report.skipped} == {f"{tmp_path / 'labels' / '2.txt'}:1", f"{tmp_path / 'labels' / '2.txt'}:2"}
 
 
+def test_yolo_unreadable_image_is_skipped_and_counted(tmp_path):
+    data = _yolo_set(tmp_path, {"1": "0 0.5 0.5 0.5 0.5\n", "2": "0 0.5 0.5 0.5 0.5\n"})
+    (tmp_path / "images" / "2.jpg").write_bytes(b"not a jpeg")
+    report = build_datasets(data, img=64, progress=False)[0].report
+    assert sorted(report.images) == [1] and report.counts["image not an image"] == 1
+    assert report.counts["annotations of skipped images"] == 1
+
+
 def test_yolo_polygon_line_becomes_its_bounding_box(tmp_path):
     data = _yolo_set(tmp_path, {"1": "1 0.25 0.25 0.75 0.25 0.5 0.75\n"})
     report = build_datasets(data, img=64, progress=False)[0].report
@@ -132,6 +140,7 @@ def test_voc_boxes_difficult_and_unknown_names(tmp_path):
 @pytest.mark.parametrize("xml, where, fault", [
     ("<annotation><size><width>64</width>", "line 1 column", "malformed XML"),
     ("<annotation></annotation>", "annotation", "missing <size>"),
+    ("<annotation><size><width>0</width><height>48</height></size></annotation>", "size", "must be positive"),
     ("<annotation><size><width>64</width><height>48</height></size><object><name>cat</name></object></annotation>",
      "object 1", "missing <bndbox>"),
 ])

@@ -159,6 +159,8 @@ def _read_voc_xml(file: Path, names: Sequence[str]) -> tuple[int, int, list[tupl
     if size is None:
         raise DataError(file, "annotation", "missing <size>")
     width, height = (int(_xml_number(size, k, file, "size")) for k in ("width", "height"))
+    if width <= 0 or height <= 0:
+        raise DataError(file, "size", f"width and height must be positive, got {width}x{height}")
     objects = []
     for i, obj in enumerate(root.iter("object"), 1):
         where = f"object {i}"
