@@ -25,6 +25,8 @@ Results: OUT/race.md and OUT/race.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -107,6 +109,11 @@ def run_name(contestant: str) -> str:
 # ------------------------------------------------------------------------------------------ data for Ultralytics
 
 
+def quiet_coco(path: Path) -> COCO:
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        return COCO(str(path))
+
+
 def yolo_view(data_yaml: str, folder: Path) -> tuple[Path, Path]:
     """An Ultralytics data set of symlinks to the COCO images plus YOLO labels made from the same annotations.
 
@@ -118,9 +125,9 @@ def yolo_view(data_yaml: str, folder: Path) -> tuple[Path, Path]:
     val_files: dict[str, int] = {}
     category_ids: list[int] = []
     for split, spec in (("train", cfg.train), ("val", cfg.val)):
-        coco = COCO(str(spec.ann)) if spec.ann.is_file() else None
-        if coco is None:
+        if not spec.ann.is_file():
             raise InputError(f"{spec.ann}: no such annotation file")
+        coco = quiet_coco(spec.ann)
         ids = sorted(coco.getCatIds())
         if category_ids and ids != category_ids:
             raise InputError(f"{spec.ann}: categories {ids} differ from train's {category_ids}")
@@ -141,7 +148,7 @@ def yolo_view(data_yaml: str, folder: Path) -> tuple[Path, Path]:
             (folder / "labels" / split / f"{link.stem}.txt").write_text("".join(f"{line}\n" for line in lines))
             if split == "val":
                 val_files[str(link)] = int(image["id"])
-    names = [c["name"] for c in COCO(str(cfg.val.ann)).loadCats(category_ids)]
+    names = [c["name"] for c in quiet_coco(cfg.val.ann).loadCats(category_ids)]
     data = folder / "data.yaml"
     data.write_text(json.dumps({"path": str(folder.resolve()), "train": "images/train", "val": "images/val",
                                 "names": names}))  # JSON is YAML
@@ -265,7 +272,7 @@ def measure_latency(args: argparse.Namespace) -> None:
 
 def score(args: argparse.Namespace) -> list[dict[str, Any]]:
     """pycocotools on the val annotation file, the same for every contestant."""
-    gt = COCO(str(load_data_config(args.data).val.ann))
+    gt = quiet_coco(load_data_config(args.data).val.ann)
     rows = []
     for contestant in args.contestants:
         out = args.out / run_name(contestant)
