@@ -60,6 +60,17 @@ def test_yolo_unreadable_image_is_skipped_and_counted(tmp_path):
     assert report.counts["annotations of skipped images"] == 1
 
 
+def test_yolo_split_from_a_list_file(tmp_path):
+    _yolo_set(tmp_path, {"a": "0 0.5 0.5 0.5 0.5\n", "b": "1 0.5 0.5 0.5 0.5\n", "c": None})
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "val.txt").write_text("../images/b.jpg\n\n../images/c.jpg\n")
+    (tmp_path / "data.yaml").write_text("train: images\nval: lists/val.txt\nnames: [a, b]\n")
+    train, val = build_datasets(tmp_path / "data.yaml", img=64, progress=False)
+    assert len(train) == 3 and [e.file_name for e in val.report.images.values()] == ["b.jpg", "c.jpg"]
+    assert sorted(val.report.images) == [1, 2]  # stems are not numbers: ids 1..N in list order
+    assert val.report.box_categories[1].tolist() == [1]
+
+
 def test_yolo_polygon_line_becomes_its_bounding_box(tmp_path):
     data = _yolo_set(tmp_path, {"1": "1 0.25 0.25 0.75 0.25 0.5 0.75\n"})
     report = build_datasets(data, img=64, progress=False)[0].report

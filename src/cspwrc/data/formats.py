@@ -56,7 +56,8 @@ def yolo_image_paths(source: Path) -> list[Path]:
             lines = source.read_text().splitlines()
         except (OSError, UnicodeDecodeError) as e:
             raise DataError(source, "file", f"cannot read image list: {e}") from e
-        paths = [source.parent / line.strip() for line in lines if line.strip()]
+        # normpath: "../images/a.jpg" lines become plain paths, so names relative to their common folder have no "..".
+        paths = [Path(os.path.normpath(source.parent / line.strip())) for line in lines if line.strip()]
     else:
         raise DataError(source, "images", "image folder or list file not found")
     if not paths:
