@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cspwrc.cli.train import DEFAULT_CONFIG, RECIPES, resolve_config
+from cspwrc.cli.train import DEFAULT_CONFIG, RECIPES, REAL_CONFIG, default_recipe, parse_args, resolve_config
 from cspwrc.engine.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,9 @@ def _run(cmd: list[str], cwd: Path, pythonpath: Path) -> subprocess.CompletedPro
 
 def test_recipes_ship_inside_the_package() -> None:
     assert DEFAULT_CONFIG.is_file() and DEFAULT_CONFIG.is_relative_to(PACKAGE.resolve())
-    assert resolve_config(None) == DEFAULT_CONFIG
+    assert default_recipe(parse_args([])) == DEFAULT_CONFIG
+    assert default_recipe(parse_args(["--data", "d.yaml"])) == REAL_CONFIG and REAL_CONFIG.is_relative_to(RECIPES)
+    assert default_recipe(parse_args(["--config", "sgd"])) == RECIPES / "sgd.yaml"
     assert resolve_config("sgd") == RECIPES / "sgd.yaml" and load_config(resolve_config("sgd")).optim.opt == "sgd"
     # the checkout's configs/det is the same files (docs quote those paths)
     assert (ROOT / "configs" / "det" / "default.yaml").read_bytes() == DEFAULT_CONFIG.read_bytes()
@@ -60,8 +62,8 @@ def test_built_wheel_runs_without_the_checkout(tmp_path: Path) -> None:
     assert install.returncode == 0, install.stderr[-2000:]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    probe = _run([sys.executable, "-c", "import cspwrc.cli.train as t; print(t.resolve_config(None)); "
-                  "print(t.load_config(t.resolve_config('default')).model.name)"], elsewhere, site)
+    probe = _run([sys.executable, "-c", "import cspwrc.cli.train as t; print(t.default_recipe(t.parse_args([]))); "
+                  "print(t.load_config(t.resolve_config('real')).model.name)"], elsewhere, site)
     assert probe.returncode == 0, probe.stderr[-2000:]
     recipe, model = probe.stdout.split()
     assert Path(recipe).is_relative_to(site) and model == "cspwrc_s"

@@ -6,9 +6,9 @@
     cspwrc train --config sgd --data my.yaml                    # a packaged recipe by name (default, sgd, ...)
     torchrun --nproc_per_node 2 tools/train_det.py --data my.yaml   # DDP (gloo on CPU, nccl on GPU)
 
-Config: the packaged recipe ``default`` (configs/det/default.yaml; --config FILE or a recipe name) + flags +
-``--set key.sub=value``; see docs/training.md. A run directory that already holds a run is not reused: the run
-goes to the next free numbered folder (runs/det2, runs/det3, ...) unless --exist-ok (or --resume).
+Config: the packaged recipe ``default`` (configs/det/default.yaml), ``real`` with --data, or --config FILE or a
+recipe name; + flags + ``--set key.sub=value``; see docs/training.md. A run directory that already holds a run is
+not reused: the run goes to the next free numbered folder (runs/det2, runs/det3, ...) unless --exist-ok (or --resume).
 Exit codes: 0 done, 2 bad input (config/data/checkpoint), 3 run stopped (non-finite loss, unwritable checkpoint).
 """
 
@@ -28,12 +28,11 @@ from cspwrc.engine.trainer import Trainer, TrainingStopped, load_resume
 # ``cspwrc train`` finds them without a source checkout.
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "det"
 DEFAULT_CONFIG = RECIPES / "default.yaml"
+REAL_CONFIG = RECIPES / "real.yaml"  # the recipe when --data names a data set
 
 
-def resolve_config(name: str | None) -> Path | None:
-    """``--config``: a YAML file, or the name of a packaged recipe (``default``, ``sgd``, ...); None = default."""
-    if name is None:
-        return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+def resolve_config(name: str) -> Path:
+    """``--config``: a YAML file, or the name of a packaged recipe (``default``, ``real``, ``sgd``, ...)."""
     path = Path(name)
     if path.is_file() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
         return path  # a file path (a missing one is reported by load_config)
@@ -42,6 +41,14 @@ def resolve_config(name: str | None) -> Path | None:
         known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
         raise ConfigError(f"--config {name}: no such file, and not a packaged recipe ({known})")
     return recipe
+
+
+def default_recipe(args: argparse.Namespace) -> Path | None:
+    """--config (a file or a recipe name), else the real-data recipe with --data, else the embedded demo's recipe."""
+    if args.config:
+        return resolve_config(args.config)
+    recipe = REAL_CONFIG if args.data else DEFAULT_CONFIG
+    return recipe if recipe.is_file() else None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -62,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("note: --config is ignored with --resume (the run's saved config is used)", file=sys.stderr)
             cfg, state = load_resume(args.resume, overrides)
         else:
-            cfg, state = load_config(resolve_config(args.config), overrides), None
+            cfg, state = load_config(default_recipe(args), overrides), None
         new_run_dir = not (args.resume or args.exist_ok)
         metrics = Trainer(cfg, resume_state=state, progress=not args.no_progress, new_run_dir=new_run_dir).fit()
     except (ConfigError, DataError, CheckpointError, WriteError) as err:

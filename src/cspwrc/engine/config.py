@@ -81,11 +81,14 @@ class TrainConfig:
     max_nan_skips: int = 100  # with nan_policy skip: stop anyway after this many skipped steps
     amp: bool = True  # mixed precision, only ever used on CUDA
     eval_interval: int = 1  # evaluate every N epochs (and always after the last one)
+    patience: int = 0  # >0: stop when val mAP has not improved for this many epochs (checked when evaluated)
+    tensorboard: bool = True  # TensorBoard scalars in OUT/tb when the package is installed (extra [tb])
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
     out: str = "runs/det"  # run directory
     weights: str | None = None  # initialise from a local checkpoint (cspwrc safetensors or backbone-only)
     max_steps_per_epoch: int = 0  # >0: cut each epoch short (smoke tests, quick looks)
+    time: float | None = None  # hours of training (Ultralytics' `time`): refits `epochs` to the budget after each epoch
 
 
 @dataclass
@@ -216,11 +219,15 @@ FLAG_KEYS: dict[str, str] = {
     "workers": "data.workers",
     "out": "train.out",
     "seed": "train.seed",
+    "patience": "train.patience",
+    "eval_interval": "train.eval_interval",
+    "time": "train.time",
 }
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="run config YAML, or a packaged recipe name: default (the default), sgd, ...")
+    parser.add_argument("--config", default=None, help="run config YAML or a packaged recipe name (default: "
+                        "default, or real with --data; also sgd, ...)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--img", type=int, help="square image size, a multiple of 32")
     parser.add_argument("--batch", type=int)
@@ -232,6 +239,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int)
     parser.add_argument("--out", help="run directory")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--patience", type=int, help="early stopping: epochs without a val mAP gain (0 = off)")
+    parser.add_argument("--eval-interval", type=int, help="evaluate every K epochs (and after the last)")
+    parser.add_argument("--time", type=float, help="training budget in hours: refits --epochs to it after each epoch")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any config key, e.g. --set optim.lr=0.01 --set ema.enabled=false")
 
@@ -284,10 +294,16 @@ def validate(cfg: RunConfig) -> None:
     for key in ("epochs", "batch"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key}: must be >= 1, got {getattr(t, key)}")
+    if t.eval_interval < 1:
+        raise ConfigError(f"train.eval_interval: must be >= 1, got {t.eval_interval}")
+    if t.patience < 0:
+        raise ConfigError(f"train.patience: must be >= 0 (0 = no early stopping), got {t.patience}")
     if not 0 <= t.close_mosaic:
         raise ConfigError(f"train.close_mosaic: must be >= 0, got {t.close_mosaic}")
     if cfg.data.workers < 0:
         raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")
+    if t.time is not None and t.time <= 0:
+        raise ConfigError(f"train.time: must be > 0 hours, got {t.time}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
     if not 0.0 <= cfg.ema.decay < 1.0:
