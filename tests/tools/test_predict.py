@@ -78,6 +78,7 @@ def test_warns_when_nothing_passes_conf(tmp_path: Path, capsys: pytest.CaptureFi
     (["--device", "cuda"], "CUDA is not available"),
     (["--source", "nowhere/x.jpg"], "no such file or folder"),
     (["--classes", "bird"], "--classes bird: not a class index (0..1) or name"),
+    (["--source", "BROKEN"], "none of its 1 file(s) could be read"),
 ])
 def test_bad_flags_are_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
                               fragment: str) -> None:
@@ -85,8 +86,11 @@ def test_bad_flags_are_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         pytest.skip("CUDA is available here")
     weights = _checkpoint(tmp_path, [3, 9], NAMES)
     src = _sources(tmp_path / "src")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     args = {"--weights": str(weights), "--source": str(src), "--out": str(tmp_path / "p"), "--device": "cpu"}
     args.update(dict(zip(flags[::2], flags[1::2])))
+    if args["--source"] == "BROKEN":
+        args["--source"] = str(src / "broken.jpg")
     rc = predict.main([x for kv in args.items() for x in kv])
     err = capsys.readouterr().err
     assert rc == 2 and fragment in err and "Traceback" not in err

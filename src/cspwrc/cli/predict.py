@@ -281,7 +281,10 @@ def run(args: argparse.Namespace) -> int:
         Image.fromarray(drawn).save(out / f"{path.stem}.png")
         print(f"{path.name}: {len(writer.records[-1]['detections'])} detections")
     writer.close(skipped)
-    return 0 if writer.records else 1
+    if not writer.records:
+        raise InputError(f"--source {shorten(args.source)}: none of its {len(sources)} file(s) could be read "
+                         "(the reasons are above)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from cspwrc.atomic import write_json
 from cspwrc.engine.metrics import DetectionStats, coco_detection_stats
+from cspwrc.errors import shorten
 
 STAT_NAMES: tuple[str, ...] = (
     "AP@[.50:.95]", "AP@.50", "AP@.75", "AP small", "AP medium", "AP large",
@@ -60,8 +61,8 @@ class EvalResult:
     def format(self) -> str:
         lines = [f"{name:<14} {value:.4f}" for name, value in zip(STAT_NAMES, self.stats)]
         empty = [r.name for r in self.per_class if r.instances == 0]
-        lines.append(f"scored classes: {len(self.per_class)} ({', '.join(r.name for r in self.per_class)})"
-                     + (f"; without instances in these images (not scored): {', '.join(empty)}" if empty else ""))
+        lines.append(f"scored classes: {len(self.per_class)} ({shorten(', '.join(r.name for r in self.per_class))})"
+                     + (f"; without instances in these images: {shorten(', '.join(empty))}" if empty else ""))
         if self.detection is not None:
             lines.append(f"P, R, F1 at the best-F1 confidence {self.detection.conf:.3f} (IoU 0.5)")
         lines.append(f"{'class':<24} {'instances':>9} {'P':>6} {'R':>6} {'F1':>6} {'AP50':>7} {'AP':>7}")
