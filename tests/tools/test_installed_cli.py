@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from cspwrc.cli.train import DEFAULT_CONFIG, RECIPES, REAL_CONFIG, default_recipe, parse_args, resolve_config
+from cspwrc.cli.train import (
+    DEFAULT_CONFIG,
+    REAL_CONFIG,
+    RECIPES,
+    default_recipe,
+    parse_args,
+    resolve_config,
+)
 from cspwrc.engine.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
