@@ -8,20 +8,31 @@ The raw prediction format (what :meth:`cspwrc.det.YoloDetector.forward_raw` and 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-__all__ = ["postprocess", "undo_letterbox"]
+__all__ = ["PostprocessCfg", "postprocess", "undo_letterbox"]
+
+
+@dataclass
+class PostprocessCfg:
+    """Arguments of :func:`postprocess` (its defaults); the detector's live copy is ``model.cfg.post``."""
+
+    score_thresh: float = 0.001
+    nms_iou: float = 0.6
+    max_det: int = 300
+    pre_nms_topk: int = 3000
 
 
 def postprocess(
     raw: Tensor,
-    score_thresh: float = 0.001,
-    nms_iou: float = 0.6,
-    max_det: int = 300,
-    pre_nms_topk: int = 3000,
+    score_thresh: float = PostprocessCfg.score_thresh,
+    nms_iou: float = PostprocessCfg.nms_iou,
+    max_det: int = PostprocessCfg.max_det,
+    pre_nms_topk: int = PostprocessCfg.pre_nms_topk,
     image_size: tuple[int, int] | None = None,
 ) -> list[dict[str, Tensor]]:
     """Score threshold, class-aware NMS and a per-image cap on the number of detections.

@@ -312,11 +312,16 @@ def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], where: str, ski
     """Check that ``fn`` accepts every key of ``kwargs`` by name; suggest the nearest parameter otherwise.
 
     ``skip`` lists parameters the engine fills itself (e.g. ``num_classes``): setting them is an error too.
-    A function that only takes ``**kwargs`` cannot be checked here and is left to raise on its own.
+    A function that only takes ``**kwargs`` cannot be checked here and is left to raise on its own. A schema
+    whose keyword arguments are not its signature (``DetectorConfig``: flat options over nested parts) lists
+    them with an ``option_names()`` classmethod.
     """
-    params = inspect.signature(fn).parameters
-    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in skip]
-    open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if hasattr(fn, "option_names"):
+        named, open_kwargs = [n for n in fn.option_names() if n not in skip], False
+    else:
+        params = inspect.signature(fn).parameters
+        named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in skip]
+        open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
     for key in kwargs:
         if key in skip:
             raise ConfigError(f"{where}: {key!r} is set by the engine and cannot be configured here")
