@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,9 @@ import torch
 from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
 from torch import Tensor, nn
 
+from cspwrc.errors import ConfigError
 from cspwrc.layers import fuse_model
+from cspwrc.validate import Fault, check_value, unknown_key
 
 from .head import DecoupledHead, HeadCfg, dfl_decode, make_anchor_points
 from .loss import DetectionLoss, LossCfg
@@ -99,14 +102,14 @@ FLAT_KEYS: dict[str, tuple[str, ...]] = {
 
 
 def _get_dotted(obj: Any, dotted: str) -> Any:
-    for name in dotted.split("."):
+    for name in filter(None, dotted.split(".")):
         obj = getattr(obj, name)
     return obj
 
 
 def _set_dotted(obj: Any, dotted: str, value: Any) -> None:
     parent, _, name = dotted.rpartition(".")
-    setattr(_get_dotted(obj, parent) if parent else obj, name, value)
+    setattr(_get_dotted(obj, parent), name, value)
 
 
 @dataclass
@@ -135,18 +138,24 @@ class DetectorConfig:
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> DetectorConfig:
-        """The config with the given flat options (:data:`FLAT_KEYS`) set; an unknown key is a ``ValueError``
-        that lists the valid ones."""
-        unknown = sorted(set(kwargs) - set(FLAT_KEYS))
-        if unknown:
-            raise ValueError(f"unknown detector option(s) {unknown}; valid options: {sorted(FLAT_KEYS)}")
+        """The config with the given flat options (:data:`FLAT_KEYS`) set.
+
+        Checked with :mod:`cspwrc.validate` against the part configs' field types: an unknown key (with the
+        nearest valid one) or a wrong type is a :class:`~cspwrc.errors.ConfigError` (a ``ValueError``).
+        """
         cfg = cls()
         for key, value in kwargs.items():
+            if key not in FLAT_KEYS:
+                raise ConfigError(unknown_key(key, FLAT_KEYS, "detector option"))
+            parent_path, _, name = FLAT_KEYS[key][0].rpartition(".")
+            parent = _get_dotted(cfg, parent_path) if parent_path else cfg
+            try:
+                value = check_value(value, typing.get_type_hints(type(parent))[name])
+            except Fault as fault:
+                raise ConfigError(f"detector option {key!r}: {fault}") from None
             cfg.set_flat(key, value)
-        if cfg.neck.channels is not None:
-            cfg.neck.channels = [int(c) for c in cfg.neck.channels]
-            if len(cfg.neck.channels) != 3:
-                raise ValueError(f"neck_channels needs 3 values (P3, P4, P5), got {cfg.neck.channels}")
+        if cfg.neck.channels is not None and len(cfg.neck.channels) != 3:
+            raise ConfigError(f"detector option 'neck_channels': needs 3 values (P3, P4, P5), got {cfg.neck.channels}")
         return cfg
 
     @classmethod
