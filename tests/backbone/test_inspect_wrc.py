@@ -49,8 +49,8 @@ def test_backbone_state_dict_from_detector_keys() -> None:
     feats = timm.create_model("cspwrc_n", features_only=True, out_indices=P3_P5)
     detector_like = {f"backbone.{k}": v for k, v in feats.state_dict().items()}
     detector_like["head.cls.weight"] = torch.zeros(1)
-    mapped = backbone_state_dict(detector_like)
     model = timm.create_model("cspwrc_n", num_classes=0)
+    mapped = backbone_state_dict(detector_like, like=model.state_dict())
     assert model.load_state_dict(mapped, strict=True)
     assert backbone_state_dict(model.state_dict()).keys() == model.state_dict().keys()
 

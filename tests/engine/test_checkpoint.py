@@ -11,6 +11,7 @@ from cspwrc.engine import checkpoint as ck
 from cspwrc import atomic
 from cspwrc.atomic import WriteError
 from cspwrc.engine.checkpoint import CheckpointError
+from cspwrc.weights import feature_key
 
 
 class Evil:
@@ -133,9 +134,9 @@ def test_backbone_only_file_initialises_detector_backbone(tmp_path):
     src = classifier.state_dict()
     loaded = int(msg.split(": ")[1].split("/")[0])
     assert loaded == len(bb)  # every backbone tensor came from the file
-    by_norm = {ck._norm_key(k): v for k, v in src.items()}
+    by_norm = {feature_key(k): v for k, v in src.items()}
     for name, value in bb.items():
-        assert torch.equal(value, by_norm[ck._norm_key(name)]), name
+        assert torch.equal(value, by_norm[feature_key(name)]), name
 
 
 def test_load_detector_needs_cspwrc_metadata(tmp_path):

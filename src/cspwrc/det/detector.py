@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from cspwrc.errors import ConfigError
 from cspwrc.layers import fuse_model
 from cspwrc.validate import Fault, check_value, unknown_key
+from cspwrc.weights import feature_key
 
 from .head import DecoupledHead, HeadCfg, dfl_decode, make_anchor_points
 from .loss import DetectionLoss, LossCfg
@@ -236,7 +237,7 @@ def freeze_first_levels(backbone: nn.Module, num_levels: int) -> None:
     """Freeze the modules that compute feature levels ``0 .. num_levels - 1`` of ``backbone.feature_info``.
 
     timm feature wrappers keep the original modules in forward order but may flatten names (``stages.0`` →
-    ``stages_0``), so names are compared with dots replaced by underscores. Modules are visited in registration
+    ``stages_0``), so names are compared by :func:`cspwrc.weights.feature_key`. Modules are visited in registration
     order (= forward order for timm CNNs) up to the end of the last frozen level's module.
     """
     if num_levels <= 0:
@@ -244,7 +245,7 @@ def freeze_first_levels(backbone: nn.Module, num_levels: int) -> None:
     info = backbone.feature_info.info
     if num_levels > len(info):
         raise ValueError(f"freeze_stages={num_levels} but the backbone has only {len(info)} feature levels")
-    target = info[num_levels - 1]["module"].replace(".", "_")
+    target = feature_key(info[num_levels - 1]["module"])
     frozen: list[str] = []
     found: str | None = None
     for name, module in backbone.named_modules():
@@ -255,7 +256,7 @@ def freeze_first_levels(backbone: nn.Module, num_levels: int) -> None:
         frozen.append(name)
         for p in module.parameters(recurse=False):
             p.requires_grad_(False)
-        if found is None and name.replace(".", "_") == target:
+        if found is None and feature_key(name) == target:
             found = name
     if found is None:
         raise ValueError(f"freeze_stages: module {info[num_levels - 1]['module']!r} not found in the backbone")
