@@ -1,5 +1,6 @@
 """YoloDetector: shapes, the torchvision-style API, configuration, freezing, fusion and tracing."""
 
+import copy
 import json
 
 import pytest
@@ -186,13 +187,14 @@ def _trained_like(model):
     return model.eval()
 
 
-def test_fuse_matches_unfused_and_reparameterize_model():
+def test_fold_matches_unfolded_and_reparameterize_model():
     model = _trained_like(build_detector(**TINY, neck_shortcut=True))
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         ref = model.forward_raw(x)
         via_timm = timm.utils.reparameterize_model(model)  # a deep copy
-        fused = model.fuse()
+        assert copy.deepcopy(model).fuse().state_dict().keys() == copy.deepcopy(model).fold().state_dict().keys()
+        fused = model.fold()
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.neck.modules())
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.head.modules())
         torch.testing.assert_close(fused.forward_raw(x), ref, atol=1e-4, rtol=0)

@@ -29,7 +29,7 @@ def deploy_model(detector: nn.Module) -> nn.Module:
     """A folded (BN + WRC), eval-mode copy of ``detector`` whose ``forward`` is ``forward_raw``; input untouched."""
     from cspwrc.det.detector import RawPredictions
 
-    return RawPredictions(copy.deepcopy(detector).fuse()).eval()
+    return RawPredictions(copy.deepcopy(detector).fold()).eval()
 
 
 def load_for_export(weights: str | Path | None = None, model: str | None = None,

@@ -25,7 +25,7 @@ from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
 from torch import Tensor, nn
 
 from cspwrc.errors import ConfigError
-from cspwrc.layers import fuse_model
+from cspwrc.layers import Foldable, fold_model
 from cspwrc.validate import Fault, check_value, unknown_key
 from cspwrc.weights import feature_key
 
@@ -269,7 +269,7 @@ def freeze_first_levels(backbone: nn.Module, num_levels: int) -> None:
             setattr(parent, child, freeze_batch_norm_2d(module))
 
 
-class YoloDetector(nn.Module):
+class YoloDetector(Foldable, nn.Module):
     """Anchor-free YOLO-style detector; build it with :func:`build_detector`.
 
     * ``model.train(); model(images, targets)`` → ``{"loss_cls", "loss_box", "loss_dfl", "loss"}`` (weighted;
@@ -369,15 +369,16 @@ class YoloDetector(nn.Module):
         raw = self.forward_raw(images)
         return postprocess(raw, **dataclasses.asdict(self.cfg.post), image_size=(images.shape[-2], images.shape[-1]))
 
-    def fuse(self) -> YoloDetector:
+    def fold(self) -> YoloDetector:
         """Fold BatchNorm (and WRC weights) into convs for inference, in place; puts the model in eval mode.
 
-        Equivalent to ``timm.utils.reparameterize_model`` plus folding of any remaining timm ``ConvNormAct``
-        (:func:`cspwrc.layers.fuse_model`). A fused model can no longer be trained.
+        :func:`cspwrc.layers.fold_model` on the backbone, neck and head (``timm.utils.reparameterize_model`` plus
+        any remaining timm ``ConvNormAct``). ``model.fuse()`` is the same (timm's name). A folded model can no
+        longer be trained.
         """
         self.eval()
         for name in ("backbone", "neck", "head"):
-            setattr(self, name, fuse_model(getattr(self, name), inplace=True))
+            setattr(self, name, fold_model(getattr(self, name), inplace=True))
         return self
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from cspwrc.layers import FusableConvNormAct
+from cspwrc.layers import FoldableConvNormAct
 
 __all__ = ["HeadCfg", "DecoupledHead", "make_anchor_points", "dfl_decode"]
 
@@ -98,8 +98,8 @@ class _Branch(nn.Sequential):
 
     def __init__(self, in_chs: int, mid_chs: int, out_chs: int, act_layer: str, norm_layer: str) -> None:
         super().__init__(
-            FusableConvNormAct(in_chs, mid_chs, 3, act_layer=act_layer, norm_layer=norm_layer),
-            FusableConvNormAct(mid_chs, mid_chs, 3, act_layer=act_layer, norm_layer=norm_layer),
+            FoldableConvNormAct(in_chs, mid_chs, 3, act_layer=act_layer, norm_layer=norm_layer),
+            FoldableConvNormAct(mid_chs, mid_chs, 3, act_layer=act_layer, norm_layer=norm_layer),
             nn.Conv2d(mid_chs, out_chs, 1),
         )
 

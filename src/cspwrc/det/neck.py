@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cspwrc.layers import CspStage, FusableConvNormAct, Sppf
+from cspwrc.layers import CspStage, FoldableConvNormAct, Sppf
 
 __all__ = ["NeckCfg", "YoloPan", "default_neck_channels", "default_neck_depth"]
 
@@ -94,9 +94,9 @@ class YoloPan(nn.Module):
         self.sppf = Sppf(c5, o5, kernel_size=cfg.sppf_kernel, **ckw)
         self.td4 = CspStage(o5 + c4, o4, **csp)
         self.td3 = CspStage(o4 + c3, o3, **csp)
-        self.down3 = FusableConvNormAct(o3, o3, 3, stride=2, **ckw)
+        self.down3 = FoldableConvNormAct(o3, o3, 3, stride=2, **ckw)
         self.bu4 = CspStage(o3 + o4, o4, **csp)
-        self.down4 = FusableConvNormAct(o4, o4, 3, stride=2, **ckw)
+        self.down4 = FoldableConvNormAct(o4, o4, 3, stride=2, **ckw)
         self.bu5 = CspStage(o4 + o5, o5, **csp)
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
