@@ -10,7 +10,8 @@ from timm.utils import reparameterize_model
 
 import cspwrc  # noqa: F401
 from cspwrc.backbone import P3_P5, wrc_weights
-from cspwrc.layers import ConvAct, WeightedResidual, fold_model, randomize_norm_and_wrc_
+from cspwrc.layers import ConvAct, WeightedResidual, fold_model
+from randomize import randomize_norm_and_wrc_
 
 OPTIONS = list(itertools.product(["scalar", "channel", "none"], ["none", "relu", "softmax"]))
 TOL = 1e-4

@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 from timm.models.cspnet import CrossStage3, DarkBlock
 
-from cspwrc.layers import CspStage, Sppf, WeightedResidual, WrcBottleneck, randomize_norm_and_wrc_
+from cspwrc.layers import CspStage, Sppf, WeightedResidual, WrcBottleneck
+from randomize import randomize_norm_and_wrc_
 
 
 def _check_grads(module: nn.Module, x: torch.Tensor) -> None:

@@ -18,8 +18,8 @@ from cspwrc.layers import (
     WrcBottleneck,
     fold_conv_norm,
     fold_model,
-    randomize_norm_and_wrc_,
 )
+from randomize import randomize_norm_and_wrc_
 
 WRC_OPTIONS = list(itertools.product(["scalar", "channel", "none"], ["none", "relu", "softmax"]))
 TOL = 1e-4

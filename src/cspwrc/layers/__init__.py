@@ -10,11 +10,10 @@ from .fold import (
     fuse_model,
     scale_conv_input_,
 )
-from .testing import randomize_norm_and_wrc_
 from .wrc import WRC_NORMALIZE, WRC_WEIGHTS, ScaledAdd, WeightedResidual
 
 __all__ = [
     "WeightedResidual", "ScaledAdd", "WRC_WEIGHTS", "WRC_NORMALIZE", "WrcBottleneck", "CspStage", "Sppf",
     "MIN_PUSHED_SCALE", "Foldable", "ConvAct", "FoldableConvNormAct", "fold_conv_norm", "fold_model", "fuse_model",
-    "scale_conv_input_", "randomize_norm_and_wrc_",
+    "scale_conv_input_",
 ]
