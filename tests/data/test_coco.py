@@ -97,7 +97,7 @@ def _boxes_match_objects(ds: CocoDetection, n: int) -> None:
 @pytest.mark.shared_data
 @pytest.mark.parametrize("name", ["coco128", "coco_train2017_native"])
 def test_real_coco_subsets(name):
-    root = shared_dataset(name)
+    root = shared_dataset(name, "annotations/instances_train.json", "images")
     ann, images = root / "annotations" / "instances_train.json", root / "images"
     ds = CocoDetection(ann, images, img=320, num_images=6, subset_seed=0, progress=False)
     assert len(ds) == 6 and ds.num_classes == 80 and ds.label_to_category_id[-1] == 90

@@ -79,7 +79,7 @@ def test_eval_refuses_pickled_checkpoint(tmp_path, capsys):
 
 @pytest.mark.shared_data
 def test_eval_on_real_coco_subset(tmp_path, capsys):
-    root = shared_dataset("coco128")
+    root = shared_dataset("coco128", "annotations/instances_val.json", "images")
     ann = root / "annotations" / "instances_val.json"
     cats = json.loads(ann.read_text())["categories"]
     weights = _checkpoint(tmp_path, [c["id"] for c in cats], [c["name"] for c in cats])
