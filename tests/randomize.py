@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from cspwrc.layers import WeightedResidual
 
+
 @torch.no_grad()
 def randomize_norm_and_wrc_(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm random running statistics and affine parameters and every WRC random raw weights.

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cocofiles import ann_rec, image_rec
 
 from cspwrc.data.checks import DataError
 from cspwrc.data.coco import CocoDetection
-from cocofiles import ann_rec, image_rec
 from shared_data import shared_dataset
 
 # COCO ids are not contiguous: the labels must be 0..3 in id order.

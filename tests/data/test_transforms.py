@@ -7,8 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cspwrc.data.transforms import (apply_train_transform, build_train_transform, letterbox, letterbox_boxes,
-                                    letterbox_params)
+from cspwrc.data.transforms import (
+    apply_train_transform,
+    build_train_transform,
+    letterbox,
+    letterbox_boxes,
+    letterbox_params,
+)
 
 COLOURS = np.array([[250, 20, 20], [20, 250, 20], [20, 20, 250], [250, 250, 20]], dtype=np.uint8)
 NO_COLOUR = {"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0}

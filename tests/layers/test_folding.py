@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 import torch.nn as nn
-from timm.layers import ConvNormAct
+from timm.layers import ConvNormAct, freeze_batch_norm_2d
 from timm.utils import reparameterize_model
 
 from cspwrc.layers import (
@@ -136,8 +136,6 @@ def test_folded_stage_scripts() -> None:
 
 def test_fold_frozen_batchnorm() -> None:
     """Detectors may freeze BN (timm FrozenBatchNormAct2d, not an nn.BatchNorm2d): it folds the same way."""
-    from timm.layers import freeze_batch_norm_2d
-
     stage = randomize_norm_and_wrc_(CspStage(8, 8, depth=2, wrc_weights="channel")).eval()
     frozen = freeze_batch_norm_2d(stage).eval()
     assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())

@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
-from shared_data import shared_dataset
-
+from cspwrc.det import build_detector
 from cspwrc.engine.checkpoint import save_checkpoint
+from shared_data import shared_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,8 +31,6 @@ def _tool(name: str) -> ModuleType:
 
 def _checkpoint(folder: Path, category_ids: list[int], names: list[str], img: int = 64) -> Path:
     """An untrained tiny detector saved exactly as the trainer saves it (the tools only need the file)."""
-    from cspwrc.det import build_detector
-
     model = build_detector(backbone="test_resnet", num_classes=len(category_ids), neck_channels=[16, 32, 64])
     options = {k: v for k, v in model.config.items() if k not in ("backbone", "num_classes")}
     meta = {"model": "test_resnet", "num_classes": len(category_ids), "class_names": names,

@@ -64,7 +64,9 @@ def format_wrc_table(rows: Sequence[WrcRow]) -> str:
 def plot_wrc_weights(model_or_rows: Union[nn.Module, Sequence[WrcRow]], path: Union[str, Path],
                      title: Optional[str] = None) -> Path:
     """Save a PNG of ``a`` (branch) and ``b`` (shortcut) per block, bars spanning the per-channel min..max."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend needed
+    # Imported here, not at module level, because matplotlib costs ~1 s and this module is part of `import cspwrc`;
+    # matplotlib.figure, no pyplot: no global state, no GUI backend needed.
+    from matplotlib.figure import Figure
 
     rows = wrc_weights(model_or_rows) if isinstance(model_or_rows, nn.Module) else list(model_or_rows)
     if not rows:

@@ -12,7 +12,7 @@ the model name and WRC options come from its ``cspwrc`` metadata unless given he
 
 import argparse
 import sys
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import timm
 import torch

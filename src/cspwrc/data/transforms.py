@@ -19,6 +19,8 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from cspwrc.data.checks import check_keys, check_type
+
 # OpenCV's own thread pool does not survive fork(): a DataLoader worker forked after the parent used it can
 # hang in its first cv2 call (and parallelism comes from the workers anyway). Same choice as Ultralytics.
 cv2.setNumThreads(0)
@@ -75,8 +77,6 @@ def letterbox_boxes(boxes: np.ndarray, scale: float, pad: tuple[float, float]) -
 def check_augment(augment: dict[str, Any] | None) -> dict[str, float]:
     """Merge an ``augment`` mapping over :data:`AUGMENT_DEFAULTS`; unknown keys raise ``ValueError``
     with the nearest valid key (the data config wraps this with the YAML file name)."""
-    from cspwrc.data.checks import check_keys, check_type  # local: checks imports nothing from here
-
     augment = dict(augment or {})
     check_keys(augment, AUGMENT_DEFAULTS, "augment", "augment")
     for key, value in augment.items():

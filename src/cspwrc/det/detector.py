@@ -35,8 +35,8 @@ from .neck import NeckCfg, YoloPan
 from .postprocess import PostprocessCfg, postprocess
 
 __all__ = [
-    "BackboneCfg", "DetectorConfig", "FLAT_KEYS", "YoloDetector", "RawPredictions", "build_detector", "create_feature_backbone",
-    "freeze_first_levels", "select_feature_levels",
+    "BackboneCfg", "DetectorConfig", "FLAT_KEYS", "YoloDetector", "RawPredictions", "build_detector",
+    "create_feature_backbone", "freeze_first_levels", "select_feature_levels",
 ]
 
 LEVEL_REDUCTIONS = (8, 16, 32)

@@ -22,9 +22,9 @@ import torch
 from safetensors.torch import save as st_save_bytes
 
 from cspwrc.atomic import atomic_write, write_bytes
+from cspwrc.det import build_detector
 from cspwrc.errors import CheckpointError
 from cspwrc.weights import META_KEY, read_any_weights, read_pth, read_safetensors, rename_like
-
 
 WEIGHTS_SUFFIX = ".safetensors"
 STATE_SUFFIX = ".state.pt"
@@ -69,8 +69,6 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
 
     Used by eval, predict and export: the file alone is enough.
     """
-    from cspwrc.det import build_detector
-
     path = Path(path)
     tensors, meta = read_any_weights(path)
     for key in ("model", "num_classes"):

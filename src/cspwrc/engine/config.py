@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import timm
 import yaml
 
 from cspwrc.errors import ConfigError
@@ -258,11 +259,8 @@ def validate(cfg: RunConfig) -> None:
 
 
 def check_model_name(name: str) -> None:
-    """An unknown timm model name is fatal; list the closest registered names."""
-    import timm
-
-    import cspwrc  # noqa: F401  (registers the cspwrc_* models with timm)
-
+    """An unknown timm model name is fatal; list the closest registered names (the ``cspwrc_*`` models are
+    registered: importing this module ran ``cspwrc/__init__``)."""
     if name in timm.list_models():
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)

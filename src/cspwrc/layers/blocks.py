@@ -112,8 +112,8 @@ class WrcBottleneck(Foldable, nn.Module):
 
 
 class CspStage(Foldable, nn.Module):
-    """CSP / C3 stage (timm ``CrossStage3`` topology): optional stride-2 (or dilated) 3x3 ``conv_down``, 1x1 ``conv_exp`` to
-    ``round(out_chs * expand_ratio)`` channels split into two halves, the first half through ``depth``
+    """CSP / C3 stage (timm ``CrossStage3`` topology): optional stride-2 (or dilated) 3x3 ``conv_down``, 1x1
+    ``conv_exp`` to ``round(out_chs * expand_ratio)`` channels split into two halves, the first half through ``depth``
     :class:`WrcBottleneck`, concat ``[blocks(x1), x2]``, 1x1 ``conv_transition`` to ``out_chs``.
 
     With ``stride=1, shortcut=False`` it is the C3 block of a YOLO PAN neck.
