@@ -149,9 +149,8 @@ class DetectorConfig:
             if key not in FLAT_KEYS:
                 raise ConfigError(unknown_key(key, FLAT_KEYS, "detector option"))
             parent_path, _, name = FLAT_KEYS[key][0].rpartition(".")
-            parent = _get_dotted(cfg, parent_path) if parent_path else cfg
             try:
-                value = check_value(value, typing.get_type_hints(type(parent))[name])
+                value = check_value(value, typing.get_type_hints(type(_get_dotted(cfg, parent_path)))[name])
             except Fault as fault:
                 raise ConfigError(f"detector option {key!r}: {fault}") from None
             cfg.set_flat(key, value)
