@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 import cspwrc  # noqa: F401
 from cspwrc.backbone import checkpoint_filter_fn
-from cspwrc.layers import randomize_norm_and_wrc_
+from randomize import randomize_norm_and_wrc_
 
 X = torch.randn(2, 3, 64, 64)
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from shared_data import shared_dataset
-
 from cspwrc.data import ensure_shapes_dataset
+from cspwrc.det import build_detector
 from cspwrc.engine.checkpoint import save_checkpoint
 from cspwrc.engine.config import load_config
 from cspwrc.engine.trainer import load_resume
+from shared_data import shared_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,8 +34,6 @@ def _tool(name: str) -> ModuleType:
 
 def _checkpoint(folder: Path, category_ids: list[int], names: list[str], img: int = 64) -> Path:
     """An untrained tiny detector saved exactly as the trainer saves it (the tools only need the file)."""
-    from cspwrc.det import build_detector
-
     model = build_detector(backbone="test_resnet", num_classes=len(category_ids), neck_channels=[16, 32, 64])
     options = {k: v for k, v in model.config.items() if k not in ("backbone", "num_classes")}
     meta = {"model": "test_resnet", "num_classes": len(category_ids), "class_names": names,
@@ -82,7 +80,7 @@ def test_eval_refuses_pickled_checkpoint(tmp_path, capsys):
 
 @pytest.mark.shared_data
 def test_eval_on_real_coco_subset(tmp_path, capsys):
-    root = shared_dataset("coco128")
+    root = shared_dataset("coco128", "annotations/instances_val.json", "images")
     ann = root / "annotations" / "instances_val.json"
     cats = json.loads(ann.read_text())["categories"]
     weights = _checkpoint(tmp_path, [c["id"] for c in cats], [c["name"] for c in cats])

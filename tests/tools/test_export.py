@@ -14,7 +14,7 @@ import cspwrc  # noqa: F401 - registers the cspwrc models
 from cspwrc.deploy.export import deploy_model, export_onnx, export_torchscript
 from cspwrc.deploy.postprocess import postprocess_numpy
 from cspwrc.det import build_detector
-from cspwrc.layers import randomize_norm_and_wrc_
+from randomize import randomize_norm_and_wrc_
 
 # torch.jit.load/trace are deprecated upstream but are exactly what TorchScript users call.
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

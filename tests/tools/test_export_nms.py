@@ -17,7 +17,7 @@ from cspwrc.deploy.export import EndToEnd, deploy_model, export_onnx_nms, match_
 from cspwrc.deploy.postprocess import onnx_metadata_numpy
 from cspwrc.det import build_detector
 from cspwrc.det.postprocess import postprocess
-from cspwrc.layers import randomize_norm_and_wrc_
+from randomize import randomize_norm_and_wrc_
 from shared_data import shared_dataset
 
 ort = pytest.importorskip("onnxruntime")

@@ -23,7 +23,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import MATCH_PREV_GROUP
 
 from cspwrc.errors import CheckpointError
-from cspwrc.layers import CspStage, FusableConvNormAct
+from cspwrc.layers import CspStage, FoldableConvNormAct
 
 __all__ = ["CspWrcCfg", "CspWrcNet", "checkpoint_filter_fn", "model_cfgs", "default_cfgs", "P3_P5"]
 
@@ -80,7 +80,7 @@ def _create_stem(
     stem = nn.Sequential()
     prev = in_chans
     for i, chs in enumerate(cfg.stem_chs):
-        stem.add_module(f"conv{i + 1}", FusableConvNormAct(
+        stem.add_module(f"conv{i + 1}", FoldableConvNormAct(
             prev, chs, 3, stride=2 if i == 0 else 1, act_layer=cfg.act_layer, norm_layer=cfg.norm_layer,
             device=device, dtype=dtype,
         ))

@@ -11,32 +11,15 @@ the model name and WRC options come from its ``cspwrc`` metadata unless given he
 """
 
 import argparse
-import json
 import sys
-from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import timm
 import torch
 
 import cspwrc  # noqa: F401  (registers the cspwrc_* models)
 from cspwrc.backbone import backbone_state_dict, format_wrc_table, plot_wrc_weights, wrc_weights
-
-
-def load_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """Tensors and the ``cspwrc`` safetensors metadata (``{}`` for ``.pth`` or a file without it)."""
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("cspwrc", "{}"))
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):  # the containers timm's loader accepts
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    return state, {}
+from cspwrc.weights import read_any_weights
 
 
 def model_kwargs(meta: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
@@ -53,14 +36,15 @@ def build(args: argparse.Namespace) -> torch.nn.Module:
     meta: Dict[str, Any] = {}
     state: Optional[Dict[str, torch.Tensor]] = None
     if args.weights:
-        state, meta = load_checkpoint(Path(args.weights))
+        state, meta = read_any_weights(args.weights)
     name = args.model or meta.get("model")
     if not name:
         raise SystemExit("--model is needed (the checkpoint has no cspwrc metadata naming it)")
     model = timm.create_model(name, num_classes=0, **model_kwargs(meta, args))
     if state is not None:
         # the classifier (if any) is irrelevant here: the model is built without one
-        state = {k: v for k, v in backbone_state_dict(state).items() if not k.startswith("head.")}
+        state = backbone_state_dict(state, like=model.state_dict())
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise SystemExit(f"{args.weights} does not fit {name} {model_kwargs(meta, args)}: "

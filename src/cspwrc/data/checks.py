@@ -26,7 +26,6 @@ orientation tag is ignored, so boxes and pixels agree either way.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
@@ -43,6 +42,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from cspwrc import validate
 from cspwrc.atomic import WriteError, write_json
 from cspwrc.errors import InputError
 
@@ -125,21 +125,19 @@ class CheckReport:
 
 # ----------------------------------------------------------------------------------------------- config keys
 def check_keys(mapping: Mapping[str, Any], allowed: Iterable[str], file: str | os.PathLike[str], where: str) -> None:
-    """Raise :class:`DataError` for the first unknown key, suggesting the nearest valid key (difflib)."""
-    allowed = list(allowed)
-    for key in mapping:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(allowed)}"
-            raise DataError(file, where, f"unknown key {key!r}{hint}")
+    """Raise :class:`DataError` for the first unknown key, suggesting the nearest valid key."""
+    try:
+        validate.check_keys(mapping, allowed)
+    except validate.Fault as fault:
+        raise DataError(file, where, str(fault)) from None
 
 
 def check_type(value: Any, expected: type | tuple[type, ...], file: str | os.PathLike[str], where: str) -> Any:
     """Return ``value`` if it has the expected type (bool is not an int here), else raise :class:`DataError`."""
-    types = expected if isinstance(expected, tuple) else (expected,)
-    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-        names = " or ".join(t.__name__ for t in types)
-        raise DataError(file, where, f"expected {names}, got {type(value).__name__} {value!r:.60}")
+    try:
+        validate.check_value(value, expected)
+    except validate.Fault as fault:
+        raise DataError(file, where, str(fault)) from None
     return value
 
 

@@ -200,8 +200,7 @@ class CocoDetection(Dataset):
                 transform = self._transforms[use_mosaic] = build_train_transform(self.img, use_mosaic, **self.augment)
             transform.set_random_seed(int(rng.integers(2**31)))
             others = self._mosaic_partners(rng, skipped) if use_mosaic else None
-            image, boxes, labels = apply_train_transform(transform, image, boxes, labels, others, self.img,
-                                                         self.augment["min_box_size"])
+            image, boxes, labels = apply_train_transform(transform, image, boxes, labels, others)
         entry = self._entry(index)
         target: Target = {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)).reshape(-1, 4),

@@ -25,7 +25,7 @@ from torchvision.ops import nms
 
 from cspwrc import __version__ as cspwrc_version
 from cspwrc.atomic import write_bytes
-from cspwrc.det.postprocess import postprocess
+from cspwrc.det.postprocess import PostprocessCfg, postprocess
 
 ONNX_OPSET = 17
 INPUT_NAME = "images"
@@ -37,7 +37,7 @@ def deploy_model(detector: nn.Module) -> nn.Module:
     """A folded (BN + WRC), eval-mode copy of ``detector`` whose ``forward`` is ``forward_raw``; input untouched."""
     from cspwrc.det.detector import RawPredictions
 
-    return RawPredictions(copy.deepcopy(detector).fuse()).eval()
+    return RawPredictions(copy.deepcopy(detector).fold()).eval()
 
 
 def load_for_export(weights: str | Path | None = None, model: str | None = None,
@@ -163,8 +163,9 @@ class EndToEnd(nn.Module):
     layout with ``batch_index`` keeps the batch dynamic without padding.
     """
 
-    def __init__(self, raw_model: nn.Module, img: int, score_thresh: float = 0.001, nms_iou: float = 0.6,
-                 max_det: int = 300, pre_nms_topk: int = 3000) -> None:
+    def __init__(self, raw_model: nn.Module, img: int, score_thresh: float = PostprocessCfg.score_thresh,
+                 nms_iou: float = PostprocessCfg.nms_iou, max_det: int = PostprocessCfg.max_det,
+                 pre_nms_topk: int = PostprocessCfg.pre_nms_topk) -> None:
         super().__init__()
         self.raw_model, self.img = raw_model, img
         self.score_thresh, self.nms_iou, self.max_det, self.pre_nms_topk = score_thresh, nms_iou, max_det, pre_nms_topk
