@@ -6,6 +6,8 @@
 Writes ``OUT/<name>.png`` per image (boxes, class names, scores drawn with
 torchvision.utils.draw_bounding_boxes) and ``OUT/detections.json``: per image its file, size and
 detections with ``box`` (xyxy, original pixels), ``score``, ``label``, ``class_name``, ``category_id``.
+An unreadable image is skipped and counted (``skipped``). Exit codes: 0 done, 2 bad input (checkpoint, --source,
+--device, no readable image), 3 an output could not be written; --debug for tracebacks.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.utils import draw_bounding_boxes
 
-from cspwrc.atomic import WriteError, write_json
+from cspwrc.atomic import make_dir, write_json
+from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.data.checks import to_rgb
 from cspwrc.data.transforms import letterbox
 from cspwrc.det.postprocess import undo_letterbox
-from cspwrc.engine.checkpoint import CheckpointError, load_detector
+from cspwrc.engine.checkpoint import load_detector
 from cspwrc.engine.distributed import resolve_device
+from cspwrc.errors import InputError, shorten
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -38,6 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--img", type=int, default=None, help="inference size (default: the checkpoint's)")
     parser.add_argument("--conf", type=float, default=0.25, help="minimum score to keep and draw")
     parser.add_argument("--device", default="auto")
+    add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -46,7 +51,7 @@ def list_images(source: Path) -> list[Path]:
         return [source]
     if source.is_dir():
         return sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    raise FileNotFoundError(f"--source {source}: no such file or folder")
+    raise InputError(f"--source {shorten(source)}: no such file or folder")
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -83,36 +88,34 @@ def draw(image: np.ndarray, dets: list[dict[str, Any]], path: Path) -> None:
     Image.fromarray(tensor.permute(1, 2, 0).numpy()).save(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    try:
-        device = resolve_device(args.device)
-        model, meta = load_detector(args.weights, device)
-        images = list_images(Path(args.source))
-    except (CheckpointError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    device = resolve_device(args.device)
+    model, meta = load_detector(args.weights, device)
+    images = list_images(Path(args.source))
     img = args.img or int(meta.get("img", 640))
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)
     records, failed = [], 0
     for path in images:
         try:
             image = read_rgb(path)
         except (OSError, UnidentifiedImageError) as err:  # one bad file is skipped and counted, not fatal
-            print(f"skipped {path}: {err}", file=sys.stderr)
+            print(f"skipped {shorten(path)}: {shorten(err, 200)}", file=sys.stderr)
             failed += 1
             continue
         dets = describe(detect(model, image, img, device), meta, args.conf)
         draw(image, dets, out / f"{path.stem}.png")
         records.append({"file": str(path), "height": image.shape[0], "width": image.shape[1], "detections": dets})
         print(f"{path.name}: {len(dets)} detections")
-    try:
-        write_json(out / "detections.json", {"images": records, "skipped": failed})
-    except WriteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0 if records or not images else 1
+    write_json(out / "detections.json", {"images": records, "skipped": failed})
+    if images and not records:
+        raise InputError(f"--source {shorten(args.source)}: none of its {len(images)} images could be read")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return guarded(lambda: run(args), args.debug)
 
 
 if __name__ == "__main__":

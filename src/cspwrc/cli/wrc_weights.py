@@ -18,9 +18,13 @@ from typing import Any, Dict, Optional, Tuple
 
 import timm
 import torch
+from safetensors import SafetensorError
 
 import cspwrc  # noqa: F401  (registers the cspwrc_* models)
 from cspwrc.backbone import backbone_state_dict, format_wrc_table, plot_wrc_weights, wrc_weights
+from cspwrc.cli import add_debug_flag, guarded
+from cspwrc.engine.checkpoint import CheckpointError
+from cspwrc.engine.config import ConfigError, check_model_name
 
 
 def load_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
@@ -53,17 +57,22 @@ def build(args: argparse.Namespace) -> torch.nn.Module:
     meta: Dict[str, Any] = {}
     state: Optional[Dict[str, torch.Tensor]] = None
     if args.weights:
-        state, meta = load_checkpoint(Path(args.weights))
+        try:
+            state, meta = load_checkpoint(Path(args.weights))
+        except (OSError, SafetensorError, RuntimeError, ValueError, EOFError) as err:  # pickled, torn, missing
+            raise CheckpointError(f"{args.weights}: not a readable weights file (weights-only .pth or "
+                                  f".safetensors): {err}") from err
     name = args.model or meta.get("model")
     if not name:
-        raise SystemExit("--model is needed (the checkpoint has no cspwrc metadata naming it)")
+        raise ConfigError("--model is needed (the checkpoint has no cspwrc metadata naming it)")
+    check_model_name(name)
     model = timm.create_model(name, num_classes=0, **model_kwargs(meta, args))
     if state is not None:
         # the classifier (if any) is irrelevant here: the model is built without one
         state = {k: v for k, v in backbone_state_dict(state).items() if not k.startswith("head.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise SystemExit(f"{args.weights} does not fit {name} {model_kwargs(meta, args)}: "
+            raise CheckpointError(f"{args.weights} does not fit {name} {model_kwargs(meta, args)}: "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
 
@@ -75,7 +84,13 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--wrc-weights", choices=["scalar", "channel", "none"], help="override the WRC weight type")
     parser.add_argument("--wrc-normalize", choices=["none", "relu", "softmax"], help="override the normalisation")
     parser.add_argument("--plot", help="write a PNG plot of the weights here")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
+    return guarded(lambda: run(args), args.debug)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 2 for an unreadable or non-fitting checkpoint or model name; the table on stdout."""
     rows = wrc_weights(build(args))
     print(format_wrc_table(rows))
     if args.plot and rows:
