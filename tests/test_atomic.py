@@ -46,3 +46,18 @@ def test_write_json_converts_dataclasses_and_tensors(tmp_path):
     data = json.loads((tmp_path / "m.json").read_text())
     assert data["rows"] == [{"name": "cat", "ap": 0.5}] and data["stats"] == [1.0, 2.0]
     assert data["x"] != data["x"]  # NaN round-trips
+
+
+def test_any_failure_of_the_writer_is_a_write_error(tmp_path):
+    # torch.save on a full disk raises RuntimeError from its zip writer, not OSError: same outcome required.
+    target = tmp_path / "last.state.pt"
+    target.write_bytes(b"old")
+
+    def torn_zip(fh):
+        fh.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1984 vs 1878")
+
+    with pytest.raises(WriteError, match="last.state.pt.*inline_container.*previous file") as info:
+        atomic_write(target, torn_zip)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["last.state.pt"]

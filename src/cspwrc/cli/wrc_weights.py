@@ -12,6 +12,7 @@ the model name and WRC options come from its ``cspwrc`` metadata unless given he
 
 import argparse
 import json
+import pickle
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -59,7 +60,8 @@ def build(args: argparse.Namespace) -> torch.nn.Module:
     if args.weights:
         try:
             state, meta = load_checkpoint(Path(args.weights))
-        except (OSError, SafetensorError, RuntimeError, ValueError, EOFError) as err:  # pickled, torn, missing
+        except (OSError, SafetensorError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+            # missing, torn, or carrying a pickled object (refused by weights_only=True)
             raise CheckpointError(f"{args.weights}: not a readable weights file (weights-only .pth or "
                                   f".safetensors): {err}") from err
     name = args.model or meta.get("model")
