@@ -89,7 +89,12 @@ def agree(step: Callable[[], T]) -> T:
     except CspwrcError as err:
         error = err
     found: list[Any] = [None] * world_size()
-    tdist.all_gather_object(found, None if error is None else (error.exit_code, str(error)))
+    try:
+        tdist.all_gather_object(found, None if error is None else (error.exit_code, str(error)))
+    except RuntimeError as err:  # a rank crashed in its setup (a bug: it printed its own traceback)
+        if not peer_lost(err):
+            raise
+        raise RunStopped(peer_lost_message(err)) from err
     if error is not None:
         raise error
     for peer, report in enumerate(found):

@@ -424,9 +424,9 @@ class Trainer:
 
         self.ddp_model.train()
         sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64)
-        done, self._postfix = 0, ""
+        done, self._postfix, skipped = 0, "", 0
         for _, images, targets in self._batches(epoch):
-            self.state.read_skipped += count_skipped(targets)
+            skipped += count_skipped(targets)
             self.scheduler.step(self.state.global_step)
             losses = self._step(images, targets, epoch)
             self.state.global_step += 1
@@ -439,6 +439,7 @@ class Trainer:
             self._postfix = " ".join(f"{k.removeprefix('loss_') if k != 'loss' else 'loss'}={v:.3f}"
                                      for k, v in zip(LOSS_KEYS, vals.tolist())) + f" lr={self.scheduler.lr():.2e}"
         means = dist.all_reduce_mean(sums / max(done, 1))
+        self.state.read_skipped += dist.all_reduce_sum_int(skipped)  # every rank's substitutions, not rank 0's
         return dict(zip(LOSS_KEYS, means.tolist()))
 
     def _to_device(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
