@@ -14,7 +14,10 @@ from PIL import Image
 
 from shared_data import shared_dataset
 
+from cspwrc.data import ensure_shapes_dataset
 from cspwrc.engine.checkpoint import save_checkpoint
+from cspwrc.engine.config import load_config
+from cspwrc.engine.trainer import load_resume
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,3 +109,21 @@ def test_eval_on_real_coco_subset(tmp_path, capsys):
 def test_train_rejects_bad_input_before_training(args, fragment, capsys):
     rc = _tool("train_det").main(args + ["--no-progress"])
     assert rc == 2 and fragment in capsys.readouterr().err
+
+
+def test_data_flag_selects_the_real_data_recipe(tmp_path):
+    """--data without --config trains configs/det/real.yaml (mosaic on, AdamW, EMA); one tiny step of it runs."""
+    train = _tool("train_det")
+    args = train.parse_args(["--data", "x.yaml"])
+    assert train.default_recipe(args) == train.REAL_CONFIG
+    assert train.default_recipe(train.parse_args([])) == train.DEFAULT_CONFIG
+    cfg = load_config(train.REAL_CONFIG)
+    assert cfg.augment["mosaic"] == 1.0 and cfg.train.close_mosaic > 0 and cfg.ema.enabled
+
+    data = ensure_shapes_dataset(tmp_path / "shapes", num_train=8, num_val=4, seed=3)
+    rc = train.main(["--data", str(data), "--model", "cspwrc_n", "--img", "64", "--batch", "4", "--epochs", "1",
+                     "--workers", "0", "--set", "train.max_steps_per_epoch=1", "--set", "train.close_mosaic=0",
+                     "--out", str(tmp_path / "run"), "--no-progress"])
+    assert rc == 0
+    saved = load_resume(tmp_path / "run")[0]
+    assert saved.augment["mosaic"] == 1.0 and saved.optim.opt == "adamw" and saved.schedule.warmup_epochs == 3.0

@@ -5,7 +5,7 @@
     python tools/train_det.py --resume runs/mine                # continue an interrupted run exactly
     torchrun --nproc_per_node 2 tools/train_det.py --data my.yaml   # DDP (gloo on CPU, nccl on GPU)
 
-Config: configs/det/default.yaml (or --config FILE) + flags + ``--set key.sub=value``; see docs/training.md.
+Config: configs/det/default.yaml, or configs/det/real.yaml with --data (or --config FILE) + flags + ``--set key.sub=value``; see docs/training.md.
 Exit codes: 0 done, 2 bad input (config/data/checkpoint, a run directory another live process trains in),
 3 run stopped (non-finite loss, unwritable checkpoint, SIGTERM/SIGINT, a lost DDP rank; the last finished epoch is
 kept for --resume). --debug (or CSPWRC_DEBUG=1) adds the traceback.
@@ -22,6 +22,13 @@ from cspwrc.engine.config import add_cli_arguments, cli_overrides, load_config
 from cspwrc.engine.trainer import Trainer, load_resume
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "det" / "default.yaml"
+REAL_CONFIG = DEFAULT_CONFIG.with_name("real.yaml")  # the recipe when --data names a data set
+
+
+def default_recipe(args: argparse.Namespace) -> Path | None:
+    """--config, else the real-data recipe with --data, else the embedded demo's recipe."""
+    recipe = REAL_CONFIG if args.data else DEFAULT_CONFIG
+    return Path(args.config) if args.config else recipe if recipe.is_file() else None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
             print("note: --config is ignored with --resume (the run's saved config is used)", file=sys.stderr)
         cfg, state = load_resume(args.resume, overrides)
     else:
-        path = args.config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
-        cfg, state = load_config(path, overrides), None
+        cfg, state = load_config(default_recipe(args), overrides), None
     metrics = Trainer(cfg, resume_state=state, progress=not args.no_progress).fit()
     print(f"mAP@[.5:.95] {metrics['map']:.4f}  mAP50 {metrics['map50']:.4f}  run dir {metrics['run_dir']}")
     return 0

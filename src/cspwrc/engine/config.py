@@ -86,6 +86,7 @@ class TrainConfig:
     out: str = "runs/det"  # run directory
     weights: str | None = None  # initialise from a local checkpoint (cspwrc safetensors or backbone-only)
     max_steps_per_epoch: int = 0  # >0: cut each epoch short (smoke tests, quick looks)
+    time: float | None = None  # hours of training (Ultralytics' `time`): refits `epochs` to the budget after each epoch
 
 
 @dataclass
@@ -216,11 +217,13 @@ FLAG_KEYS: dict[str, str] = {
     "workers": "data.workers",
     "out": "train.out",
     "seed": "train.seed",
+    "time": "train.time",
 }
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="run config YAML (default: configs/det/default.yaml)")
+    parser.add_argument("--config", default=None, help="run config YAML (default: configs/det/default.yaml, "
+                        "or configs/det/real.yaml with --data)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--img", type=int, help="square image size, a multiple of 32")
     parser.add_argument("--batch", type=int)
@@ -232,6 +235,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int)
     parser.add_argument("--out", help="run directory")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--time", type=float, help="training budget in hours: refits --epochs to it after each epoch")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any config key, e.g. --set optim.lr=0.01 --set ema.enabled=false")
 
@@ -288,6 +292,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.close_mosaic: must be >= 0, got {t.close_mosaic}")
     if cfg.data.workers < 0:
         raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")
+    if t.time is not None and t.time <= 0:
+        raise ConfigError(f"train.time: must be > 0 hours, got {t.time}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
     if not 0.0 <= cfg.ema.decay < 1.0:

@@ -404,11 +404,32 @@ class Trainer:
         t0 = time.perf_counter()
         means = self._train_one_epoch(epoch)
         self.state.train_time_s += time.perf_counter() - t0
+        if cfg.time is not None:
+            self._fit_epochs_to_time(epoch)
         result = None
         if (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs:
             result = self._evaluate(epoch)
         self._end_epoch(epoch, means, result)
         return result
+
+    def _fit_epochs_to_time(self, epoch: int) -> None:
+        """``train.time``: set ``epochs`` to what fits the budget at the mean epoch time so far, as Ultralytics does.
+
+        Counted: training and evaluation time of this run (resumes included), not start-up. The schedule (warmup,
+        decay, close_mosaic) is a function of ``epochs`` and the global step, so it is rebuilt and stretches or
+        shrinks to the new length; the run never ends before the epoch that just finished. The final evaluation
+        comes on top of the budget. The adjusted ``epochs`` is saved with the run config, so ``--resume`` goes on
+        with it.
+        """
+        cfg, s = self.cfg.train, self.state
+        done = epoch + 1
+        spent = s.train_time_s + s.eval_time_s
+        fitted = max(done, math.floor(cfg.time * 3600.0 * done / spent)) if spent > 0 else cfg.epochs
+        if fitted != cfg.epochs:
+            self._log(f"time budget {cfg.time * 60:.1f} min: {spent / done:.0f} s per epoch -> {fitted} epochs "
+                      f"(was {cfg.epochs})")
+            cfg.epochs = fitted
+            self.scheduler = WarmupScheduler(self.optimizer, self.cfg, self.steps_per_epoch)
 
     def _batches(self, epoch: int) -> Iterator[tuple[int, Any, list[dict[str, Any]]]]:
         bar = tqdm(self.train_loader, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
