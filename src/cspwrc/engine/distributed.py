@@ -22,6 +22,7 @@ import torch.distributed as tdist
 from cspwrc.errors import CspwrcError, InputError, RunStopped, shorten
 
 T = TypeVar("T")
+TIMEOUT_ENV = "CSPWRC_DDP_TIMEOUT_S"
 
 
 def is_dist() -> bool:
@@ -67,9 +68,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def init_distributed(device: torch.device, timeout_s: int = 1800) -> None:
-    """Join the process group when started by torchrun (no-op otherwise)."""
+    """Join the process group when started by torchrun (no-op otherwise).
+
+    ``timeout_s`` (or ``$CSPWRC_DDP_TIMEOUT_S``) bounds every collective: a rank that hangs (rather than dies,
+    which the others notice at once) stops the others after this long. It must exceed the longest time one rank
+    works alone, i.e. rank 0's COCOeval of the val set.
+    """
     if not launched_by_torchrun() or is_dist():
         return
+    timeout_s = int(os.environ.get(TIMEOUT_ENV) or timeout_s)
     backend = "nccl" if device.type == "cuda" else "gloo"
     tdist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
 

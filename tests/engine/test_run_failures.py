@@ -190,7 +190,7 @@ def test_sigterm_stops_cleanly_and_resume_finishes(data: Path, tmp_path: Path) -
     sig = signal.SIGTERM
     out = tmp_path / "run"
     log = tmp_path / "train.log"
-    proc = subprocess.Popen([sys.executable, TRAIN, *cli_args(data, out, epochs=4)], stdout=log.open("w"),
+    proc = subprocess.Popen([sys.executable, TRAIN, *cli_args(data, out, epochs=3)], stdout=log.open("w"),
                             stderr=subprocess.STDOUT, env=ENV)
     deadline = time.monotonic() + 240
     while not (out / "results.csv").exists():  # epoch 1 is saved
@@ -203,11 +203,11 @@ def test_sigterm_stops_cleanly_and_resume_finishes(data: Path, tmp_path: Path) -
     assert f"stopped: {sig.name} during epoch" in text and f"continue with --resume {out}" in text
     assert "Traceback" not in text
     kept = _epoch(out)
-    assert kept >= 1 and f"(epoch {kept} of 4)" in text and not (out / LOCK_NAME).exists()
+    assert kept >= 1 and f"(epoch {kept} of 3)" in text and not (out / LOCK_NAME).exists()
     done = subprocess.run([sys.executable, TRAIN, "--resume", str(out), "--no-progress"], capture_output=True,
                           text=True, env=ENV, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert _epoch(out) == 4
+    assert _epoch(out) == 3
 
 
 # ----------------------------------------------------------------------------------------------- val read failures
