@@ -23,7 +23,8 @@ LOCK_NAME = "run.lock"
 
 
 class RunLock:
-    """``RunLock(run_dir).acquire()`` ... ``release()``; acquire raises :class:`InputError` if a live process holds it."""
+    """``acquire()`` ... ``release()`` the lock of ``run_dir``; acquire raises :class:`InputError` while a live
+    process holds it."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
