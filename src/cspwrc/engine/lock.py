@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import IO
 
-from cspwrc.errors import InputError
+from cspwrc.atomic import WriteError
+from cspwrc.errors import InputError, shorten
 
 try:
     import fcntl
@@ -34,16 +35,19 @@ class RunLock:
         if fcntl is None or self._fh is not None:
             return
         while True:
-            fh = self.path.open("a+")
+            try:
+                fh = self.path.open("a+")
+            except OSError as err:  # e.g. a read-only run directory: nothing could be saved there either
+                raise WriteError(f"cannot create the run lock {shorten(self.path)}: {err}") from err
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 fh.seek(0)
-                holder = fh.read().strip() or "unknown"
+                holder = shorten(fh.read().strip() or "unknown", 40)
                 fh.close()
-                raise InputError(
-                    f"{self.path.parent}: another live process (pid {holder}) is training in this run directory "
-                    f"(it holds {self.path}). Wait for it to finish, stop it, or use another --out") from None
+                raise InputError(f"{shorten(self.path.parent)}: another live process (pid {holder}) is training in "
+                                 f"this run directory (it holds {LOCK_NAME}). Wait for it to finish, stop it, or use "
+                                 "another --out") from None
             # The holder before us may have removed the file between our open and our lock: lock the file
             # that is at the path now, not an orphaned inode.
             if self._same_file(fh):
