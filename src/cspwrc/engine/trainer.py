@@ -357,7 +357,11 @@ class Trainer:
                 result = self._evaluate(self.state.epoch - 1)
             return self._finish(result, time.perf_counter() - start)
         except RuntimeError as err:
-            if isinstance(err, TrainingStopped) or not dist.peer_lost(err):
+            if isinstance(err, TrainingStopped):
+                raise
+            if self._stop_signal is not None:  # Ctrl-C also reached the loader's workers, which exit: same stop
+                raise self._stopped(self.state.epoch) from err
+            if not dist.peer_lost(err):
                 raise
             raise TrainingStopped(f"{dist.peer_lost_message(err)}; {self._kept()}") from err
         finally:
@@ -382,10 +386,12 @@ class Trainer:
 
     def _check_stop(self, epoch: int) -> None:
         """Raise :class:`TrainingStopped` on every rank when any rank was asked to stop."""
-        if not dist.any_rank(self._stop_signal is not None):
-            return
+        if dist.any_rank(self._stop_signal is not None):
+            raise self._stopped(epoch)
+
+    def _stopped(self, epoch: int) -> TrainingStopped:
         name = signal.Signals(self._stop_signal).name if self._stop_signal is not None else "a stop signal"
-        raise TrainingStopped(f"{name} during epoch {epoch + 1}: stopped; {self._kept()}")
+        return TrainingStopped(f"{name} during epoch {epoch + 1}: stopped; {self._kept()}")
 
     def _kept(self) -> str:
         """Which checkpoint a stopped run leaves and how to continue."""
