@@ -344,11 +344,16 @@ def probe_images(paths: dict[str, Path], image_dir: Path, progress: bool = True,
 
 
 # ------------------------------------------------------------------------------------------------ the checks
+def oriented_size(probe: dict[str, Any]) -> tuple[int, int]:
+    """``(width, height)`` of a probed image after its EXIF orientation (the frame viewers show)."""
+    raw_w, raw_h = probe["raw"]
+    return (raw_h, raw_w) if probe["orientation"] in _SWAPS_AXES else (raw_w, raw_h)
+
+
 def _frame(probe: dict[str, Any], json_wh: tuple[int, int]) -> tuple[bool, str | None]:
     """Pick the annotation frame (see module doc): returns ``(exif_transpose, error)``."""
     raw_w, raw_h = probe["raw"]
-    swaps = probe["orientation"] in _SWAPS_AXES
-    corrected = (raw_h, raw_w) if swaps else (raw_w, raw_h)
+    corrected = oriented_size(probe)
     if json_wh == corrected:
         return True, None
     if json_wh == (raw_w, raw_h):
@@ -379,6 +384,7 @@ def _clean_box(ann: dict[str, Any], image: ImageEntry, report: CheckReport, ann_
     """Return the clipped ``[x, y, w, h]`` or ``None`` (skipped and counted)."""
     x, y, w, h = (float(v) for v in ann["bbox"])
     record = f"annotation id={ann['id']} (image id={ann['image_id']})"
+    ann_file = ann.get("source", ann_file)  # YOLO/VOC readers name the label file and line (data/formats.py)
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         report.skip(ann_file, record, f"non-finite bbox {ann['bbox']}", "bbox non-finite")
         return None
@@ -401,12 +407,12 @@ def _verify_annotations(data: dict[str, Any], ann_file: Path, report: CheckRepor
     known_cats = {c["id"] for c in data["categories"]}
     per_image: dict[int, list[tuple[list[float], int]]] = {i: [] for i in report.images}
     for ann in data["annotations"]:
-        record = f"annotation id={ann['id']}"
+        record, file = f"annotation id={ann['id']}", str(ann.get("source", ann_file))
         if ann["image_id"] not in known_images:
-            report.skip(str(ann_file), record, f"unknown image id {ann['image_id']}", "annotation unknown image")
+            report.skip(file, record, f"unknown image id {ann['image_id']}", "annotation unknown image")
             continue
         if ann["category_id"] not in known_cats:
-            report.skip(str(ann_file), record, f"unknown category id {ann['category_id']}",
+            report.skip(file, record, f"unknown category id {ann['category_id']}",
                         "annotation unknown category")
             continue
         image = report.images.get(ann["image_id"])
@@ -429,13 +435,15 @@ def _verify_annotations(data: dict[str, Any], ann_file: Path, report: CheckRepor
 
 
 def verify_coco(ann_file: str | os.PathLike[str], image_dir: str | os.PathLike[str], *, progress: bool = True,
-                use_cache: bool = True) -> CheckReport:
+                use_cache: bool = True, data: dict[str, Any] | None = None) -> CheckReport:
     """Check a COCO instances file and its images up front; fatal problems raise :class:`DataError`.
 
-    Returns a :class:`CheckReport` with the usable images, cleaned boxes and the per-sample problems.
+    ``data``: an in-memory COCO dict to check instead of reading ``ann_file`` (which then only names it in
+    messages; the YOLO and VOC readers of :mod:`cspwrc.data.formats` pass theirs). Returns a
+    :class:`CheckReport` with the usable images, cleaned boxes and the per-sample problems.
     """
     ann_file, image_dir = Path(ann_file), Path(image_dir)
-    data = load_json(ann_file)
+    data = load_json(ann_file) if data is None else data
     _check_records(data["images"], _IMAGE_FIELDS, ann_file, "images")
     _check_records(data["annotations"], _ANN_FIELDS, ann_file, "annotations")
     _check_records(data["categories"], _CAT_FIELDS, ann_file, "categories")

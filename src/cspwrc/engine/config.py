@@ -81,6 +81,8 @@ class TrainConfig:
     max_nan_skips: int = 100  # with nan_policy skip: stop anyway after this many skipped steps
     amp: bool = True  # mixed precision, only ever used on CUDA
     eval_interval: int = 1  # evaluate every N epochs (and always after the last one)
+    patience: int = 0  # >0: stop when val mAP has not improved for this many epochs (checked when evaluated)
+    tensorboard: bool = True  # TensorBoard scalars in OUT/tb when the package is installed (extra [tb])
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
     out: str = "runs/det"  # run directory
@@ -217,6 +219,8 @@ FLAG_KEYS: dict[str, str] = {
     "workers": "data.workers",
     "out": "train.out",
     "seed": "train.seed",
+    "patience": "train.patience",
+    "eval_interval": "train.eval_interval",
     "time": "train.time",
 }
 
@@ -235,6 +239,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int)
     parser.add_argument("--out", help="run directory")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--patience", type=int, help="early stopping: epochs without a val mAP gain (0 = off)")
+    parser.add_argument("--eval-interval", type=int, help="evaluate every K epochs (and after the last)")
     parser.add_argument("--time", type=float, help="training budget in hours: refits --epochs to it after each epoch")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any config key, e.g. --set optim.lr=0.01 --set ema.enabled=false")
@@ -288,6 +294,10 @@ def validate(cfg: RunConfig) -> None:
     for key in ("epochs", "batch"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key}: must be >= 1, got {getattr(t, key)}")
+    if t.eval_interval < 1:
+        raise ConfigError(f"train.eval_interval: must be >= 1, got {t.eval_interval}")
+    if t.patience < 0:
+        raise ConfigError(f"train.patience: must be >= 0 (0 = no early stopping), got {t.patience}")
     if not 0 <= t.close_mosaic:
         raise ConfigError(f"train.close_mosaic: must be >= 0, got {t.close_mosaic}")
     if cfg.data.workers < 0:

@@ -183,6 +183,11 @@ def load_resume(path: str | Path, overrides: dict[str, Any] | None = None) -> tu
     data["train"]["out"] = str(file.parent)  # continue in the folder the state lives in
     cfg = from_dict(merge(data, overrides or {}), f"{file} + command line")
     validate(cfg)
+    done = int(state.get("epoch", 0))
+    if cfg.train.epochs < done:
+        raise ConfigError(f"--epochs {cfg.train.epochs}: {file} has already completed {done} epochs; resume with "
+                          f"--epochs {done} or more (more epochs extend the schedule, see docs/training.md), or "
+                          f"start a new run from its weights with --weights {file.parent / 'last.safetensors'}")
     return cfg, state
 
 
@@ -208,6 +213,8 @@ class Trainer:
         if dist.is_dist():
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        use_tb = dist.is_main() and cfg.train.tensorboard
+        self.tb = _tensorboard_writer(self.out / "tb", self.state.epoch + 1) if use_tb else None
 
     def _setup(self, resume_state: dict[str, Any] | None) -> None:
         if dist.is_main():
@@ -303,6 +310,11 @@ class Trainer:
         fields = RunState.__dataclass_fields__
         self.state = RunState(**{k: st[k] for k in fields if k in st})
         self._log(f"resumed from {self.out} after epoch {self.state.epoch} (step {self.state.global_step})")
+        planned = int(st.get("config", {}).get("train", {}).get("epochs", self.cfg.train.epochs))
+        if planned != self.cfg.train.epochs:
+            self._log(f"note: extending the run from {planned} to {self.cfg.train.epochs} epochs: the lr schedule "
+                      f"(warmup, decay to min_lr at the last epoch) and close_mosaic are re-planned over "
+                      f"{self.cfg.train.epochs} epochs, so the lr rises from where {planned} epochs had left it")
 
     def _check_resume_fits(self, st: dict[str, Any]) -> None:
         """The state must come from the same model and class count as this run's config and data."""
@@ -351,8 +363,11 @@ class Trainer:
         result: EvalResult | None = None
         previous = self._catch_stop_signals()
         try:
-            while self.state.epoch < cfg.epochs:
+            while self.state.epoch < cfg.epochs and not self._patience_exhausted():
                 result = self._run_epoch(self.state.epoch) or result
+            if self._patience_exhausted() and self.state.epoch < cfg.epochs:
+                self._log(f"early stopping: no val mAP gain for {self.state.epoch - self.state.best_epoch} epochs "
+                          f"(patience {cfg.patience}); best {self.state.best_map:.4f} at epoch {self.state.best_epoch}")
             if result is None:  # resumed a finished run: score the saved weights again
                 result = self._evaluate(self.state.epoch - 1)
             return self._finish(result, time.perf_counter() - start)
@@ -368,7 +383,16 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.lock.release()
+            if self.tb is not None:
+                self.tb.close()
             dist.cleanup()
+
+    def _patience_exhausted(self) -> bool:
+        """Early stopping: ``patience`` epochs since the best mAP, decided right after an evaluated epoch (a
+        pure function of config and state, so a resumed run decides as the uninterrupted one did)."""
+        p, s = self.cfg.train.patience, self.state
+        evaluated = bool(s.history) and not math.isnan(s.history[-1]["map"])
+        return p > 0 and s.best_epoch > 0 and evaluated and s.epoch - s.best_epoch >= p
 
     # -------------------------------------------------------------------------------------- stopping
     def _catch_stop_signals(self) -> dict[int, Any]:
@@ -526,7 +550,6 @@ class Trainer:
                           self.device, amp=self.use_amp, progress=self.progress)
         self.state.eval_time_s += time.perf_counter() - t0
         self.state.read_skipped += result.read_failures  # val images that broke after the checks count too
-        self._log(f"epoch {epoch + 1}: mAP {result.map:.4f}  mAP50 {result.map50:.4f}")
         return result
 
     def _end_epoch(self, epoch: int, means: dict[str, float], result: EvalResult | None) -> None:
@@ -536,11 +559,26 @@ class Trainer:
                "time_s": s.train_time_s + s.eval_time_s}
         s.history.append(row)
         s.epoch = epoch + 1
+        self._log_epoch(row)
         names = ["last"]
         if result is not None and result.map > s.best_map:
             s.best_map, s.best_epoch = result.map, epoch + 1
             names.append("best")
         self._save(names)
+
+    def _log_epoch(self, row: dict[str, Any]) -> None:
+        """One line per epoch (the record of a ``--no-progress`` log) and the same numbers to TensorBoard."""
+        took = row["time_s"] - (self.state.history[-2]["time_s"] if len(self.state.history) > 1 else 0.0)
+        losses = " ".join(f"{k.removeprefix('loss_')}={row[k]:.4f}" for k in LOSS_KEYS if k in row)
+        evaluated = "" if math.isnan(row["map"]) else f" mAP={row['map']:.4f} mAP50={row['map50']:.4f}"
+        self._log(f"epoch {row['epoch']}/{self.cfg.train.epochs}: {losses} lr={row['lr']:.3e} "
+                  f"time={took:.1f}s{evaluated}")
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, float) and math.isfinite(value):
+                    group = "val" if key.startswith("map") else "train" if key.startswith("loss") else "misc"
+                    self.tb.add_scalar(f"{group}/{key}", value, row["epoch"])
+            self.tb.flush()
 
     def _finish(self, result: EvalResult, wall_s: float) -> dict[str, Any]:
         s = self.state
@@ -549,6 +587,8 @@ class Trainer:
             "per_class": [vars(r) for r in result.per_class],
             "val_images": result.num_images, "val_detections": result.num_detections, "world_size": dist.world_size(),
             "best_map": s.best_map, "best_epoch": s.best_epoch, "epochs": s.epoch,
+            "early_stop": {"patience": self.cfg.train.patience,
+                           "stopped_after_epoch": s.epoch if s.epoch < self.cfg.train.epochs else None},
             "train_time_s": s.train_time_s, "eval_time_s": s.eval_time_s, "wall_time_s_this_process": wall_s,
             "skips": {"nan_steps": s.nan_skipped, "read_failures": s.read_skipped,
                       "data_checks": {"train": _report_counts(self.train_set), "val": _report_counts(self.val_set)}},
@@ -560,6 +600,19 @@ class Trainer:
             self._log(f"final mAP@[.5:.95] {result.map:.4f}  mAP50 {result.map50:.4f}  (best {s.best_map:.4f} at "
                       f"epoch {s.best_epoch}); skipped: {metrics['skips']}; run dir {self.out}")
         return metrics
+
+
+def _tensorboard_writer(folder: Path, first_step: int) -> Any:
+    """A ``SummaryWriter`` for ``folder``, or ``None`` when tensorboard is not installed (the optional [tb] extra).
+
+    ``purge_step``: a resumed run hides events a killed run wrote after its last checkpoint.
+    """
+    try:
+        # Imported here: torch.utils.tensorboard needs the optional tensorboard package.
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder), purge_step=first_step if first_step > 1 else None)
 
 
 def _remove_stale_temp_files(folder: Path) -> None:
