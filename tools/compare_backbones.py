@@ -96,7 +96,7 @@ def run_variant(variant: str, seed: int, out: Path, train_args: list[str], retra
         print(f"{run_dir}: finished run found, not trained again", flush=True)
         return _run_record(run_dir, variant, seed, json.loads(cpu_file.read_text())["cpu_time_s"])
     cmd = [sys.executable, str(ROOT / "tools" / "train_det.py"), "--model", model, "--seed", str(seed),
-           "--out", str(run_dir), "--no-progress", *train_args]
+           "--out", str(run_dir), "--exist-ok", "--no-progress", *train_args]  # a retrain replaces the run
     if kwargs:
         cmd += ["--set", f"model.options.backbone_kwargs={json.dumps(kwargs)}"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

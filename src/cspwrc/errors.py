@@ -40,3 +40,11 @@ def shorten(text: object, limit: int = 120) -> str:
         return text
     keep = (limit - 5) // 2
     return f"{text[:keep]}[...]{text[-keep:]}"
+
+
+class CheckpointError(InputError, RuntimeError):
+    """A file is not a checkpoint this library will load, or pretrained weights cannot be had (exit 2).
+
+    Writes fail with :class:`cspwrc.atomic.WriteError` instead. Defined here (re-exported by
+    :mod:`cspwrc.engine.checkpoint`) so that the backbone can raise it without importing the engine.
+    """

@@ -96,7 +96,8 @@ def test_fault_found_by_one_rank_stops_every_rank_with_exit_2(tmp_path):
     holder = RunLock(out)
     holder.acquire()  # this test process is the "live run" in the folder
     try:
-        procs = _launch_ranks([*cli_args(data, out, epochs=1), "--device", "cpu"], tmp_path)
+        # --exist-ok: train into this very folder (else the held folder counts as taken and the run goes to ddp2)
+        procs = _launch_ranks([*cli_args(data, out, epochs=1), "--device", "cpu", "--exist-ok"], tmp_path)
         codes = _wait_all(procs, timeout_s=180)
     finally:
         holder.release()

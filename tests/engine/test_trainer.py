@@ -83,14 +83,22 @@ def test_eval_tool_matches_training_eval(full_run, data, tmp_path):
     """tools/eval_det.py on the val split reproduces the run's final numbers from the checkpoint alone."""
     out, metrics = full_run
     root = data.parent
-    summary_path = tmp_path / "summary.json"
+    summary_path = tmp_path / "not" / "yet" / "summary.json"  # every output creates its folder
     rc = eval_det.main(["--weights", str(out / "last.safetensors"), "--ann", str(root / "annotations/instances_val.json"),
-                        "--images", str(root / "images/val"), "--out", str(tmp_path / "res.json"),
+                        "--images", str(root / "images/val"), "--out", str(tmp_path / "new" / "res.json"),
                         "--json", str(summary_path), "--no-progress", "--device", "cpu"])
     assert rc == 0
-    summary = json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text(), parse_constant=pytest.fail)  # strict JSON: null, no NaN
     assert summary["stats"][0] == pytest.approx(metrics["map"], abs=1e-9)
-    results = json.loads((tmp_path / "res.json").read_text())
+    # the trainer's final evaluation and the tool agree on the per-class table and the confusion matrix
+    saved = json.loads((out / "metrics.json").read_text(), parse_constant=pytest.fail)
+    assert summary["per_class"] == saved["per_class"] and summary["detection"] == saved["detection"]
+    assert sum(r["instances"] for r in saved["per_class"]) == sum(saved["detection"]["confusion_matrix"]["matrix"][i][j]
+                                                                 for i in range(6) for j in range(5))
+    for folder in (out, summary_path.parent):  # plots next to metrics.json / next to --json
+        assert all((folder / name).stat().st_size > 1000 for name in ("confusion_matrix.png", "PR_curve.png",
+                                                                       "F1_curve.png"))
+    results = json.loads((tmp_path / "new" / "res.json").read_text())
     assert all(len(r["bbox"]) == 4 and r["category_id"] in range(1, 6) for r in results)
 
 

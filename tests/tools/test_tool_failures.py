@@ -131,7 +131,7 @@ def test_predict_bad_inputs_are_exit_2(weights: Path, shapes: Path, tmp_path: Pa
     broken.mkdir()
     (broken / "a.jpg").write_bytes(b"\xff\xd8 nope")
     _refused(capsys, predict.main([*base, "--source", str(broken), "--out", str(tmp_path / "p")]),
-             "none of its 1 images")
+             "none of its 1 file")
     torn = tmp_path / "torn.safetensors"
     torn.write_bytes(weights.read_bytes()[:100])
     _refused(capsys, predict.main(["--weights", str(torn), "--device", "cpu", "--source", str(images),

@@ -83,6 +83,7 @@ def plot_wrc_weights(model_or_rows: Union[nn.Module, Sequence[WrcRow]], path: Un
     ax.set_title(title or f"learned WRC weights (weights={rows[0].weights}, normalize={rows[0].normalize})")
     ax.legend()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path
 

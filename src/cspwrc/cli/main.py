@@ -9,8 +9,8 @@ from cspwrc.cli import benchmark, convert, export, merge, predict, train, val, w
 
 COMMANDS: dict[str, tuple[Callable[[list[str] | None], int], str]] = {
     "train": (train.main, "train a detector (tools/train_det.py)"),
-    "val": (val.main, "evaluate a checkpoint with pycocotools (tools/eval_det.py)"),
-    "predict": (predict.main, "run a checkpoint on images (tools/predict.py)"),
+    "val": (val.main, "evaluate a checkpoint: COCO AP, P/R/F1, confusion matrix, plots (tools/eval_det.py)"),
+    "predict": (predict.main, "run a checkpoint on images, folders, globs or videos (tools/predict.py)"),
     "export": (export.main, "export to ONNX or TorchScript (tools/export.py)"),
     "benchmark": (benchmark.main, "measure speed, FLOPs and params (tools/benchmark.py)"),
     "merge": (merge.main, "merge COCO files into one (tools/merge_coco.py)"),

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from cspwrc.engine.distributed import resolve_device
+
 TARGETS = ("backbone", "detector")
 MODE_FLAGS = ("eager", "folded", "channels_last", "jit", "ort", "compile")
 RUNTIMES = ("jit", "ort", "compile")  # mutually exclusive ways to run the (folded) model
@@ -423,7 +425,7 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = print) -
     """Measure everything in ``settings``; the returned dict is what the CLI writes as JSON."""
     for mode in settings.modes:
         parse_mode(mode)  # fail fast on a typo before minutes of measuring
-    device = torch.device(settings.device)
+    device = resolve_device(settings.device)  # a CUDA device on a machine without CUDA is an InputError (exit 2)
     threads = set_threads(settings.threads)
     report: dict[str, Any] = {"env": environment(settings, threads), "settings": asdict_settings(settings)}
     peaks = [matmul_peak_gflops(device, settings.peak_size)]

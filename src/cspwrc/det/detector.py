@@ -13,6 +13,8 @@ All options live in :class:`DetectorConfig`, whose fields are exactly the keywor
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +24,7 @@ import torch
 from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
 from torch import Tensor, nn
 
+from cspwrc.backbone import CspWrcCfg
 from cspwrc.layers import fuse_model
 
 from .head import DecoupledHead, dfl_decode, make_anchor_points
@@ -31,10 +34,17 @@ from .postprocess import postprocess
 
 __all__ = [
     "DetectorConfig", "YoloDetector", "RawPredictions", "build_detector", "create_feature_backbone",
-    "freeze_first_levels", "select_feature_levels",
+    "freeze_first_levels", "select_feature_levels", "supported_backbone_kwargs",
 ]
 
 LEVEL_REDUCTIONS = (8, 16, 32)
+
+log = logging.getLogger("cspwrc.det")
+
+# How Python names a keyword argument a constructor does not take (timm models and their cfg dataclasses alike).
+_UNEXPECTED_KWARG = re.compile(r"unexpected keyword argument '(\w+)'")
+# Options of the cspwrc backbones (wrc_weights, wrc_normalize, ...): dropped where a backbone does not take them.
+CSPWRC_OPTIONS = frozenset(f.name for f in dataclasses.fields(CspWrcCfg))
 
 
 @dataclass
@@ -127,6 +137,32 @@ def select_feature_levels(
     return indices
 
 
+def _meta_probe(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """A ``features_only`` model on the meta device (no memory, no weights) and the ``kwargs`` it accepted.
+
+    A cspwrc option the model does not take (``wrc_normalize`` for ``resnet18``) is dropped with a logged note, so
+    that the default recipe's ``backbone_kwargs`` never break another timm model. Any other unknown kwarg (a typo)
+    still raises the model's own ``TypeError``.
+    """
+    kept = dict(kwargs)
+    while True:
+        try:
+            with torch.device("meta"):
+                return timm.create_model(name, features_only=True, pretrained=False, **kept), kept
+        except TypeError as err:
+            match = _UNEXPECTED_KWARG.search(str(err))
+            if match is None or match.group(1) not in kept or match.group(1) not in CSPWRC_OPTIONS:
+                raise
+            del kept[match.group(1)]
+            log.warning("note: backbone %s does not take backbone_kwargs.%s=%r; dropped (it only applies to "
+                        "backbones that accept it, e.g. cspwrc_*)", name, match.group(1), kwargs[match.group(1)])
+
+
+def supported_backbone_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``kwargs`` that ``timm.create_model(name, ...)`` accepts (the rest is dropped with a note)."""
+    return _meta_probe(name, kwargs)[1]
+
+
 def create_feature_backbone(
     name: str,
     reductions: Sequence[int] = LEVEL_REDUCTIONS,
@@ -140,10 +176,10 @@ def create_feature_backbone(
 
     The levels are found from ``feature_info`` of a probe built on the meta device (no memory, no weights), so
     the real model is created (and pretrained weights loaded) once, with exactly those ``out_indices``.
-    ``freeze_bn`` / ``freeze_stages``: see :class:`DetectorConfig`. ``kwargs`` go to ``timm.create_model``.
+    ``freeze_bn`` / ``freeze_stages``: see :class:`DetectorConfig`. ``kwargs`` go to ``timm.create_model``,
+    those the model does not accept are dropped with a logged note (:func:`supported_backbone_kwargs`).
     """
-    with torch.device("meta"):
-        probe = timm.create_model(name, features_only=True, pretrained=False, **kwargs)
+    probe, kwargs = _meta_probe(name, kwargs)
     indices = select_feature_levels(probe.feature_info.reduction(), name, reductions)
     if pretrained_cfg_overlay:
         kwargs["pretrained_cfg_overlay"] = dict(pretrained_cfg_overlay)
@@ -203,6 +239,8 @@ class YoloDetector(nn.Module):
 
     def __init__(self, cfg: DetectorConfig) -> None:
         super().__init__()
+        # The saved config (``model.config``) keeps only the backbone options that were applied.
+        cfg = dataclasses.replace(cfg, backbone_kwargs=supported_backbone_kwargs(cfg.backbone, cfg.backbone_kwargs))
         self.cfg = cfg
         self.backbone = create_feature_backbone(
             cfg.backbone,

@@ -25,15 +25,11 @@ from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
 from cspwrc.atomic import atomic_write, write_bytes
-from cspwrc.errors import InputError
+from cspwrc.errors import CheckpointError
 
 META_KEY = "cspwrc"
 WEIGHTS_SUFFIX = ".safetensors"
 STATE_SUFFIX = ".state.pt"
-
-
-class CheckpointError(InputError, RuntimeError):
-    """A file is not a checkpoint this library will load (writes fail with :class:`cspwrc.atomic.WriteError`)."""
 
 
 def _plain_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -226,8 +226,8 @@ FLAG_KEYS: dict[str, str] = {
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="run config YAML (default: configs/det/default.yaml, "
-                        "or configs/det/real.yaml with --data)")
+    parser.add_argument("--config", default=None, help="run config YAML or a packaged recipe name (default: "
+                        "default, or real with --data; also sgd, ...)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--img", type=int, help="square image size, a multiple of 32")
     parser.add_argument("--batch", type=int)

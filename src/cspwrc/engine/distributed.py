@@ -61,7 +61,13 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             from cspwrc.engine.config import ConfigError
 
-            raise ConfigError(f"device: {name!r} requested but CUDA is not available on this machine")
+            raise ConfigError(f"device: {name!r} requested but CUDA is not available on this machine "
+                              f"(torch {torch.__version__}); use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            from cspwrc.engine.config import ConfigError
+
+            raise ConfigError(f"device: {name!r} requested but this machine has {torch.cuda.device_count()} "
+                              f"CUDA device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
         if device.index is not None:  # set_device needs an index; plain "cuda" keeps the current device
             torch.cuda.set_device(device)
     return device

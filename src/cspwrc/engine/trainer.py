@@ -35,6 +35,7 @@ from cspwrc.atomic import WriteError, make_dir, write_json
 from cspwrc.engine import distributed as dist
 from cspwrc.engine.checkpoint import CheckpointError, init_from_weights, read_state, save_checkpoint
 from cspwrc.engine.config import ConfigError, RunConfig, check_kwargs, from_dict, to_dict
+from cspwrc.engine.eval_plots import write_eval_plots
 from cspwrc.engine.evaluate import EvalResult, evaluate
 from cspwrc.engine.lock import RunLock
 from cspwrc.engine.report import LOSS_KEYS, plot_curves, write_results_csv
@@ -194,11 +195,19 @@ def load_resume(path: str | Path, overrides: dict[str, Any] | None = None) -> tu
 class Trainer:
     """One training run. ``Trainer(cfg).fit()`` or ``Trainer(cfg, resume_state=state).fit()``."""
 
-    def __init__(self, cfg: RunConfig, resume_state: dict[str, Any] | None = None, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, resume_state: dict[str, Any] | None = None, progress: bool = True,
+                 new_run_dir: bool = False) -> None:
+        """``new_run_dir``: when ``train.out`` already holds a run, use the next free numbered folder instead."""
         self.cfg = cfg
         self.device = dist.resolve_device(cfg.train.device)
         dist.init_distributed(self.device)
         self.progress = progress and dist.is_main()
+        if new_run_dir:
+            # Rank 0 picks the folder for all ranks (each picking its own could race to different numbers).
+            free = dist.broadcast_object(str(next_free_run_dir(Path(cfg.train.out))) if dist.is_main() else None)
+            if free != cfg.train.out:
+                self._log(f"note: {cfg.train.out} holds a previous run; this run goes to {free} (--exist-ok to reuse)")
+                cfg.train.out = free  # the saved config names the folder the run really is in
         self.out = Path(cfg.train.out)
         self.lock = RunLock(self.out)
         self._stop_signal: int | None = None
@@ -584,7 +593,7 @@ class Trainer:
         s = self.state
         metrics = {
             "map": result.map, "map50": result.map50, "stats": dict(zip(_stat_keys(), result.stats)),
-            "per_class": [vars(r) for r in result.per_class],
+            **result.summary(),  # per_class (instances, P/R/F1, AP) and the confusion matrix
             "val_images": result.num_images, "val_detections": result.num_detections, "world_size": dist.world_size(),
             "best_map": s.best_map, "best_epoch": s.best_epoch, "epochs": s.epoch,
             "early_stop": {"patience": self.cfg.train.patience,
@@ -596,10 +605,30 @@ class Trainer:
         }
         if dist.is_main():
             write_json(self.out / "metrics.json", metrics)
+            if result.detection is not None:  # confusion matrix, PR and F1 curves next to metrics.json
+                write_eval_plots(result.detection, self.out)
             self._log(result.format())
             self._log(f"final mAP@[.5:.95] {result.map:.4f}  mAP50 {result.map50:.4f}  (best {s.best_map:.4f} at "
                       f"epoch {s.best_epoch}); skipped: {metrics['skips']}; run dir {self.out}")
         return metrics
+
+
+def next_free_run_dir(path: Path) -> Path:
+    """``path`` if it is not a folder holding files, else the first free ``path2``, ``path3``, ... (Ultralytics'
+    increment_path: ``runs/det`` -> ``runs/det2``). A folder with nothing but hidden files (the temp files of a run
+    killed before its first checkpoint) is reused; a file named ``path`` is left to the run's own output checks.
+    """
+    def taken(p: Path) -> bool:
+        return p.exists() and (not p.is_dir() or any(not c.name.startswith(".") for c in p.iterdir()))
+
+    if not path.is_dir():
+        return path
+    n = 2
+    candidate = path
+    while taken(candidate):
+        candidate = path.with_name(f"{path.name}{n}")
+        n += 1
+    return candidate
 
 
 def _tensorboard_writer(folder: Path, first_step: int) -> Any:
