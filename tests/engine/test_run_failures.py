@@ -23,8 +23,8 @@ from cspwrc.data import CocoDetection, build_loader
 from cspwrc.det import build_detector
 from cspwrc.engine import checkpoint as ck
 from cspwrc.engine.evaluate import evaluate
-from cspwrc.engine.lock import LOCK_NAME
-from cspwrc.engine.trainer import Trainer, TrainingStopped
+from cspwrc.engine.lock import LOCK_NAME, RunLock
+from cspwrc.engine.trainer import Trainer, TrainingStopped, next_free_run_dir
 
 TRAIN = str(ROOT / "tools" / "train_det.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -240,3 +240,15 @@ def test_long_file_names_are_shortened_in_messages(data: Path, tmp_path: Path,
     assert len(dataset.report.skipped) == 1
     assert max(len(r.getMessage()) for r in caplog.records) < 1000
     assert len(str(dataset.report.skipped[0])) < 1000
+
+
+def test_numbered_run_dirs_skip_a_held_folder_and_reuse_a_stale_one(tmp_path: Path) -> None:
+    run = tmp_path / "det"
+    run.mkdir()
+    lock = RunLock(run)
+    lock.acquire()  # a live run before its first checkpoint: only run.lock in the folder
+    try:
+        assert next_free_run_dir(run) == tmp_path / "det2"
+    finally:
+        lock._fh.close()  # dropped as by kill -9: the file stays, the lock goes
+    assert (run / LOCK_NAME).is_file() and next_free_run_dir(run) == run

@@ -23,6 +23,21 @@ except ImportError:  # Windows: no flock; the run directory is not guarded there
 LOCK_NAME = "run.lock"
 
 
+def is_held(run_dir: str | Path) -> bool:
+    """Whether a live process holds ``run_dir``'s lock (a stale file from a killed run does not count)."""
+    path = Path(run_dir) / LOCK_NAME
+    if fcntl is None or not path.is_file():
+        return False
+    try:
+        with path.open("r") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when the file closes
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 class RunLock:
     """``acquire()`` ... ``release()`` the lock of ``run_dir``; acquire raises :class:`InputError` while a live
     process holds it."""

@@ -37,7 +37,7 @@ from cspwrc.engine.checkpoint import CheckpointError, init_from_weights, read_st
 from cspwrc.engine.config import ConfigError, RunConfig, check_kwargs, from_dict, to_dict
 from cspwrc.engine.eval_plots import write_eval_plots
 from cspwrc.engine.evaluate import EvalResult, evaluate
-from cspwrc.engine.lock import RunLock
+from cspwrc.engine.lock import LOCK_NAME, RunLock, is_held
 from cspwrc.engine.report import LOSS_KEYS, plot_curves, write_results_csv
 from cspwrc.errors import RunStopped, shorten
 
@@ -615,11 +615,15 @@ class Trainer:
 
 def next_free_run_dir(path: Path) -> Path:
     """``path`` if it is not a folder holding files, else the first free ``path2``, ``path3``, ... (Ultralytics'
-    increment_path: ``runs/det`` -> ``runs/det2``). A folder with nothing but hidden files (the temp files of a run
-    killed before its first checkpoint) is reused; a file named ``path`` is left to the run's own output checks.
+    increment_path: ``runs/det`` -> ``runs/det2``). A folder with nothing but hidden files and a stale lock (what a
+    run killed before its first checkpoint leaves) is reused, one a live run holds is not; a file named ``path`` is
+    left to the run's own output checks.
     """
     def taken(p: Path) -> bool:
-        return p.exists() and (not p.is_dir() or any(not c.name.startswith(".") for c in p.iterdir()))
+        if not p.exists():
+            return False
+        files = [c for c in p.iterdir() if not c.name.startswith(".") and c.name != LOCK_NAME] if p.is_dir() else [p]
+        return bool(files) or is_held(p)
 
     if not path.is_dir():
         return path
