@@ -64,3 +64,18 @@ def test_written_files_follow_the_umask(tmp_path):
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600
+
+
+def test_any_failure_of_the_writer_is_a_write_error(tmp_path):
+    # torch.save on a full disk raises RuntimeError from its zip writer, not OSError: same outcome required.
+    target = tmp_path / "last.state.pt"
+    target.write_bytes(b"old")
+
+    def torn_zip(fh):
+        fh.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1984 vs 1878")
+
+    with pytest.raises(WriteError, match="last.state.pt.*inline_container.*previous file") as info:
+        atomic_write(target, torn_zip)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["last.state.pt"]

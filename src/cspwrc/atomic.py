@@ -2,9 +2,12 @@
 
 A write goes to a temp file in the target's folder, is flushed and fsync'ed, then ``os.replace``d over the old
 file and the folder is fsync'ed: a crash at any moment leaves either the old or the new file, never a torn one.
-A failed write (full disk, read-only folder) raises :class:`WriteError`, which names the file, and leaves the
-previous file untouched; no temp file is left behind. The file gets the mode a plain ``open(path, "w")`` would
-(0644 under the usual umask 022), not the 0600 of the temp file.
+Any failed write raises :class:`WriteError`, which names the file, and leaves the previous file untouched; no temp
+file is left behind. "Any" matters: a full disk surfaces as ``OSError`` from ``write``/``fsync``, but as a
+``RuntimeError`` from inside ``torch.save``'s zip writer (``inline_container.cc``), so the callback's failure is
+converted whatever its type and the exit code does not depend on where the disk filled up.
+The file gets the mode a plain ``open(path, "w")`` would (0644 under the usual umask 022), not the 0600 of
+the temp file.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from cspwrc.errors import RunStopped
+from cspwrc.errors import InputError, RunStopped, shorten
 
-__all__ = ["WriteError", "atomic_write", "write_bytes", "write_json"]
+__all__ = ["WriteError", "atomic_write", "make_dir", "write_bytes", "write_json"]
 
 # Test hook: a process sleeps this many seconds between writing a temp file and renaming it, so the reliability
 # tests can kill -9 a training run exactly inside a checkpoint write. Unset in normal use.
@@ -68,11 +71,27 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         os.replace(tmp_name, path)
         tmp_name = None
         _fsync_dir(path.parent)
-    except OSError as err:
-        raise WriteError(f"could not write {path}: {err}; the previous file (if any) is kept") from err
+    except WriteError:
+        raise
+    except Exception as err:  # noqa: BLE001 - see the module doc: the failure's type depends on the writer
+        raise WriteError(f"could not write {shorten(path)}: {shorten(err, 300)}; the previous file (if any) "
+                         "is kept") from err
     finally:
         if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)
+
+
+def make_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create an output folder: :class:`InputError` when ``path`` is an existing file (the ``flag`` that named it
+    is in the message), :class:`WriteError` when it cannot be created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {shorten(path)} is a file, not a folder; pick another {flag}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(f"cannot create the {flag} folder {shorten(path)}: {err}") from err
+    return path
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

@@ -11,6 +11,9 @@ Examples:
     python tools/export.py --weights runs/exp/best.safetensors --format onnx --out model.onnx
     python tools/export.py --model cspwrc_s --num-classes 80 --format torchscript --img 640 --out model.ts
     python tools/export.py --weights runs/exp/best.safetensors --nms --conf 0.25 --out model_nms.onnx
+
+Exit codes: 0 done, 2 bad input (a checkpoint that is refused, truncated, empty or not a cspwrc detector; an
+unknown --model; a bad --img), 3 the output could not be written; --debug for tracebacks.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ from pathlib import Path
 import torch
 
 import cspwrc  # noqa: F401 - registers the cspwrc models with timm
+from cspwrc.atomic import WriteError
+from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.deploy.export import (FORMATS, EndToEnd, check_export, check_export_nms, deploy_model, export,
                                   export_onnx_nms, load_for_export, onnx_metadata, write_onnx_metadata)
+from cspwrc.engine.config import ConfigError, check_model_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conf", type=float, default=None, help="with --nms: score threshold (default: the detector's)")
     p.add_argument("--iou", type=float, default=None, help="with --nms: NMS IoU threshold (default: the detector's)")
     p.add_argument("--max-det", type=int, default=None, help="with --nms: detections per image (default: the detector's)")
+    add_debug_flag(p)
     args = p.parse_args(argv)
     if args.nms and args.format != "onnx":
         p.error("--nms needs --format onnx (the NonMaxSuppression graph is an ONNX export)")
@@ -48,18 +55,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    if args.model:
+        check_model_name(args.model)
     detector, meta = load_for_export(args.weights, args.model, args.num_classes)
     img = args.img or int(meta.get("img", 640))
-    if img % 32:
-        raise SystemExit(f"--img {img} must be a multiple of 32")
+    if img <= 0 or img % 32:
+        raise ConfigError(f"--img {img} must be a positive multiple of 32")
     module = deploy_model(detector)
-    if args.nms:
-        return _export_nms(args, detector, meta, module, img)
-    path = export(module, args.format, args.out, img)
-    if args.format == "onnx":
-        write_onnx_metadata(path, onnx_metadata(meta, img, max(detector.strides)))
+    try:  # the exporters write the files themselves
+        if args.nms:
+            return _export_nms(args, detector, meta, module, img)
+        path = export(module, args.format, args.out, img)
+        if args.format == "onnx":
+            write_onnx_metadata(path, onnx_metadata(meta, img, max(detector.strides)))
+    except OSError as err:
+        raise WriteError(f"could not write {args.out}: {err}") from err
     print(f"wrote {path} ({args.format}, input images [B, 3, {img}, {img}] in [0, 1], output raw [B, A, 4 + "
           f"{meta['num_classes']}])")
     if not args.no_check:
@@ -83,6 +94,11 @@ def _export_nms(args: argparse.Namespace, detector: torch.nn.Module, meta: dict,
         diff = check_export_nms(e2e, path, torch.rand(2, 3, img, img))
         print(f"max box |pytorch - onnx| over matched detections on a batch of 2: {diff:.2e}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return guarded(lambda: run(args), args.debug)
 
 
 if __name__ == "__main__":

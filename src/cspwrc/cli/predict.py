@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from cspwrc.atomic import WriteError, write_bytes, write_json
+from cspwrc.atomic import WriteError, make_dir, write_bytes, write_json
 from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.data.checks import to_rgb
 from cspwrc.data.transforms import letterbox
@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     if args.iou is not None:
         model.cfg.nms_iou = args.iou
     model.cfg.max_det = max(model.cfg.max_det, args.max_det)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dir(out)  # --out naming a file is exit 2
     writer, skipped = Writer(out, args), 0
 
     def predict(path: Path, image: np.ndarray, frame: int | None) -> np.ndarray:

@@ -19,6 +19,9 @@ import torch
 
 import cspwrc  # noqa: F401  (registers the cspwrc_* models)
 from cspwrc.backbone import backbone_state_dict, format_wrc_table, plot_wrc_weights, wrc_weights
+from cspwrc.cli import add_debug_flag, guarded
+from cspwrc.engine.checkpoint import CheckpointError
+from cspwrc.engine.config import ConfigError, check_model_name
 from cspwrc.weights import read_any_weights
 
 
@@ -39,7 +42,8 @@ def build(args: argparse.Namespace) -> torch.nn.Module:
         state, meta = read_any_weights(args.weights)
     name = args.model or meta.get("model")
     if not name:
-        raise SystemExit("--model is needed (the checkpoint has no cspwrc metadata naming it)")
+        raise ConfigError("--model is needed (the checkpoint has no cspwrc metadata naming it)")
+    check_model_name(name)
     model = timm.create_model(name, num_classes=0, **model_kwargs(meta, args))
     if state is not None:
         # the classifier (if any) is irrelevant here: the model is built without one
@@ -47,7 +51,7 @@ def build(args: argparse.Namespace) -> torch.nn.Module:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise SystemExit(f"{args.weights} does not fit {name} {model_kwargs(meta, args)}: "
+            raise CheckpointError(f"{args.weights} does not fit {name} {model_kwargs(meta, args)}: "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
 
@@ -59,7 +63,13 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--wrc-weights", choices=["scalar", "channel", "none"], help="override the WRC weight type")
     parser.add_argument("--wrc-normalize", choices=["none", "relu", "softmax"], help="override the normalisation")
     parser.add_argument("--plot", help="write a PNG plot of the weights here")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
+    return guarded(lambda: run(args), args.debug)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 2 for an unreadable or non-fitting checkpoint or model name; the table on stdout."""
     rows = wrc_weights(build(args))
     print(format_wrc_table(rows))
     if args.plot and rows:

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from cspwrc import validate
 from cspwrc.atomic import WriteError, write_json
-from cspwrc.errors import InputError
+from cspwrc.errors import InputError, shorten
 
 log = logging.getLogger("cspwrc.data")
 
@@ -62,7 +62,8 @@ class DataError(InputError, ValueError):
 
     def __init__(self, file: str | os.PathLike[str], record: str, fault: str) -> None:
         self.file, self.record, self.fault = str(file), record, fault
-        super().__init__(f"{self.file}: {record}: {fault}")
+        # Names in the message are shortened: a hostile 100,000-character file_name must not flood the log.
+        super().__init__(f"{shorten(self.file)}: {shorten(record)}: {shorten(fault, 600)}")
 
 
 class SampleReadError(OSError):
@@ -78,7 +79,7 @@ class Problem:
     fault: str
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.record}: {self.fault}"
+        return f"{shorten(self.file)}: {shorten(self.record)}: {shorten(self.fault, 300)}"
 
 
 @dataclass(frozen=True)
@@ -208,9 +209,10 @@ def safe_image_path(image_dir: Path, file_name: str, ann_file: Path, record: str
 # ------------------------------------------------------------------------------------------------ image probe
 def _open_rgb(path: Path, exif_transpose: bool, draft_size: int | None = None) -> np.ndarray:
     """Open, decode fully and convert to ``uint8 [H, W, 3]`` RGB. Raises :class:`SampleReadError`."""
+    name = shorten(path)
     try:
         if path.stat().st_size == 0:
-            raise SampleReadError(f"empty file {path}")
+            raise SampleReadError(f"empty file {name}")
         with Image.open(path) as im:
             if draft_size and im.format == "JPEG":
                 # DCT-domain downscale: decodes big JPEGs 2-8x faster when the letterbox shrinks them anyway.
@@ -222,13 +224,14 @@ def _open_rgb(path: Path, exif_transpose: bool, draft_size: int | None = None) -
     except SampleReadError:
         raise
     except FileNotFoundError as e:
-        raise SampleReadError(f"image file missing: {path}") from e
+        raise SampleReadError(f"image file missing: {name}") from e
     except PermissionError as e:
-        raise SampleReadError(f"image file unreadable (permission denied): {path}") from e
+        raise SampleReadError(f"image file unreadable (permission denied): {name}") from e
     except UnidentifiedImageError as e:
-        raise SampleReadError(f"not an image: {path}") from e
+        raise SampleReadError(f"not an image: {name}") from e
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise SampleReadError(f"corrupt or truncated image {path}: {e}") from e
+        # str(e) repeats the path for OS errors (e.g. "File name too long: '...'")
+        raise SampleReadError(f"corrupt or truncated image {name}: {shorten(e, 200)}") from e
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -254,7 +257,7 @@ def load_image(entry: ImageEntry, draft_size: int | None = None) -> np.ndarray:
     h, w = arr.shape[:2]
     # A draft-reduced image keeps the aspect ratio; anything else means the file changed under us.
     if abs(h * entry.width - w * entry.height) > max(h, w, entry.height, entry.width):
-        raise SampleReadError(f"image {entry.path} is {w}x{h}, annotations say {entry.width}x{entry.height}")
+        raise SampleReadError(f"image {shorten(entry.path)} is {w}x{h}, annotations say {entry.width}x{entry.height}")
     return arr
 
 
@@ -268,7 +271,7 @@ def probe_image(path: Path) -> dict[str, Any]:
     except SampleReadError as e:
         return {"error": str(e)}
     except (OSError, ValueError, SyntaxError) as e:  # the file changed between the two opens
-        return {"error": f"corrupt or truncated image {path}: {e}"}
+        return {"error": f"corrupt or truncated image {shorten(path)}: {shorten(e, 200)}"}
     return {"raw": raw, "orientation": orientation if 1 <= orientation <= 8 else 1}
 
 

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from cspwrc.data.checks import CheckReport, DataError, ImageEntry, SampleReadError, load_image, verify_coco
 from cspwrc.data.transforms import apply_train_transform, build_train_transform, check_augment, letterbox, letterbox_boxes
+from cspwrc.errors import shorten
 
 log = logging.getLogger("cspwrc.data")
 
@@ -171,8 +172,8 @@ class CocoDetection(Dataset):
             try:
                 return index, self.load_letterboxed(index)
             except SampleReadError as e:
-                skipped.append(f"image id={self.ids[index]}: {e}")
-                log.warning("read failure, substituting another sample: %s", e)
+                skipped.append(f"image id={self.ids[index]}: {shorten(e, 300)}")
+                log.warning("read failure, substituting another sample: %s", skipped[-1])
                 index = int(rng.integers(len(self)))
         raise SampleReadError(f"{MAX_SUBSTITUTES} consecutive unreadable images; last: {skipped[-1]}")
 
@@ -183,7 +184,8 @@ class CocoDetection(Dataset):
             try:
                 image, boxes, labels, _, _ = self.load_letterboxed(int(index))
             except SampleReadError as e:
-                skipped.append(f"image id={self.ids[int(index)]}: {e}")
+                skipped.append(f"image id={self.ids[int(index)]}: {shorten(e, 300)}")
+                log.warning("read failure, mosaic uses another tile: %s", skipped[-1])  # logged as it is counted
                 continue
             partners.append({"image": image, "bboxes": boxes, "labels": labels})
         return partners

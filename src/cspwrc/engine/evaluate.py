@@ -49,6 +49,7 @@ class EvalResult:
     num_images: int = 0
     num_detections: int = 0
     detection: DetectionStats | None = None  # P/R/F1, confusion matrix and curves (cspwrc.engine.metrics)
+    read_failures: int = 0  # images that broke after the data checks, substituted by another one (all ranks)
 
     @property
     def map(self) -> float:
@@ -105,17 +106,27 @@ def detections_to_coco(output: dict[str, torch.Tensor], target: dict[str, Any],
 @torch.no_grad()
 def predict_loader(model: torch.nn.Module, loader: Iterable, label_to_cat: Sequence[int],
                    device: torch.device, amp: bool = False, desc: str = "eval",
-                   progress: bool = True) -> tuple[list[dict[str, Any]], list[int]]:
-    """Run ``model`` (eval mode) over ``loader``; return COCO results and the image ids seen."""
+                   progress: bool = True, skipped: list[str] | None = None) -> tuple[list[dict[str, Any]], list[int]]:
+    """Run ``model`` (eval mode) over ``loader``; return COCO results and the image ids seen.
+
+    An image that broke after the data checks comes back as another one (the dataset substitutes it): its
+    message is appended to ``skipped`` and the substitute is scored once, not twice.
+    """
     model.eval()
     results: list[dict[str, Any]] = []
     image_ids: list[int] = []
+    seen: set[int] = set()
     use_amp = amp and device.type == "cuda"
     for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         images = images.to(device, non_blocking=True).float().div_(255.0)
         with torch.autocast(device_type=device.type, enabled=use_amp):
             outputs = model(images)
         for output, target in zip(outputs, targets):
+            if skipped is not None:
+                skipped.extend(target.get("skipped", ()))
+            if int(target["image_id"]) in seen:  # a substitute already scored: its detections count once
+                continue
+            seen.add(int(target["image_id"]))
             results.extend(detections_to_coco(output, target, label_to_cat))
             image_ids.append(int(target["image_id"]))
     return results, image_ids
@@ -182,12 +193,15 @@ def evaluate(model: torch.nn.Module, loader: Iterable, coco_gt: COCO, label_to_c
     """
     from cspwrc.engine import distributed as dist
 
-    results, image_ids = predict_loader(model, loader, label_to_cat, device, amp, progress=progress)
+    skipped: list[str] = []
+    results, image_ids = predict_loader(model, loader, label_to_cat, device, amp, progress=progress, skipped=skipped)
     results, image_ids = dist.gather_predictions(results, image_ids)
+    read_failures = dist.all_reduce_sum_int(len(skipped))
     if dist.is_main():
         if results_path is not None:
             write_results(results_path, results)
         outcome = coco_evaluate(coco_gt, results, image_ids)
+        outcome.read_failures = read_failures
     else:
         outcome = None
     return dist.broadcast_object(outcome)

@@ -8,13 +8,19 @@ continues exactly as the uninterrupted run would have (bit for bit on CPU).
 Failure policy for a run: a non-finite loss (or gradient norm) stops the run with a clear message
 (``train.nan_policy: stop``) or skips the step and counts it (``skip``); in both cases nothing is
 written for the bad step, so ``last``/``best`` stay at the last good epoch. A checkpoint that cannot be
-written (full disk, read-only folder) stops the run loudly, keeping the previous files.
+written (full disk, read-only folder) stops the run loudly, keeping the previous files. SIGTERM/SIGINT stop
+the run after the current step (a second one stops at once) with the last finished epoch's checkpoint kept;
+a DDP peer that dies stops the others (:func:`cspwrc.engine.distributed.peer_lost`); ``RUN/run.lock`` keeps a
+second process out of a live run's directory (:mod:`cspwrc.engine.lock`). All of these are exit 3 (stopped)
+or exit 2 (refused before training) through :mod:`cspwrc.errors`.
 """
 
 from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,18 +31,22 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cspwrc.atomic import WriteError, write_json
+from cspwrc.atomic import WriteError, make_dir, write_json
 from cspwrc.engine import distributed as dist
 from cspwrc.engine.checkpoint import CheckpointError, init_from_weights, read_state, save_checkpoint
 from cspwrc.engine.config import ConfigError, RunConfig, check_kwargs, from_dict, to_dict
 from cspwrc.engine.eval_plots import write_eval_plots
 from cspwrc.engine.evaluate import EvalResult, evaluate
+from cspwrc.engine.lock import LOCK_NAME, RunLock, is_held
 from cspwrc.engine.report import LOSS_KEYS, plot_curves, write_results_csv
-from cspwrc.errors import RunStopped
+from cspwrc.errors import RunStopped, shorten
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class TrainingStopped(RunStopped, RuntimeError):
-    """The run stopped on purpose (non-finite loss, unwritable checkpoint); the message says why and what was kept."""
+    """The run stopped on purpose (non-finite loss, unwritable checkpoint, a signal, a lost DDP peer); the message
+    says why and what was kept."""
 
 
 def seed_everything(seed: int) -> None:
@@ -199,17 +209,33 @@ class Trainer:
                 self._log(f"note: {cfg.train.out} holds a previous run; this run goes to {free} (--exist-ok to reuse)")
                 cfg.train.out = free  # the saved config names the folder the run really is in
         self.out = Path(cfg.train.out)
+        self.lock = RunLock(self.out)
+        self._stop_signal: int | None = None
+        try:
+            # Every rank sets up, then all agree: a fault one rank finds (the lock is rank 0's alone) stops all of
+            # them with the same exit code instead of leaving the others waiting in DDP's first collective.
+            dist.agree(lambda: self._setup(resume_state))
+        except BaseException:
+            self.lock.release()
+            dist.cleanup()
+            raise
+        if dist.is_dist():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        use_tb = dist.is_main() and cfg.train.tensorboard
+        self.tb = _tensorboard_writer(self.out / "tb", self.state.epoch + 1) if use_tb else None
+
+    def _setup(self, resume_state: dict[str, Any] | None) -> None:
         if dist.is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
+            make_dir(self.out, "--out (train.out)")
+            self.lock.acquire()  # before the clean-up below: never remove a live run's temp files
             _remove_stale_temp_files(self.out)
-        seed_everything(cfg.train.seed)
+        seed_everything(self.cfg.train.seed)
         self._build_data()
         self._build_model(init_weights=resume_state is None)  # a resumed run gets its weights from the state
         self.state = RunState()
         if resume_state is not None:
             self._restore(resume_state)
-        use_tb = dist.is_main() and cfg.train.tensorboard
-        self.tb = _tensorboard_writer(self.out / "tb", self.state.epoch + 1) if use_tb else None
 
     # -------------------------------------------------------------------------------------- setup
     def _build_data(self) -> None:
@@ -246,10 +272,7 @@ class Trainer:
         self.ema = self._build_ema() if cfg.ema.enabled else None
         self.use_amp = cfg.train.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.ddp_model: nn.Module = self.model
-        if dist.is_dist():
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.ddp_model: nn.Module = self.model  # wrapped in DDP by __init__ once every rank has set up
 
     def _build_ema(self) -> nn.Module:
         from timm.utils import ModelEmaV3
@@ -281,8 +304,13 @@ class Trainer:
                 "config": to_dict(self.cfg), "meta": self.meta()}
 
     def _restore(self, st: dict[str, Any]) -> None:
-        self.model.load_state_dict(st["model"])
-        self.optimizer.load_state_dict(st["optimizer"])
+        self._check_resume_fits(st)
+        try:
+            self.model.load_state_dict(st["model"])
+            self.optimizer.load_state_dict(st["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:  # e.g. other model options: hundreds of shape lines
+            raise CheckpointError(self._resume_mismatch(st, f"the saved weights do not fit this model "
+                                                            f"({shorten(str(err).splitlines()[-1], 200)})")) from err
         # The schedule is a pure function of (config, global step): it is rebuilt, not loaded, so resuming
         # with more --epochs stretches the decay over the new length instead of keeping the old one.
         self.scaler.load_state_dict(st["scaler"])
@@ -296,6 +324,21 @@ class Trainer:
             self._log(f"note: extending the run from {planned} to {self.cfg.train.epochs} epochs: the lr schedule "
                       f"(warmup, decay to min_lr at the last epoch) and close_mosaic are re-planned over "
                       f"{self.cfg.train.epochs} epochs, so the lr rises from where {planned} epochs had left it")
+
+    def _check_resume_fits(self, st: dict[str, Any]) -> None:
+        """The state must come from the same model and class count as this run's config and data."""
+        meta = st.get("meta") if isinstance(st.get("meta"), dict) else {}
+        saved = (meta.get("model"), meta.get("num_classes"))
+        now = (self.cfg.model.name, self.train_set.num_classes)
+        diffs = [f"{what}: saved {a!r}, now {b!r}" for what, a, b in zip(("model", "number of classes"), saved, now)
+                 if a is not None and a != b]
+        if diffs:
+            raise CheckpointError(self._resume_mismatch(st, "; ".join(diffs)))
+
+    def _resume_mismatch(self, st: dict[str, Any], what: str) -> str:
+        return (f"--resume {shorten(self.out)} (epoch {st.get('epoch', '?')}) does not fit this run's config: {what}. "
+                f"Resume without --model/--data/--set model.* (the run's saved config is used), or start a new "
+                f"run with another --out and --weights {shorten(self.out / 'last.safetensors')} to initialise from it")
 
     def _save(self, names: list[str]) -> None:
         """Rank 0 writes checkpoints and records; every rank learns whether it worked (none waits on a dead one)."""
@@ -327,6 +370,7 @@ class Trainer:
                   f"{cfg.epochs} epochs x {self.steps_per_epoch} steps, device {self.device}, "
                   f"world size {dist.world_size()}, run dir {self.out}")
         result: EvalResult | None = None
+        previous = self._catch_stop_signals()
         try:
             while self.state.epoch < cfg.epochs and not self._patience_exhausted():
                 result = self._run_epoch(self.state.epoch) or result
@@ -336,7 +380,18 @@ class Trainer:
             if result is None:  # resumed a finished run: score the saved weights again
                 result = self._evaluate(self.state.epoch - 1)
             return self._finish(result, time.perf_counter() - start)
+        except RuntimeError as err:
+            if isinstance(err, TrainingStopped):
+                raise
+            if self._stop_signal is not None:  # Ctrl-C also reached the loader's workers, which exit: same stop
+                raise self._stopped(self.state.epoch) from err
+            if not dist.peer_lost(err):
+                raise
+            raise TrainingStopped(f"{dist.peer_lost_message(err)}; {self._kept()}") from err
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.lock.release()
             if self.tb is not None:
                 self.tb.close()
             dist.cleanup()
@@ -347,6 +402,36 @@ class Trainer:
         p, s = self.cfg.train.patience, self.state
         evaluated = bool(s.history) and not math.isnan(s.history[-1]["map"])
         return p > 0 and s.best_epoch > 0 and evaluated and s.epoch - s.best_epoch >= p
+
+    # -------------------------------------------------------------------------------------- stopping
+    def _catch_stop_signals(self) -> dict[int, Any]:
+        """SIGTERM/SIGINT ask for a stop after the current step; returns the handlers to restore."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # signal handlers can only be set from the main thread
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:  # a second signal: stop now, the last checkpoint is still intact
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            self._log(f"{signal.Signals(signum).name} received: stopping after this step (again to stop at once)")
+
+        return {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
+
+    def _check_stop(self, epoch: int) -> None:
+        """Raise :class:`TrainingStopped` on every rank when any rank was asked to stop."""
+        if dist.any_rank(self._stop_signal is not None):
+            raise self._stopped(epoch)
+
+    def _stopped(self, epoch: int) -> TrainingStopped:
+        name = signal.Signals(self._stop_signal).name if self._stop_signal is not None else "a stop signal"
+        return TrainingStopped(f"{name} during epoch {epoch + 1}: stopped; {self._kept()}")
+
+    def _kept(self) -> str:
+        """Which checkpoint a stopped run leaves and how to continue."""
+        if self.state.epoch == 0 or not (self.out / "last.state.pt").exists():
+            return "no epoch had finished, so there is no checkpoint to resume from"
+        return (f"kept {shorten(self.out / 'last.state.pt')} (epoch {self.state.epoch} of "
+                f"{self.cfg.train.epochs}); continue with --resume {shorten(self.out)}")
 
     def _run_epoch(self, epoch: int) -> EvalResult | None:
         from cspwrc.data import prepare_epoch
@@ -399,12 +484,13 @@ class Trainer:
 
         self.ddp_model.train()
         sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64)
-        done, self._postfix = 0, ""
+        done, self._postfix, skipped = 0, "", 0
         for _, images, targets in self._batches(epoch):
-            self.state.read_skipped += count_skipped(targets)
+            skipped += count_skipped(targets)
             self.scheduler.step(self.state.global_step)
             losses = self._step(images, targets, epoch)
             self.state.global_step += 1
+            self._check_stop(epoch)
             if losses is None:
                 continue
             vals = torch.tensor([float(losses.get(k, math.nan)) for k in LOSS_KEYS], dtype=torch.float64)
@@ -413,6 +499,7 @@ class Trainer:
             self._postfix = " ".join(f"{k.removeprefix('loss_') if k != 'loss' else 'loss'}={v:.3f}"
                                      for k, v in zip(LOSS_KEYS, vals.tolist())) + f" lr={self.scheduler.lr():.2e}"
         means = dist.all_reduce_mean(sums / max(done, 1))
+        self.state.read_skipped += dist.all_reduce_sum_int(skipped)  # every rank's substitutions, not rank 0's
         return dict(zip(LOSS_KEYS, means.tolist()))
 
     def _to_device(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
@@ -471,6 +558,7 @@ class Trainer:
         result = evaluate(self._eval_model(), self.val_loader, self.coco_gt, self.train_set.label_to_category_id,
                           self.device, amp=self.use_amp, progress=self.progress)
         self.state.eval_time_s += time.perf_counter() - t0
+        self.state.read_skipped += result.read_failures  # val images that broke after the checks count too
         return result
 
     def _end_epoch(self, epoch: int, means: dict[str, float], result: EvalResult | None) -> None:
@@ -527,11 +615,15 @@ class Trainer:
 
 def next_free_run_dir(path: Path) -> Path:
     """``path`` if it is not a folder holding files, else the first free ``path2``, ``path3``, ... (Ultralytics'
-    increment_path: ``runs/det`` -> ``runs/det2``). A folder with nothing but hidden files (the temp files of a run
-    killed before its first checkpoint) is reused; a file named ``path`` is left to the run's own output checks.
+    increment_path: ``runs/det`` -> ``runs/det2``). A folder with nothing but hidden files and a stale lock (what a
+    run killed before its first checkpoint leaves) is reused, one a live run holds is not; a file named ``path`` is
+    left to the run's own output checks.
     """
     def taken(p: Path) -> bool:
-        return p.exists() and (not p.is_dir() or any(not c.name.startswith(".") for c in p.iterdir()))
+        if not p.exists():
+            return False
+        files = [c for c in p.iterdir() if not c.name.startswith(".") and c.name != LOCK_NAME] if p.is_dir() else [p]
+        return bool(files) or is_held(p)
 
     if not path.is_dir():
         return path
