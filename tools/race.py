@@ -170,7 +170,7 @@ def ours_command(args: argparse.Namespace, model: str, out: Path) -> list[str]:
     return [sys.executable, "-m", "cspwrc.cli", "train", "--data", str(args.data), "--model", model,
             "--img", str(args.img), "--batch", str(args.batch), "--workers", str(args.workers),
             "--seed", str(args.seed), "--time", f"{args.minutes / 60:.6f}", "--epochs", "1000",
-            "--set", "train.eval_interval=100000", "--out", str(out), "--no-progress",
+            "--set", "train.eval_interval=100000", "--out", str(out), "--exist-ok", "--no-progress",
             *shlex.split(args.ours_args)]
 
 

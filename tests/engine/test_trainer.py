@@ -212,10 +212,11 @@ def test_time_budget_refits_epochs_and_schedule(data, tmp_path):
     """train.time: 10 s spent on 2 epochs (5 s each) with a 100 s budget -> 20 epochs, schedule stretched."""
     trainer = Trainer(tiny_config(data, tmp_path, time=100 / 3600), progress=False)
     old_scheduler = trainer.scheduler
-    trainer.state.train_time_s = 10.0
+    trainer.state.train_time_s, trainer.state.global_step = 10.0, 2 * trainer.steps_per_epoch
     trainer._fit_epochs_to_time(epoch=1)
     assert trainer.cfg.train.epochs == 20
     assert trainer.scheduler is not old_scheduler
+    assert trainer.scheduler.lr() > 0                # the new schedule's lr at this step, not its warmup start
     trainer.state.train_time_s = 1000.0            # over budget: end after the epoch that just finished
     trainer._fit_epochs_to_time(epoch=1)
     assert trainer.cfg.train.epochs == 2

@@ -469,6 +469,7 @@ class Trainer:
                       f"(was {cfg.epochs})")
             cfg.epochs = fitted
             self.scheduler = WarmupScheduler(self.optimizer, self.cfg, self.steps_per_epoch)
+            self.scheduler.step(s.global_step)  # the lrs of the new schedule now, not its initial warmup_lr
 
     def _batches(self, epoch: int) -> Iterator[tuple[int, Any, list[dict[str, Any]]]]:
         bar = tqdm(self.train_loader, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
