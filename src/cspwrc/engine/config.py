@@ -41,7 +41,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: str | None = None  # data YAML (train/val annotation files and image dirs); None = embedded shapes
-    workers: int = 2  # DataLoader worker processes (0 = load in the main process)
+    workers: int | Literal["auto"] = "auto"  # loader processes (0 = in the main process); auto: data.loader.auto_workers
+    cache: Literal["none", "ram"] = "none"  # ram: keep the letterboxed images in memory (size-checked, docs/training.md)
 
 
 @dataclass
@@ -79,7 +80,8 @@ class TrainConfig:
     grad_clip: float = 10.0  # max global grad norm; 0 disables clipping
     nan_policy: Literal["stop", "skip"] = "stop"  # non-finite loss: stop the run, or skip the step and count
     max_nan_skips: int = 100  # with nan_policy skip: stop anyway after this many skipped steps
-    amp: bool = True  # mixed precision, only ever used on CUDA
+    amp: bool | Literal["auto", "bf16", "fp16", "off"] = "auto"  # CUDA only; auto (= true): bf16 where supported
+    channels_last: bool = True  # NHWC model and batches, CUDA only (tensor-core convs want it)
     eval_interval: int = 1  # evaluate every N epochs (and always after the last one)
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
@@ -286,7 +288,7 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"train.{key}: must be >= 1, got {getattr(t, key)}")
     if not 0 <= t.close_mosaic:
         raise ConfigError(f"train.close_mosaic: must be >= 0, got {t.close_mosaic}")
-    if cfg.data.workers < 0:
+    if isinstance(cfg.data.workers, int) and cfg.data.workers < 0:
         raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
