@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 import cspwrc  # noqa: F401 - registers the cspwrc models with timm
-from cspwrc.deploy.export import FORMATS, check_export, deploy_model, export, load_for_export
+from cspwrc.deploy.export import FORMATS, check_export, deploy_model, export, half_onnx, load_for_export
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,7 +27,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--img", type=int, default=None, help="input size (default: the checkpoint's, else 640)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-check", action="store_true", help="skip the PyTorch-vs-export parity check")
-    return p.parse_args(argv)
+    p.add_argument("--half", action="store_true",
+                   help="fp16 weights and compute (ONNX only; input and output stay float32), for GPU runtimes")
+    args = p.parse_args(argv)
+    if args.half and args.format != "onnx":
+        p.error("--half needs --format onnx")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--img {img} must be a multiple of 32")
     module = deploy_model(detector)
     path = export(module, args.format, args.out, img)
-    print(f"wrote {path} ({args.format}, input images [B, 3, {img}, {img}] in [0, 1], output raw [B, A, 4 + "
+    if args.half:
+        half_onnx(path)
+    print(f"wrote {path} ({args.format}{', fp16 inside' if args.half else ''}, input images [B, 3, {img}, {img}] in [0, 1], output raw [B, A, 4 + "
           f"{meta['num_classes']}])")
     if not args.no_check:
         print(f"max |pytorch - {args.format}| on a batch of 2: {check_export(module, args.format, path, img):.2e}")
