@@ -221,6 +221,11 @@ FLAG_KEYS: dict[str, str] = {
 }
 
 
+def workers_arg(text: str) -> int | str:
+    """``--workers``: a number or ``auto``."""
+    return text if text == "auto" else int(text)
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="run config YAML (default: configs/det/default.yaml)")
     parser.add_argument("--epochs", type=int)
@@ -231,7 +236,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="initialise from a local checkpoint (cspwrc .safetensors or backbone-only)")
     parser.add_argument("--resume", help="continue a run: its run dir or its last.state.pt")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--workers", type=int)
+    parser.add_argument("--workers", type=workers_arg, help="loader processes, or auto (sized to the machine)")
     parser.add_argument("--out", help="run directory")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
