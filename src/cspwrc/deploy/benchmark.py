@@ -521,6 +521,8 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = print) -
     for mode in settings.modes:
         parse_mode(mode)  # fail fast on a typo before minutes of measuring (a GPU-only mode on CPU: skipped rows)
     device = torch.device(settings.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes per configuration: cuDNN tunes once, in the warm-up
     threads = set_threads(settings.threads)
     report: dict[str, Any] = {"env": environment(settings, threads), "settings": asdict_settings(settings)}
     precisions = base_precisions(settings.modes, device)
