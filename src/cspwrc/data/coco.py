@@ -102,8 +102,9 @@ class CocoDetection(Dataset):
         seed: augmentation seed; item ``i`` of epoch ``e`` is augmented with seed ``(seed, e, i)``, so runs
             are reproducible whatever the number of workers.
         report: a precomputed :func:`verify_coco` report (else it is computed here, cached).
-        cache: ``"ram"`` decodes and letterboxes every image once, here, into one ``uint8 [N, img, img, 3]``
-            array (see :meth:`_fill_ram_cache`); ``"none"`` reads the files for every item.
+        cache: ``"ram"`` decodes and letterboxes every image once, here, and keeps the ``uint8 [img, img, 3]``
+            canvases with their boxes (``N * img * img * 3`` bytes; see :meth:`_fill_ram_cache`); ``"none"``
+            reads the files for every item.
 
     Epoch and mosaic switch live in a shared-memory tensor, so ``set_epoch``/``set_mosaic`` reach loader
     workers that were started earlier (persistent workers; see :mod:`cspwrc.data.loader`).
