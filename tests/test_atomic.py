@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -42,7 +44,38 @@ def test_write_json_converts_dataclasses_and_tensors(tmp_path):
         name: str
         ap: float
 
-    write_json(tmp_path / "m.json", {"rows": [Row("cat", 0.5)], "stats": torch.tensor([1.0, 2.0]), "x": float("nan")})
-    data = json.loads((tmp_path / "m.json").read_text())
-    assert data["rows"] == [{"name": "cat", "ap": 0.5}] and data["stats"] == [1.0, 2.0]
-    assert data["x"] != data["x"]  # NaN round-trips
+    write_json(tmp_path / "m.json", {"rows": [Row("cat", float("nan"))], "stats": torch.tensor([1.0, float("inf")]),
+                                     "x": float("nan")})
+
+    def refuse(token: str) -> None:
+        raise AssertionError(f"bare {token} is not JSON")
+
+    data = json.loads((tmp_path / "m.json").read_text(), parse_constant=refuse)
+    assert data == {"rows": [{"name": "cat", "ap": None}], "stats": [1.0, None], "x": None}
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {})
+        os.umask(0o077)
+        write_json(tmp_path / "b.json", {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600
+
+
+def test_any_failure_of_the_writer_is_a_write_error(tmp_path):
+    # torch.save on a full disk raises RuntimeError from its zip writer, not OSError: same outcome required.
+    target = tmp_path / "last.state.pt"
+    target.write_bytes(b"old")
+
+    def torn_zip(fh):
+        fh.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1984 vs 1878")
+
+    with pytest.raises(WriteError, match="last.state.pt.*inline_container.*previous file") as info:
+        atomic_write(target, torn_zip)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["last.state.pt"]

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-EPOCH_LINE = re.compile(r"^epoch (\d+): loss \S+, (\d+) images in ([\d.]+) s = ([\d.]+) img/s")
+EPOCH_LINE = re.compile(r"^epoch (\d+)/\d+: .* train=([\d.]+)s ([\d.]+) img/s$")
 WARMUP_EPOCHS = 2  # epochs left out of the median: cuDNN autotuning, allocator growth, first worker batches
 
 
@@ -200,7 +200,7 @@ def train_step(run: Run, data: Path, batch: int, epochs: int, out: Path, log: An
         m = EPOCH_LINE.match(line.strip())
         if not m:
             return
-        epochs_seen.append({"epoch": int(m[1]), "images": int(m[2]), "seconds": float(m[3]), "img_s": float(m[4]),
+        epochs_seen.append({"epoch": int(m[1]), "seconds": float(m[2]), "img_s": float(m[3]),
                             "at_s": time.perf_counter() - start})
         if sampler is not None and int(m[1]) == 1:
             sampler.start()

@@ -27,6 +27,16 @@ class InputError(CspwrcError):
     exit_code = 2
 
 
+class ConfigError(InputError, ValueError):
+    """A fatal problem in a run config or detector options: names the source (file or command line), the key and
+    the fault. (Also importable from :mod:`cspwrc.engine.config`, where it used to live.)"""
+
+
+class CheckpointError(InputError, RuntimeError):
+    """A file is not a checkpoint this library will load (writes fail with :class:`cspwrc.atomic.WriteError`).
+    (Also importable from :mod:`cspwrc.engine.checkpoint`, where it used to live.)"""
+
+
 class RunStopped(CspwrcError):
     """A run stopped on purpose; the message says why and what was kept. Exit 3."""
 
@@ -40,3 +50,11 @@ def shorten(text: object, limit: int = 120) -> str:
         return text
     keep = (limit - 5) // 2
     return f"{text[:keep]}[...]{text[-keep:]}"
+
+
+class CheckpointError(InputError, RuntimeError):
+    """A file is not a checkpoint this library will load, or pretrained weights cannot be had (exit 2).
+
+    Writes fail with :class:`cspwrc.atomic.WriteError` instead. Defined here (re-exported by
+    :mod:`cspwrc.engine.checkpoint`) so that the backbone can raise it without importing the engine.
+    """

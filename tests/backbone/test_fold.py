@@ -10,7 +10,8 @@ from timm.utils import reparameterize_model
 
 import cspwrc  # noqa: F401
 from cspwrc.backbone import P3_P5, wrc_weights
-from cspwrc.layers import ConvAct, WeightedResidual, fuse_model, randomize_norm_and_wrc_
+from cspwrc.layers import ConvAct, WeightedResidual, fold_model
+from randomize import randomize_norm_and_wrc_
 
 OPTIONS = list(itertools.product(["scalar", "channel", "none"], ["none", "relu", "softmax"]))
 TOL = 1e-4
@@ -44,9 +45,9 @@ def test_fold_every_size(name: str, weights: str, normalize: str) -> None:
     _assert_fold_equivalent(timm.create_model(name, wrc_weights=weights, wrc_normalize=normalize))
 
 
-def test_fold_features_only_with_fuse_model() -> None:
+def test_fold_features_only_with_fold_model() -> None:
     model = timm.create_model("cspwrc_s", features_only=True, out_indices=P3_P5, wrc_weights="channel")
-    folded = _assert_fold_equivalent(model, fold=fuse_model)
+    folded = _assert_fold_equivalent(model, fold=fold_model)
     assert wrc_weights(folded) == []
 
 

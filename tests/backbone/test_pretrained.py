@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 import cspwrc  # noqa: F401
 from cspwrc.backbone import checkpoint_filter_fn
-from cspwrc.layers import randomize_norm_and_wrc_
+from randomize import randomize_norm_and_wrc_
 
 X = torch.randn(2, 3, 64, 64)
 
@@ -76,3 +76,20 @@ def test_timm_pretrained_contract_offline(tmp_path: Path) -> None:
     assert gray.stem.conv1.conv.weight.shape[1] == 1 and gray(X[:, :1]).shape == (2, 5)
     timm.create_model("cspwrc_s", pretrained=True, pretrained_cfg_overlay=overlay, in_chans=1, num_classes=0)
     timm.create_model("cspwrc_s", pretrained=True, pretrained_cfg_overlay=overlay, features_only=True)
+
+
+def test_offline_pretrained_fails_fast_naming_the_fix(monkeypatch) -> None:
+    """No cached copy and no network: one clear CheckpointError (exit 2 in the tools), not minutes of hub retries."""
+    from cspwrc.backbone import cspwrcnet
+    from cspwrc.errors import CheckpointError
+
+    monkeypatch.setattr(cspwrcnet, "try_to_load_from_cache", lambda *a, **k: None)
+    monkeypatch.setattr(cspwrcnet, "_hub_reachable", lambda timeout_s=3.0: False)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the hub was contacted")
+
+    monkeypatch.setattr(cspwrcnet, "build_model_with_cfg", no_download)
+    with pytest.raises(CheckpointError, match=r"cspwrc_m.*pretrained_cfg_overlay=dict\(file=.*--weights FILE") as err:
+        timm.create_model("cspwrc_m", pretrained=True)
+    assert err.value.exit_code == 2

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cocofiles import ann_rec, image_rec
 
 from cspwrc.data.checks import DataError
 from cspwrc.data.coco import CocoDetection
-from cocofiles import ann_rec, image_rec
 from shared_data import shared_dataset
 
 # COCO ids are not contiguous: the labels must be 0..3 in id order.
@@ -97,7 +97,7 @@ def _boxes_match_objects(ds: CocoDetection, n: int) -> None:
 @pytest.mark.shared_data
 @pytest.mark.parametrize("name", ["coco128", "coco_train2017_native"])
 def test_real_coco_subsets(name):
-    root = shared_dataset(name)
+    root = shared_dataset(name, "annotations/instances_train.json", "images")
     ann, images = root / "annotations" / "instances_train.json", root / "images"
     ds = CocoDetection(ann, images, img=320, num_images=6, subset_seed=0, progress=False)
     assert len(ds) == 6 and ds.num_classes == 80 and ds.label_to_category_id[-1] == 90

@@ -7,8 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cspwrc.data.transforms import (apply_train_transform, build_train_transform, letterbox, letterbox_boxes,
-                                    letterbox_params)
+from cspwrc.data.transforms import (
+    apply_train_transform,
+    build_train_transform,
+    letterbox,
+    letterbox_boxes,
+    letterbox_params,
+)
 
 COLOURS = np.array([[250, 20, 20], [20, 250, 20], [20, 20, 250], [250, 250, 20]], dtype=np.uint8)
 NO_COLOUR = {"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0}
@@ -62,7 +67,7 @@ def test_letterbox_maths_and_pixels():
 def _run(seed: int, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, others=None, **augment):
     transform = build_train_transform(64, use_mosaic=others is not None, **{**NO_COLOUR, **augment})
     transform.set_random_seed(seed)
-    return apply_train_transform(transform, image, boxes, labels, others, 64, 2.0)
+    return apply_train_transform(transform, image, boxes, labels, others)
 
 
 def test_flip_moves_pixels_and_boxes_together():
@@ -121,7 +126,7 @@ def test_property_train_boxes_are_inside_and_non_degenerate(primary, partners, s
     others = [{"image": c, "bboxes": b, "labels": lab} for c, b, lab in letterboxed[1:]] if mosaic else None
     transform = build_train_transform(img, use_mosaic=mosaic, degrees=10.0, shear=5.0)
     transform.set_random_seed(seed)
-    out, boxes, labels = apply_train_transform(transform, *letterboxed[0], others, img, 2.0)
+    out, boxes, labels = apply_train_transform(transform, *letterboxed[0], others)
     assert out.shape == (img, img, 3) and out.dtype == np.uint8
     assert boxes.dtype == np.float32 and labels.dtype == np.int64 and len(boxes) == len(labels)
     assert np.isfinite(boxes).all()

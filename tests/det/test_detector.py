@@ -1,5 +1,6 @@
 """YoloDetector: shapes, the torchvision-style API, configuration, freezing, fusion and tracing."""
 
+import copy
 import json
 
 import pytest
@@ -7,9 +8,9 @@ import timm
 import torch
 from timm.layers import FrozenBatchNormAct2d, SyncBatchNormAct
 
-from cspwrc.det import RawPredictions, build_detector
-from cspwrc.det.detector import select_feature_levels
-from cspwrc.det.head import DecoupledHead, dfl_decode, make_anchor_points
+from cspwrc.det import DetectionLoss, RawPredictions, build_detector
+from cspwrc.det.detector import FLAT_KEYS, DetectorConfig, select_feature_levels
+from cspwrc.det.head import DecoupledHead, HeadCfg, dfl_decode, make_anchor_points
 
 # test_byobnet: timm's 0.2M-parameter test model, features at strides 2..32 (channels 24..256).
 TINY = dict(backbone="test_byobnet", num_classes=3, neck_channels=[32, 48, 64])
@@ -53,7 +54,7 @@ def test_anchor_points_and_dfl_decode():
 
 
 def test_head_prior_bias():
-    head = DecoupledHead([16, 16, 16], num_classes=5, prior_prob=0.01)
+    head = DecoupledHead([16, 16, 16], num_classes=5, cfg=HeadCfg(prior_prob=0.01))
     out = head([torch.zeros(1, 16, 2, 2)] * 3)
     box_logits, cls_logits = head.flatten(out)
     assert box_logits.shape == (1, 12, 4, 16) and cls_logits.shape == (1, 12, 5)
@@ -117,6 +118,23 @@ def test_config_round_trip_and_unknown_option(tiny):
         build_detector(**TINY, neck_widht=[1, 2, 3])
 
 
+def test_flat_options_map_onto_the_part_configs(tiny):
+    cfg = DetectorConfig.from_kwargs(reg_max=8, act_layer="relu", static_assigner_epochs=2, score_thresh=0.3)
+    assert (cfg.head.reg_max, cfg.neck.act_layer, cfg.head.act_layer) == (8, "relu", "relu")
+    assert (cfg.loss.assigner.static_epochs, cfg.post.score_thresh) == (2, 0.3)
+    assert DetectorConfig.from_kwargs(**cfg.flat()) == cfg and list(cfg.flat()) == list(FLAT_KEYS)
+    # The defaults the parts get on their own are the ones build_detector users get (stated once).
+    assert DetectionLoss(3).cfg == DetectorConfig().loss and DetectionLoss(3).cfg.assigner.static_epochs == 4
+    # A flat name on model.cfg reads and writes the part's field: eval post-processing follows it.
+    old, tiny.cfg.max_det = tiny.cfg.max_det, 1
+    try:
+        assert tiny.cfg.post.max_det == 1 and "max_det" not in vars(tiny.cfg)
+        with torch.no_grad():
+            assert all(len(d["scores"]) <= 1 for d in tiny.eval()(torch.rand(2, 3, 64, 64)))
+    finally:
+        tiny.cfg.max_det = old
+
+
 def test_select_feature_levels():
     assert select_feature_levels([2, 4, 8, 16, 32]) == [2, 3, 4]
     assert select_feature_levels([4, 8, 16, 32, 32]) == [1, 2, 4]  # deepest of equal reductions
@@ -169,13 +187,14 @@ def _trained_like(model):
     return model.eval()
 
 
-def test_fuse_matches_unfused_and_reparameterize_model():
+def test_fold_matches_unfolded_and_reparameterize_model():
     model = _trained_like(build_detector(**TINY, neck_shortcut=True))
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         ref = model.forward_raw(x)
         via_timm = timm.utils.reparameterize_model(model)  # a deep copy
-        fused = model.fuse()
+        assert copy.deepcopy(model).fuse().state_dict().keys() == copy.deepcopy(model).fold().state_dict().keys()
+        fused = model.fold()
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.neck.modules())
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.head.modules())
         torch.testing.assert_close(fused.forward_raw(x), ref, atol=1e-4, rtol=0)

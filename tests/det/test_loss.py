@@ -6,8 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cspwrc.det.assigner import AssignerCfg
 from cspwrc.det.head import dfl_decode, make_anchor_points
-from cspwrc.det.loss import DetectionLoss, dfl_loss, pad_targets, varifocal_loss
+from cspwrc.det.loss import DetectionLoss, LossCfg, dfl_loss, pad_targets, varifocal_loss
 
 
 def test_dfl_loss_formula():
@@ -66,7 +67,7 @@ def test_loss_is_small_for_perfect_predictions_and_large_for_wrong_ones(epoch):
     inside = ((points > 0) & (points < 16)).all(-1)
     cls_logits[0, inside, 1] = 12.0
     pred_boxes = dfl_decode(box_logits, points, strides)
-    loss_fn = DetectionLoss(num_classes=2, static_assigner_epochs=1)
+    loss_fn = DetectionLoss(num_classes=2, cfg=LossCfg(assigner=AssignerCfg(static_epochs=1)))
     loss_fn.epoch = epoch
     targets = [{"boxes": box[None], "labels": torch.tensor([1])}]
     good = loss_fn(cls_logits, box_logits, pred_boxes, points, strides, [16], targets)

@@ -5,12 +5,16 @@ import os
 import stat
 
 import pytest
+import timm
 import torch
+from safetensors import safe_open
 
-from cspwrc.engine import checkpoint as ck
 from cspwrc import atomic
 from cspwrc.atomic import WriteError
+from cspwrc.det import build_detector
+from cspwrc.engine import checkpoint as ck
 from cspwrc.engine.checkpoint import CheckpointError
+from cspwrc.weights import feature_key
 
 
 class Evil:
@@ -110,19 +114,12 @@ def test_init_from_weights_matches_by_name_and_shape(tmp_path):
 
 def test_meta_is_json(tmp_path):
     ck.save_weights(tmp_path / "w.safetensors", _weights(), {"class_names": ["x"]})
-    from safetensors import safe_open
-
     with safe_open(tmp_path / "w.safetensors", "pt") as fh:
         assert json.loads(fh.metadata()["cspwrc"]) == {"class_names": ["x"]}
 
 
 def test_backbone_only_file_initialises_detector_backbone(tmp_path):
     """--weights with a timm classification checkpoint: the backbone's tensors load (stages.N ~ stages_N)."""
-    import timm
-
-    import cspwrc  # noqa: F401
-    from cspwrc.det import build_detector
-
     classifier = timm.create_model("cspwrc_n", num_classes=10)
     path = tmp_path / "cspwrc_n_imagenet.safetensors"
     ck.save_weights(path, classifier.state_dict(), {})
@@ -133,9 +130,9 @@ def test_backbone_only_file_initialises_detector_backbone(tmp_path):
     src = classifier.state_dict()
     loaded = int(msg.split(": ")[1].split("/")[0])
     assert loaded == len(bb)  # every backbone tensor came from the file
-    by_norm = {ck._norm_key(k): v for k, v in src.items()}
+    by_norm = {feature_key(k): v for k, v in src.items()}
     for name, value in bb.items():
-        assert torch.equal(value, by_norm[ck._norm_key(name)]), name
+        assert torch.equal(value, by_norm[feature_key(name)]), name
 
 
 def test_load_detector_needs_cspwrc_metadata(tmp_path):

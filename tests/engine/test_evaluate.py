@@ -7,6 +7,7 @@ import json
 import pytest
 from pycocotools.coco import COCO
 
+from cspwrc.atomic import write_json
 from cspwrc.engine.evaluate import STAT_NAMES, coco_evaluate
 
 
@@ -71,3 +72,22 @@ def test_empty_predictions_and_image_subset(tmp_path):
     preds = [p for p in _as_predictions(gt) if p["image_id"] == 8]
     assert coco_evaluate(gt, preds, image_ids=[8]).map == pytest.approx(1.0)
     assert coco_evaluate(gt, preds).map < 0.5  # the other images' objects count as misses
+
+
+def test_per_class_p_r_f1_and_classes_without_instances(tmp_path):
+    gt = _coco(tmp_path)
+    perfect = coco_evaluate(gt, _as_predictions(gt))
+    assert all((r.instances, r.precision, r.recall, r.f1) == (3, 1.0, 1.0, 1.0) for r in perfect.per_class)
+    assert perfect.detection.confusion == [[3, 0, 0, 0], [0, 3, 0, 0], [0, 0, 3, 0], [0, 0, 0, 0]]
+    # drop every triangle from the ground truth: the class is kept, marked, and never NaN in JSON
+    gt.dataset["annotations"] = [a for a in gt.dataset["annotations"] if a["category_id"] != 40]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    res = coco_evaluate(gt, _as_predictions(gt))
+    row = {r.category_id: r for r in res.per_class}[40]
+    assert (row.instances, row.precision, row.recall, row.f1) == (0, None, None, None)
+    assert "without instances in these images: triangle" in res.format()
+    assert "no instances" in res.format().splitlines()[-1]
+    write_json(tmp_path / "m.json", res.summary())
+    rows = json.loads((tmp_path / "m.json").read_text(), parse_constant=pytest.fail)["per_class"]
+    assert rows[-1]["ap"] is None and rows[-1]["instances"] == 0

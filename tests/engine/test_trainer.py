@@ -10,13 +10,15 @@ import torch
 from _tiny import ROOT, tiny_config, tiny_data
 
 from cspwrc import atomic
-from cspwrc.engine import checkpoint as ck
 from cspwrc.cli import val as eval_det
+from cspwrc.engine import checkpoint as ck
 from cspwrc.engine.trainer import Trainer, TrainingStopped, WarmupScheduler, load_resume, param_groups
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return tiny_data(tmp_path_factory.mktemp("data"))
+
 
 @pytest.fixture(scope="module")
 def full_run(data, tmp_path_factory):
@@ -25,8 +27,10 @@ def full_run(data, tmp_path_factory):
     metrics = Trainer(tiny_config(data, out), progress=False).fit()
     return out, metrics
 
+
 def _weights(path):
     return ck.read_weights(path)[0]
+
 
 def test_run_writes_everything(full_run):
     out, metrics = full_run
@@ -41,6 +45,7 @@ def test_run_writes_everything(full_run):
     assert meta["model"] == "cspwrc_n" and meta["num_classes"] == 5 and meta["img"] == 64
     assert meta["category_ids"] == [1, 2, 3, 4, 5] and meta["class_names"][0] == "circle"
     assert math.isfinite(metrics["map"])
+
 
 def test_resume_continues_exactly(full_run, data, tmp_path, monkeypatch):
     ref_out, ref_metrics = full_run
@@ -73,19 +78,29 @@ def test_resume_continues_exactly(full_run, data, tmp_path, monkeypatch):
     assert Trainer(cfg, resume_state=state, progress=False).fit()["epochs"] == 3
     assert len((out / "results.csv").read_text().splitlines()) == 4
 
+
 def test_eval_tool_matches_training_eval(full_run, data, tmp_path):
     """tools/eval_det.py on the val split reproduces the run's final numbers from the checkpoint alone."""
     out, metrics = full_run
     root = data.parent
-    summary_path = tmp_path / "summary.json"
+    summary_path = tmp_path / "not" / "yet" / "summary.json"  # every output creates its folder
     rc = eval_det.main(["--weights", str(out / "last.safetensors"), "--ann", str(root / "annotations/instances_val.json"),
-                        "--images", str(root / "images/val"), "--out", str(tmp_path / "res.json"),
+                        "--images", str(root / "images/val"), "--out", str(tmp_path / "new" / "res.json"),
                         "--json", str(summary_path), "--no-progress", "--device", "cpu"])
     assert rc == 0
-    summary = json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text(), parse_constant=pytest.fail)  # strict JSON: null, no NaN
     assert summary["stats"][0] == pytest.approx(metrics["map"], abs=1e-9)
-    results = json.loads((tmp_path / "res.json").read_text())
+    # the trainer's final evaluation and the tool agree on the per-class table and the confusion matrix
+    saved = json.loads((out / "metrics.json").read_text(), parse_constant=pytest.fail)
+    assert summary["per_class"] == saved["per_class"] and summary["detection"] == saved["detection"]
+    assert sum(r["instances"] for r in saved["per_class"]) == sum(saved["detection"]["confusion_matrix"]["matrix"][i][j]
+                                                                 for i in range(6) for j in range(5))
+    for folder in (out, summary_path.parent):  # plots next to metrics.json / next to --json
+        assert all((folder / name).stat().st_size > 1000 for name in ("confusion_matrix.png", "PR_curve.png",
+                                                                       "F1_curve.png"))
+    results = json.loads((tmp_path / "new" / "res.json").read_text())
     assert all(len(r["bbox"]) == 4 and r["category_id"] in range(1, 6) for r in results)
+
 
 def _nan_at(monkeypatch, step: int):
     """Make the detector's real loss NaN at global step ``step`` (one bad batch)."""
@@ -104,6 +119,7 @@ def _nan_at(monkeypatch, step: int):
 
     monkeypatch.setattr(Trainer, "_step", poisoned)
 
+
 def test_nan_loss_stops_and_keeps_last_good(data, tmp_path, monkeypatch):
     _nan_at(monkeypatch, step=1)  # one step per epoch: epoch 1 = step 0, epoch 2 turns NaN
     with pytest.raises(TrainingStopped) as err:
@@ -112,6 +128,7 @@ def test_nan_loss_stops_and_keeps_last_good(data, tmp_path, monkeypatch):
     assert "non-finite loss at epoch 2" in msg and "last.safetensors" in msg and "(epoch 1)" in msg
     _, meta = ck.read_weights(tmp_path / "last.safetensors")
     assert meta["epoch"] == 1 and ck.read_state(tmp_path / "last.state.pt")["epoch"] == 1
+
 
 def test_nan_skip_policy_counts(data, tmp_path, monkeypatch):
     _nan_at(monkeypatch, step=1)
@@ -143,7 +160,7 @@ def test_epoch_log_shows_throughput_and_gpu_settings_stay_off_on_cpu(data, tmp_p
     assert trainer.amp_dtype is None and not trainer.channels_last and not trainer.scaler.is_enabled()
     trainer.fit()
     out = capsys.readouterr()
-    assert "epoch 1: loss" in out.out + out.err and "img/s" in out.out + out.err
+    assert "epoch 1/1: loss=" in out.out + out.err and " img/s" in out.out + out.err
     for setting in (True, "auto", "bf16", "fp16", "off", False):
         assert resolve_amp(setting, torch.device("cpu")) is None  # autocast is only ever used on CUDA
 
@@ -166,6 +183,7 @@ def test_unwritable_output_stops_and_keeps_previous(data, tmp_path, monkeypatch)
     assert ck.read_state(tmp_path / "last.state.pt")["epoch"] == 1
     assert ck.read_weights(tmp_path / "last.safetensors")[1]["epoch"] == 1
 
+
 def test_param_groups_on_a_real_detector():
     from cspwrc.det import build_detector
 
@@ -178,6 +196,7 @@ def test_param_groups_on_a_real_detector():
     assert any(n.endswith("wrc.weight") and model.get_parameter(n).ndim == 2 for n in undecayed)
     assert len(decayed) + len(undecayed) == len(names)
 
+
 def test_param_groups_exclude_norms_biases_and_wrc():
     from cspwrc.layers.wrc import WeightedResidual
 
@@ -189,6 +208,7 @@ def test_param_groups_exclude_norms_biases_and_wrc():
     assert id(model.wrc.weight) in ids["no_decay"] and id(model[1].weight) in ids["no_decay"]
     assert ids["bias"] == {id(model[0].bias), id(model[1].bias), id(model[2].bias)}
     assert groups["decay"]["weight_decay"] == 0.05 and groups["no_decay"]["weight_decay"] == 0.0
+
 
 @pytest.mark.parametrize("sched", ["cosine", "linear"])
 def test_warmup_and_bias_warmup(sched, tmp_path):
@@ -212,3 +232,24 @@ def test_warmup_and_bias_warmup(sched, tmp_path):
     assert lrs[40]["decay"] == pytest.approx(0.001, rel=0.05)  # decays to min_lr_ratio * lr
     if sched == "linear":
         assert lrs[20]["decay"] == pytest.approx(0.001 + 0.009 * 20 / 40, rel=0.05)
+
+
+def test_time_budget_refits_epochs_and_schedule(data, tmp_path):
+    """train.time: 10 s spent on 2 epochs (5 s each) with a 100 s budget -> 20 epochs, schedule stretched."""
+    trainer = Trainer(tiny_config(data, tmp_path, time=100 / 3600), progress=False)
+    old_scheduler = trainer.scheduler
+    trainer.state.train_time_s = 10.0
+    trainer._fit_epochs_to_time(epoch=1)
+    assert trainer.cfg.train.epochs == 20
+    assert trainer.scheduler is not old_scheduler
+    trainer.state.train_time_s = 1000.0            # over budget: end after the epoch that just finished
+    trainer._fit_epochs_to_time(epoch=1)
+    assert trainer.cfg.train.epochs == 2
+
+
+def test_time_budget_run_stops_and_saves_fitted_epochs(data, tmp_path):
+    """A budget smaller than one epoch ends the run after its first epoch, evaluated; resume keeps the epochs."""
+    metrics = Trainer(tiny_config(data, tmp_path, epochs=5, time=1e-7), progress=False).fit()
+    assert metrics["epochs"] == 1 and math.isfinite(metrics["map"])
+    cfg, _ = load_resume(tmp_path)
+    assert cfg.train.epochs == 1 and cfg.train.time == 1e-7

@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 from timm.models.cspnet import CrossStage3, DarkBlock
 
-from cspwrc.layers import CspStage, ResidualBlock, Sppf, WeightedResidual, WrcBottleneck, randomize_norm_and_wrc_
+from cspwrc.layers import CspStage, Sppf, WeightedResidual, WrcBottleneck
+from randomize import randomize_norm_and_wrc_
 
 
 def _check_grads(module: nn.Module, x: torch.Tensor) -> None:
@@ -15,23 +16,6 @@ def _check_grads(module: nn.Module, x: torch.Tensor) -> None:
     assert x.grad is not None and x.grad.abs().sum() > 0
     for name, p in module.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
-
-
-@pytest.mark.parametrize("in_chs,out_chs,stride", [(8, 8, 1), (8, 16, 1), (8, 16, 2)])
-def test_residual_block(in_chs: int, out_chs: int, stride: int) -> None:
-    block = ResidualBlock(in_chs, out_chs, stride=stride, wrc_weights="channel")
-    assert isinstance(block.shortcut, nn.Identity) == (in_chs == out_chs and stride == 1)
-    x = torch.randn(2, in_chs, 16, 16)
-    assert block(x).shape == (2, out_chs, 16 // stride, 16 // stride)
-    _check_grads(block, x)
-
-
-def test_residual_block_is_plain_residual_when_fresh() -> None:
-    block = randomize_norm_and_wrc_(ResidualBlock(8, 8, wrc_normalize="none")).eval()
-    block.wrc.reset_parameters()
-    x = torch.randn(2, 8, 8, 8)
-    expected = block.act(block.conv2(block.conv1(x)) + x)
-    assert torch.equal(block(x), expected)
 
 
 @pytest.mark.parametrize("shortcut", [True, False])
@@ -118,7 +102,6 @@ def test_layer_overrides_and_dtype() -> None:
 
 
 @pytest.mark.parametrize("make", [
-    lambda: ResidualBlock(8, 16, stride=2),
     lambda: CspStage(8, 8, depth=2, shortcut=False),
     lambda: CspStage(8, 8, depth=1, wrc_weights="none"),
     lambda: Sppf(8, 8),

@@ -18,7 +18,7 @@ def test_variant_with_timm_kwargs_parses_values_as_yaml():
 
 
 def test_malformed_variant_is_an_error():
-    with pytest.raises(SystemExit, match="MODEL:key=value"):
+    with pytest.raises(compare.InputError, match="MODEL:key=value"):
         compare.parse_variant("cspwrc_s:wrc_weights")
 
 
@@ -31,7 +31,7 @@ def test_variant_args_match_variants_that_contain_equals_signs():
 
 
 def test_variant_args_for_a_variant_not_compared_is_an_error():
-    with pytest.raises(SystemExit, match="bad --variant-args"):
+    with pytest.raises(compare.InputError, match="bad --variant-args"):
         compare._variant_args(["resnet50=--epochs 2"], ["cspwrc_s"])
 
 
@@ -43,3 +43,60 @@ def test_finished_run_is_reused_not_retrained(tmp_path, monkeypatch):
     monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("a finished run was retrained"))
     row = compare.run_variant("cspwrc_s", 0, tmp_path, [], retrain=False)
     assert (row["map"], row["cpu_time_s"], row["run_dir"]) == (0.5, 12.5, str(run_dir))
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def test_t_quantiles_match_the_tables():
+    assert compare.t_quantile_975(1) == 12.706
+    assert compare.t_quantile_975(2) == 4.303
+    assert compare.t_quantile_975(31) == pytest.approx(2.040, abs=2e-3)
+    assert compare.t_quantile_975(60) == pytest.approx(2.000, abs=2e-3)
+    assert compare.t_quantile_975(1000) == pytest.approx(1.962, abs=1e-3)
+    with pytest.raises(ValueError):
+        compare.t_quantile_975(0)
+
+
+def test_paired_interval_by_hand():
+    """Diffs 0.02, 0.01, 0.03: mean 0.02, sd 0.01, half-width t(0.975, 2) * 0.01 / sqrt(3) = 0.024843."""
+    arm = {0: 0.32, 1: 0.41, 2: 0.23, 7: 0.9}      # seed 7 has no partner: ignored
+    base = {0: 0.30, 1: 0.40, 2: 0.20}
+    p = compare.paired_interval(arm, base)
+    assert p["n"] == 3
+    assert p["mean"] == pytest.approx(0.02)
+    assert p["std"] == pytest.approx(0.01)
+    assert (p["low"], p["high"]) == (pytest.approx(0.02 - 0.024843, abs=1e-6), pytest.approx(0.02 + 0.024843, abs=1e-6))
+    assert compare.verdict(p) == "no measurable difference"
+
+
+def test_pairing_removes_shared_seed_noise():
+    """Seeds move both arms together (0.1 .. 0.5): unpaired spreads overlap, the paired interval excludes 0."""
+    base = {0: 0.10, 1: 0.30, 2: 0.50, 3: 0.20}
+    arm = {s: v + 0.01 + 0.001 * s for s, v in base.items()}
+    p = compare.paired_interval(arm, base)
+    assert p["low"] > 0 and compare.verdict(p) == "better"
+    assert compare.verdict(compare.paired_interval(base, arm)) == "worse"
+    assert compare.verdict(compare.paired_interval({0: 0.2}, {0: 0.1})) == "too few seeds"
+
+
+def test_arm_statistics_and_report_from_finished_runs(tmp_path):
+    rows = []
+    for seed, (plain, wrc) in enumerate([(0.10, 0.12), (0.20, 0.21), (0.15, 0.18)]):
+        for variant, value in ((compare.PLAIN, plain), ("cspwrc_s", wrc)):
+            rows.append({"variant": variant, "seed": seed, "map": value})
+    stats = {s["arm"]: s for s in compare.arm_statistics(rows, compare.PLAIN)}
+    assert stats[compare.PLAIN]["mean"] == pytest.approx(0.15) and "paired" not in stats[compare.PLAIN]
+    assert stats["cspwrc_s"]["paired"]["mean"] == pytest.approx(0.02)
+    text = compare.stats_table(list(stats.values()), compare.PLAIN)
+    assert "| cspwrc_s | 0,1,2 | 0.1700 ± 0.0458 | +0.0200 (n=3) |" in text
+    compare.plot_statistics(list(stats.values()), rows, compare.PLAIN, tmp_path / "stats.png")
+    assert (tmp_path / "stats.png").stat().st_size > 1000
+
+
+def test_report_only_trains_nothing_and_unknown_baseline_is_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(compare.subprocess, "run", lambda *a, **k: pytest.fail("--report-only trained"))
+    assert compare.main(["--out", str(tmp_path), "--report-only", "--variants", "cspwrc_s"]) == 2
+    assert "no finished run" in capsys.readouterr().err
+    assert compare.main(["--out", str(tmp_path), "--variants", "cspwrc_s", "--baseline", "resnet18"]) == 2
+    assert "--baseline 'resnet18'" in capsys.readouterr().err

@@ -12,9 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from shared_data import shared_dataset
-
+from cspwrc.data import ensure_shapes_dataset
+from cspwrc.det import build_detector
 from cspwrc.engine.checkpoint import save_checkpoint
+from cspwrc.engine.config import load_config
+from cspwrc.engine.trainer import load_resume
+from shared_data import shared_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,8 +34,6 @@ def _tool(name: str) -> ModuleType:
 
 def _checkpoint(folder: Path, category_ids: list[int], names: list[str], img: int = 64) -> Path:
     """An untrained tiny detector saved exactly as the trainer saves it (the tools only need the file)."""
-    from cspwrc.det import build_detector
-
     model = build_detector(backbone="test_resnet", num_classes=len(category_ids), neck_channels=[16, 32, 64])
     options = {k: v for k, v in model.config.items() if k not in ("backbone", "num_classes")}
     meta = {"model": "test_resnet", "num_classes": len(category_ids), "class_names": names,
@@ -79,7 +80,7 @@ def test_eval_refuses_pickled_checkpoint(tmp_path, capsys):
 
 @pytest.mark.shared_data
 def test_eval_on_real_coco_subset(tmp_path, capsys):
-    root = shared_dataset("coco128")
+    root = shared_dataset("coco128", "annotations/instances_val.json", "images")
     ann = root / "annotations" / "instances_val.json"
     cats = json.loads(ann.read_text())["categories"]
     weights = _checkpoint(tmp_path, [c["id"] for c in cats], [c["name"] for c in cats])
@@ -106,3 +107,21 @@ def test_eval_on_real_coco_subset(tmp_path, capsys):
 def test_train_rejects_bad_input_before_training(args, fragment, capsys):
     rc = _tool("train_det").main(args + ["--no-progress"])
     assert rc == 2 and fragment in capsys.readouterr().err
+
+
+def test_data_flag_selects_the_real_data_recipe(tmp_path):
+    """--data without --config trains configs/det/real.yaml (mosaic on, AdamW, EMA); one tiny step of it runs."""
+    train = _tool("train_det")
+    args = train.parse_args(["--data", "x.yaml"])
+    assert train.default_recipe(args) == train.REAL_CONFIG
+    assert train.default_recipe(train.parse_args([])) == train.DEFAULT_CONFIG
+    cfg = load_config(train.REAL_CONFIG)
+    assert cfg.augment["mosaic"] == 1.0 and cfg.train.close_mosaic > 0 and cfg.ema.enabled
+
+    data = ensure_shapes_dataset(tmp_path / "shapes", num_train=8, num_val=4, seed=3)
+    rc = train.main(["--data", str(data), "--model", "cspwrc_n", "--img", "64", "--batch", "4", "--epochs", "1",
+                     "--workers", "0", "--set", "train.max_steps_per_epoch=1", "--set", "train.close_mosaic=0",
+                     "--out", str(tmp_path / "run"), "--no-progress"])
+    assert rc == 0
+    saved = load_resume(tmp_path / "run")[0]
+    assert saved.augment["mosaic"] == 1.0 and saved.optim.opt == "adamw" and saved.schedule.warmup_epochs == 3.0

@@ -28,4 +28,4 @@ def test_dry_run_writes_the_summary(tmp_path: Path) -> None:
     assert train["startup_s"] > 0 and "data cache ram" in train["settings"][0]
     assert steps["ultralytics"]["status"] in ("skipped", "ok")  # ok where ultralytics is importable
     assert summary["targets"]["train_img_s"] == train["median_img_s"]
-    assert "epoch 1: loss" in (tmp_path / "out" / "log.txt").read_text()
+    assert "epoch 1/3: loss=" in (tmp_path / "out" / "log.txt").read_text()

@@ -9,18 +9,21 @@ Sizes (width / depth multipliers, as YOLOv5): n 0.25/0.33, s 0.5/0.5, m 0.75/0.6
 s/m/l/x have exactly the channels and depths of ``cs3darknet_s/m/l/x``.
 """
 
+import socket
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+from huggingface_hub import try_to_load_from_cache
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import ClassifierHead, LayerType, calculate_drop_path_rates, get_device_dtype, make_divisible
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import MATCH_PREV_GROUP
 
-from cspwrc.layers import CspStage, FusableConvNormAct
+from cspwrc.errors import CheckpointError
+from cspwrc.layers import CspStage, FoldableConvNormAct
 
 __all__ = ["CspWrcCfg", "CspWrcNet", "checkpoint_filter_fn", "model_cfgs", "default_cfgs", "P3_P5"]
 
@@ -77,7 +80,7 @@ def _create_stem(
     stem = nn.Sequential()
     prev = in_chans
     for i, chs in enumerate(cfg.stem_chs):
-        stem.add_module(f"conv{i + 1}", FusableConvNormAct(
+        stem.add_module(f"conv{i + 1}", FoldableConvNormAct(
             prev, chs, 3, stride=2 if i == 0 else 1, act_layer=cfg.act_layer, norm_layer=cfg.norm_layer,
             device=device, dtype=dtype,
         ))
@@ -300,15 +303,55 @@ def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: CspWrcNet) 
     return out
 
 
+HUB_HOST = "huggingface.co"
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm fetches from a hub repo, in order
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _no_weights_message(variant: str, where: str, reason: str) -> str:
+    return (f"{variant}: cannot get its pretrained weights ({where}): {reason}. Load a local copy instead: "
+            f"timm.create_model({variant!r}, pretrained=True, pretrained_cfg_overlay=dict(file='/path/to/"
+            f"weights.pth')) (a cs3darknet or cspwrc .pth/.safetensors); with cspwrc train / tools/train_det.py: "
+            f"--weights FILE instead of pretrained=true")
+
+
+def _check_pretrained_source(variant: str, kwargs: Dict[str, Any]) -> None:
+    """Fail fast (not after ~45 s of hub retries) when the weights are neither local, cached nor downloadable."""
+    # The same resolution build_model_with_cfg does (tag, pretrained_cfg and overlay given to create_model).
+    cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
+    hub_id = cfg.hf_hub_id
+    if cfg.file or cfg.state_dict is not None or not hub_id:
+        return  # a local source (timm reports its own faults), or no published weights (timm warns)
+    if any(isinstance(try_to_load_from_cache(hub_id, name), str) for name in HUB_WEIGHT_FILES):
+        return
+    if not _hub_reachable():
+        raise CheckpointError(_no_weights_message(variant, f"hub {hub_id}", f"not cached and {HUB_HOST} is "
+                                                  "unreachable (offline?)"))
+
+
 def _create_cspwrc(variant: str, pretrained: bool = False, **kwargs: Any) -> CspWrcNet:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3, 4))
-    return build_model_with_cfg(
-        CspWrcNet, variant, pretrained,
-        model_cfg=model_cfgs[variant],
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
-        **kwargs,
-    )
+    if pretrained:
+        _check_pretrained_source(variant, kwargs)
+    try:
+        return build_model_with_cfg(
+            CspWrcNet, variant, pretrained,
+            model_cfg=model_cfgs[variant],
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
+            **kwargs,
+        )
+    except OSError as err:  # hub/url download failures (huggingface_hub, urllib, requests errors are OSErrors)
+        if not pretrained:
+            raise
+        raise CheckpointError(_no_weights_message(variant, "download", str(err))) from err
 
 
 model_cfgs = dict(

@@ -3,12 +3,13 @@
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from cspwrc.layers import WeightedResidual
+from cspwrc.weights import rename_like
 
 __all__ = ["WrcRow", "wrc_weights", "format_wrc_table", "plot_wrc_weights", "backbone_state_dict"]
 
@@ -63,7 +64,9 @@ def format_wrc_table(rows: Sequence[WrcRow]) -> str:
 def plot_wrc_weights(model_or_rows: Union[nn.Module, Sequence[WrcRow]], path: Union[str, Path],
                      title: Optional[str] = None) -> Path:
     """Save a PNG of ``a`` (branch) and ``b`` (shortcut) per block, bars spanning the per-channel min..max."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend needed
+    # Imported here, not at module level, because matplotlib costs ~1 s and this module is part of `import cspwrc`;
+    # matplotlib.figure, no pyplot: no global state, no GUI backend needed.
+    from matplotlib.figure import Figure
 
     rows = wrc_weights(model_or_rows) if isinstance(model_or_rows, nn.Module) else list(model_or_rows)
     if not rows:
@@ -83,28 +86,26 @@ def plot_wrc_weights(model_or_rows: Union[nn.Module, Sequence[WrcRow]], path: Un
     ax.set_title(title or f"learned WRC weights (weights={rows[0].weights}, normalize={rows[0].normalize})")
     ax.legend()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     return path
 
 
-# timm features_only wrappers flatten ``stem.conv1`` / ``stages.0`` into ``stem_conv1`` / ``stages_0``.
-_FLAT_NAME = re.compile(r"^(stem|stages)_([^.]+)\.")
 _STEM_KEY = re.compile(r"^(.*?)stem[._]conv1\.conv\.weight$")
 
 
-def backbone_state_dict(state_dict: Dict[str, torch.Tensor], prefix: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """The backbone part of a checkpoint as a ``CspWrcNet`` state dict.
+def backbone_state_dict(
+    state_dict: Dict[str, torch.Tensor], prefix: Optional[str] = None, like: Optional[Iterable[str]] = None
+) -> Dict[str, torch.Tensor]:
+    """The backbone part of a checkpoint, keys spelled as in ``like`` (the target model's state dict keys).
 
     Accepts a plain backbone state dict, a ``features_only`` one, or a detector's (backbone under a prefix such
-    as ``backbone.``). ``prefix=None`` finds it from the stem conv's key. Flattened ``features_only`` names are
-    mapped back (``stages_0.`` -> ``stages.0.``).
+    as ``backbone.``). ``prefix=None`` finds it from the stem conv's key. Flattened ``features_only`` names
+    (``stages_0.``) are matched to ``like``'s (``stages.0.``) by :func:`cspwrc.weights.rename_like`.
     """
     if prefix is None:
         found = [m.group(1) for m in map(_STEM_KEY.match, state_dict) if m]
         if len(set(found)) != 1:
             raise ValueError(f"cannot find one backbone in the checkpoint (stem conv prefixes found: {found})")
         prefix = found[0]
-    return {
-        _FLAT_NAME.sub(r"\1.\2.", key[len(prefix):]): value
-        for key, value in state_dict.items() if key.startswith(prefix)
-    }
+    return rename_like(like or (), {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})

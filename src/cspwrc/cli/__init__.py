@@ -1,4 +1,4 @@
-"""Command-line tools: ``cspwrc train|val|predict|export|benchmark|merge|wrc-weights`` (and ``tools/*.py``).
+"""Command-line tools: ``cspwrc train|val|predict|export|benchmark|merge|convert|wrc-weights`` (and ``tools/*.py``).
 
 Every command is a module here with ``main(argv: list[str] | None = None) -> int``; ``tools/*.py`` are thin
 shims over the same functions, so a flag behaves the same from the console script and from a source checkout.

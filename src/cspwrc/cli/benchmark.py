@@ -8,13 +8,15 @@ Example (the command behind docs/deploy.md):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import cspwrc  # noqa: F401 - registers the cspwrc models with timm
+from cspwrc.atomic import make_dir, write_json
+from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.deploy.benchmark import DEFAULT_MODES, BenchSettings, format_table, run_benchmark
 from cspwrc.deploy.train_bench import TrainBenchSettings, run_train_benchmark
+from cspwrc.engine.config import check_model_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -54,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     t.add_argument("--workers", type=int, default=2)
     p.add_argument("--json", type=Path, default=None, help="write the full report here")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    add_debug_flag(p)
     return p.parse_args(argv)
 
 
@@ -94,6 +97,13 @@ def print_train_report(train: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    return guarded(lambda: run(args, argv), args.debug)
+
+
+def run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """Exit 2 for an unknown model name (checked before any timing), 3 when --json cannot be written."""
+    for name in [*args.models, *([args.train_model] if args.train_step else [])]:
+        check_model_name(name)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731 - progress on stderr, table on stdout
     settings = settings_from_args(args)
     if args.skip_inference:
@@ -109,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         report["train_step"] = run_train_benchmark(train_settings_from_args(args), log=log)
         print_train_report(report["train_step"])
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+        make_dir(args.json.parent, "--json's")
+        write_json(args.json, report)
         print(f"wrote {args.json}")
     return 0
 

@@ -3,9 +3,17 @@
 The exported graph maps images float32 [B, 3, S, S] (RGB in [0, 1], letterboxed) to raw [B, A, 4 + C]
 (xyxy boxes in input pixels + class probabilities); run cspwrc.deploy.postprocess.postprocess_numpy after it.
 
+The file's metadata (ONNX metadata_props: names, imgsz, stride, input, outputs, nms, cspwrc_version) says all
+this too. With --nms the ONNX graph ends in NonMaxSuppression and outputs boxes [K, 4], scores [K], labels [K],
+batch_index [K] (the detector's own post-processing; only undo_letterbox_numpy is left to the caller).
+
 Examples:
     python tools/export.py --weights runs/exp/best.safetensors --format onnx --out model.onnx
     python tools/export.py --model cspwrc_s --num-classes 80 --format torchscript --img 640 --out model.ts
+    python tools/export.py --weights runs/exp/best.safetensors --nms --conf 0.25 --out model_nms.onnx
+
+Exit codes: 0 done, 2 bad input (a checkpoint that is refused, truncated, empty or not a cspwrc detector; an
+unknown --model; a bad --img), 3 the output could not be written; --debug for tracebacks.
 """
 
 from __future__ import annotations
@@ -13,8 +21,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 import cspwrc  # noqa: F401 - registers the cspwrc models with timm
-from cspwrc.deploy.export import FORMATS, check_export, deploy_model, export, half_onnx, load_for_export
+from cspwrc.atomic import WriteError
+from cspwrc.cli import add_debug_flag, guarded
+from cspwrc.deploy.export import (FORMATS, EndToEnd, check_export, check_export_nms, deploy_model, export,
+                                  export_onnx_nms, half_onnx, load_for_export, onnx_metadata, write_onnx_metadata)
+from cspwrc.engine.config import ConfigError, check_model_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,29 +41,71 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--img", type=int, default=None, help="input size (default: the checkpoint's, else 640)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-check", action="store_true", help="skip the PyTorch-vs-export parity check")
+    p.add_argument("--nms", action="store_true", help="ONNX only: end the graph with NonMaxSuppression "
+                   "(outputs boxes, scores, labels, batch_index)")
+    p.add_argument("--conf", type=float, default=None, help="with --nms: score threshold (default: the detector's)")
+    p.add_argument("--iou", type=float, default=None, help="with --nms: NMS IoU threshold (default: the detector's)")
+    p.add_argument("--max-det", type=int, default=None, help="with --nms: detections per image (default: the detector's)")
     p.add_argument("--half", action="store_true",
                    help="fp16 weights and compute (ONNX only; input and output stay float32), for GPU runtimes")
+    add_debug_flag(p)
     args = p.parse_args(argv)
-    if args.half and args.format != "onnx":
-        p.error("--half needs --format onnx")
+    if args.nms and args.format != "onnx":
+        p.error("--nms needs --format onnx (the NonMaxSuppression graph is an ONNX export)")
+    if not args.nms and any(v is not None for v in (args.conf, args.iou, args.max_det)):
+        p.error("--conf/--iou/--max-det set the exported NMS: add --nms")
+    if args.half and (args.format != "onnx" or args.nms):
+        p.error("--half needs --format onnx without --nms (the fp16 graph ends at raw; run postprocess_numpy after it)")
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    if args.model:
+        check_model_name(args.model)
     detector, meta = load_for_export(args.weights, args.model, args.num_classes)
     img = args.img or int(meta.get("img", 640))
-    if img % 32:
-        raise SystemExit(f"--img {img} must be a multiple of 32")
+    if img <= 0 or img % 32:
+        raise ConfigError(f"--img {img} must be a positive multiple of 32")
     module = deploy_model(detector)
-    path = export(module, args.format, args.out, img)
-    if args.half:
-        half_onnx(path)
-    print(f"wrote {path} ({args.format}{', fp16 inside' if args.half else ''}, input images [B, 3, {img}, {img}] in [0, 1], output raw [B, A, 4 + "
+    try:  # the exporters write the files themselves
+        if args.nms:
+            return _export_nms(args, detector, meta, module, img)
+        path = export(module, args.format, args.out, img)
+        if args.half:
+            half_onnx(path)
+        if args.format == "onnx":
+            write_onnx_metadata(path, onnx_metadata(meta, img, max(detector.strides)))
+    except OSError as err:
+        raise WriteError(f"could not write {args.out}: {err}") from err
+    print(f"wrote {path} ({args.format}{', fp16 inside' if args.half else ''}, input images [B, 3, {img}, {img}] "
+          f"in [0, 1], output raw [B, A, 4 + "
           f"{meta['num_classes']}])")
     if not args.no_check:
         print(f"max |pytorch - {args.format}| on a batch of 2: {check_export(module, args.format, path, img):.2e}")
     return 0
+
+
+def _export_nms(args: argparse.Namespace, detector: torch.nn.Module, meta: dict, module: torch.nn.Module,
+                img: int) -> int:
+    """``--nms``: the end-to-end ONNX graph, checked against the PyTorch post-processing on random images."""
+    cfg = detector.cfg
+    e2e = EndToEnd(module, img, cfg.score_thresh if args.conf is None else args.conf,
+                   cfg.nms_iou if args.iou is None else args.iou,
+                   cfg.max_det if args.max_det is None else args.max_det, cfg.pre_nms_topk)
+    path = export_onnx_nms(e2e, args.out, img)
+    write_onnx_metadata(path, onnx_metadata(meta, img, max(detector.strides), e2e))
+    print(f"wrote {path} (onnx + NonMaxSuppression, input images [B, 3, {img}, {img}] in [0, 1], outputs boxes "
+          f"[K, 4], scores [K], labels [K], batch_index [K]; conf {e2e.score_thresh}, iou {e2e.nms_iou}, "
+          f"max_det {e2e.max_det})")
+    if not args.no_check:
+        diff = check_export_nms(e2e, path, torch.rand(2, 3, img, img))
+        print(f"max box |pytorch - onnx| over matched detections on a batch of 2: {diff:.2e}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return guarded(lambda: run(args), args.debug)
 
 
 if __name__ == "__main__":

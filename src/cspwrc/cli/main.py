@@ -5,15 +5,16 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from cspwrc.cli import benchmark, export, merge, predict, train, val, wrc_weights
+from cspwrc.cli import benchmark, convert, export, merge, predict, train, val, wrc_weights
 
 COMMANDS: dict[str, tuple[Callable[[list[str] | None], int], str]] = {
     "train": (train.main, "train a detector (tools/train_det.py)"),
-    "val": (val.main, "evaluate a checkpoint with pycocotools (tools/eval_det.py)"),
-    "predict": (predict.main, "run a checkpoint on images (tools/predict.py)"),
+    "val": (val.main, "evaluate a checkpoint: COCO AP, P/R/F1, confusion matrix, plots (tools/eval_det.py)"),
+    "predict": (predict.main, "run a checkpoint on images, folders, globs or videos (tools/predict.py)"),
     "export": (export.main, "export to ONNX or TorchScript (tools/export.py)"),
     "benchmark": (benchmark.main, "measure speed, FLOPs and params (tools/benchmark.py)"),
     "merge": (merge.main, "merge COCO files into one (tools/merge_coco.py)"),
+    "convert": (convert.main, "convert a YOLO or VOC data set to COCO JSON (tools/convert_data.py)"),
     "wrc-weights": (wrc_weights.main, "show the learned WRC weights of a checkpoint (tools/wrc_weights.py)"),
 }
 

@@ -7,8 +7,7 @@
 import argparse
 import sys
 
-from cspwrc.atomic import WriteError
-from cspwrc.data.checks import DataError
+from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.data.merge import merge_coco
 
 
@@ -16,14 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ann", nargs="+", help="COCO instances JSON files (same categories, disjoint ids)")
     parser.add_argument("--out", required=True, help="merged JSON to write")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
-    try:
-        out = merge_coco(args.ann, args.out)
-    except (DataError, WriteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(out)
-    return 0
+    # Exit 2 for a bad or clashing input file (DataError names it), 3 when --out cannot be written.
+    return guarded(lambda: print(merge_coco(args.ann, args.out)), args.debug)
 
 
 if __name__ == "__main__":

@@ -1,52 +1,85 @@
-"""Run a cspwrc detector on images; draw boxes and write a detections JSON.
+"""Run a cspwrc detector on images or videos; draw boxes and write the detections.
 
-    python tools/predict.py --weights runs/det/best.safetensors --source img.jpg|folder/ --out preds/ \
-        [--img 640] [--conf 0.25]
+    cspwrc predict --weights runs/det/best.safetensors --source img.jpg|folder/|'imgs/*.jpg'|clip.mp4 --out preds/ \
+        [--img 640] [--conf 0.25] [--iou 0.6] [--classes 0 2 | --classes person car] [--max-det 300] \
+        [--save-txt [--save-conf]] [--save-json]
 
-Writes ``OUT/<name>.png`` per image (boxes, class names, scores drawn with
-torchvision.utils.draw_bounding_boxes) and ``OUT/detections.json``: per image its file, size and
-detections with ``box`` (xyxy, original pixels), ``score``, ``label``, ``class_name``, ``category_id``.
+--source is an image, a video (.mp4 .avi .mov .mkv), a folder of them, or a quoted glob. Writes:
+  OUT/<name>.png per image and OUT/<name>.mp4 per video: boxes, class names and scores, text sized to the image;
+  OUT/detections.json: per image (or video frame) its file, frame, size and detections with ``box`` (xyxy,
+      original pixels), ``score``, ``label``, ``class_name``, ``category_id``;
+  --save-txt: OUT/labels/<name>.txt (video frames: <name>_<frame>.txt), one YOLO line per box:
+      ``label x_center y_center width height`` normalised to [0, 1] (+ ``score`` with --save-conf);
+  --save-json: OUT/predictions.json, COCO results (``image_id``: the file name when it is a number, as in COCO,
+      else the image's 1-based position; ``category_id``; ``bbox`` xywh original pixels; ``score``).
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.utils import draw_bounding_boxes
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from cspwrc.atomic import WriteError, write_json
+from cspwrc.atomic import WriteError, make_dir, write_bytes, write_json
+from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.data.checks import to_rgb
 from cspwrc.data.transforms import letterbox
 from cspwrc.det.postprocess import undo_letterbox
-from cspwrc.engine.checkpoint import CheckpointError, load_detector
+from cspwrc.engine.checkpoint import load_detector
 from cspwrc.engine.distributed import resolve_device
+from cspwrc.errors import InputError, shorten
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv"}
+# Distinct colours per class (tab10), RGB.
+PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True)
-    parser.add_argument("--source", required=True, help="an image file or a folder of images")
+    parser.add_argument("--source", required=True, help="an image, a video, a folder of them, or a quoted glob")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--img", type=int, default=None, help="inference size (default: the checkpoint's)")
     parser.add_argument("--conf", type=float, default=0.25, help="minimum score to keep and draw")
+    parser.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the model's, 0.6)")
+    parser.add_argument("--classes", nargs="+", default=None, help="keep only these classes (indices or names)")
+    parser.add_argument("--max-det", type=int, default=300, help="at most this many detections per image")
+    parser.add_argument("--save-txt", action="store_true", help="YOLO-format labels in OUT/labels/")
+    parser.add_argument("--save-conf", action="store_true", help="with --save-txt: append the score to each line")
+    parser.add_argument("--save-json", action="store_true", help="COCO results in OUT/predictions.json")
     parser.add_argument("--device", default="auto")
+    add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
-def list_images(source: Path) -> list[Path]:
-    if source.is_file():
-        return [source]
-    if source.is_dir():
-        return sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    raise FileNotFoundError(f"--source {source}: no such file or folder")
+def _media(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+
+
+def list_sources(source: str) -> list[Path]:
+    """The images and videos ``--source`` names: a file, a folder (sorted, not recursive) or a glob."""
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.is_file() and _media(p))
+    elif glob.has_magic(source):
+        found = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file() and _media(Path(p)))
+    else:
+        raise InputError(f"--source {shorten(source)}: no such file or folder (nor a glob pattern)")
+    if not found:
+        kinds = " ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+        raise InputError(f"--source {shorten(source)}: no images or videos ({kinds}) found")
+    return found
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -56,8 +89,25 @@ def read_rgb(path: Path) -> np.ndarray:
         return np.asarray(to_rgb(ImageOps.exif_transpose(im)))
 
 
+def class_indices(wanted: list[str] | None, names: list[str]) -> set[int] | None:
+    """``--classes`` as label indices; each item is an index or a class name."""
+    if wanted is None:
+        return None
+    out = set()
+    for item in wanted:
+        if item.isdigit() and int(item) < len(names):
+            out.add(int(item))
+        elif item in names:
+            out.add(names.index(item))
+        else:
+            raise InputError(f"--classes {item}: not a class index (0..{len(names) - 1}) or name of this model "
+                             f"({shorten(', '.join(names))})")
+    return out
+
+
 @torch.inference_mode()
 def detect(model: torch.nn.Module, image: np.ndarray, img: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """One RGB image [H, W, 3] → {"boxes" [K, 4] xyxy original pixels, "scores" [K], "labels" [K]} (CPU)."""
     canvas, scale, pad = letterbox(image, img)
     batch = torch.from_numpy(canvas).permute(2, 0, 1)[None].to(device).float().div_(255.0)
     out = model(batch)[0]
@@ -65,54 +115,181 @@ def detect(model: torch.nn.Module, image: np.ndarray, img: int, device: torch.de
     return {k: v.cpu() for k, v in out.items()}
 
 
-def describe(det: dict[str, torch.Tensor], meta: dict[str, Any], conf: float) -> list[dict[str, Any]]:
-    names = meta.get("class_names") or [str(i) for i in range(int(meta["num_classes"]))]
-    cat_ids = meta.get("category_ids") or list(range(len(names)))
+def select(det: dict[str, torch.Tensor], conf: float, classes: set[int] | None,
+           max_det: int) -> dict[str, torch.Tensor]:
+    """Detections with score >= conf and a wanted class, the ``max_det`` best (the model returns them sorted)."""
     keep = det["scores"] >= conf
+    if classes is not None:
+        keep &= torch.isin(det["labels"], torch.tensor(sorted(classes), dtype=det["labels"].dtype))
+    return {k: v[keep][:max_det] for k, v in det.items()}
+
+
+def describe(det: dict[str, torch.Tensor], meta: dict[str, Any]) -> list[dict[str, Any]]:
+    names = class_names(meta)
+    cat_ids = meta.get("category_ids") or list(range(len(names)))
     return [{"box": [round(v, 2) for v in box], "score": round(float(score), 4), "label": int(label),
              "class_name": names[int(label)], "category_id": int(cat_ids[int(label)])}
-            for box, score, label in zip(det["boxes"][keep].tolist(), det["scores"][keep], det["labels"][keep])]
+            for box, score, label in zip(det["boxes"].tolist(), det["scores"], det["labels"])]
 
 
-def draw(image: np.ndarray, dets: list[dict[str, Any]], path: Path) -> None:
-    tensor = torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1)  # own, writable copy
-    if dets:
-        boxes = torch.tensor([d["box"] for d in dets], dtype=torch.float32)
-        labels = [f"{d['class_name']} {d['score']:.2f}" for d in dets]
-        tensor = draw_bounding_boxes(tensor, boxes, labels=labels, width=2)
-    Image.fromarray(tensor.permute(1, 2, 0).numpy()).save(path)
+def class_names(meta: dict[str, Any]) -> list[str]:
+    return list(meta.get("class_names") or [str(i) for i in range(int(meta["num_classes"]))])
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def draw(image: np.ndarray, dets: list[dict[str, Any]]) -> np.ndarray:
+    """``image`` (RGB [H, W, 3]) with boxes and ``name score`` labels; line width and text scale with the image."""
+    canvas = Image.fromarray(image)
+    pen = ImageDraw.Draw(canvas)
+    side = max(image.shape[:2])
+    width = max(1, round(side / 320))
+    font = ImageFont.load_default(size=max(10, round(side / 45)))
+    for d in dets:
+        color = PALETTE[d["label"] % len(PALETTE)]
+        x1, y1, x2, y2 = d["box"]
+        pen.rectangle((x1, y1, x2, y2), outline=color, width=width)
+        text = f"{d['class_name']} {d['score']:.2f}"
+        left, top, right, bottom = pen.textbbox((0, 0), text, font=font)
+        tw, th = right - left, bottom - top + 2 * width
+        ty = y1 - th if y1 - th >= 0 else y1  # above the box, or inside it at the top edge
+        pen.rectangle((x1, ty, x1 + tw + 2 * width, ty + th), fill=color)
+        pen.text((x1 + width, ty + width - top), text, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)
+
+
+def yolo_lines(dets: list[dict[str, Any]], height: int, width: int, with_score: bool) -> str:
+    """YOLO label lines: ``label xc yc w h [score]``, coordinates normalised by the image size."""
+    lines = []
+    for d in dets:
+        x1, y1, x2, y2 = d["box"]
+        row = [(x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height]
+        text = f"{d['label']} " + " ".join(f"{v:.6f}" for v in row)
+        lines.append(text + (f" {d['score']:.4f}" if with_score else ""))
+    return "".join(line + "\n" for line in lines)
+
+
+def coco_results(dets: list[dict[str, Any]], image_id: int) -> list[dict[str, Any]]:
+    return [{"image_id": image_id, "category_id": d["category_id"],
+             "bbox": [round(d["box"][0], 2), round(d["box"][1], 2), round(d["box"][2] - d["box"][0], 2),
+                      round(d["box"][3] - d["box"][1], 2)], "score": d["score"]} for d in dets]
+
+
+def video_frames(path: Path) -> tuple[Iterator[np.ndarray], float]:
+    """RGB frames [H, W, 3] of a video and its frame rate; InputError if OpenCV cannot open it."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise InputError(f"{path}: OpenCV cannot open this video")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+
+    def frames() -> Iterator[np.ndarray]:
+        try:
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    return
+                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        finally:
+            cap.release()
+
+    return frames(), fps
+
+
+def open_video(path: Path, fps: float, width: int, height: int) -> cv2.VideoWriter:
+    video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not video.isOpened():
+        raise WriteError(f"could not write {path}: OpenCV cannot open an mp4v video writer there")
+    return video
+
+
+class Writer:
+    """Everything ``predict`` writes besides the drawn images and videos."""
+
+    def __init__(self, out: Path, args: argparse.Namespace) -> None:
+        self.out, self.args = out, args
+        self.records: list[dict[str, Any]] = []
+        self.results: list[dict[str, Any]] = []
+        self.kept = 0
+        self.best_score = 0.0  # the highest score before --conf, for the "nothing passed" warning
+
+    def add(self, path: Path, frame: int | None, image: np.ndarray, det: dict[str, torch.Tensor],
+            dets: list[dict[str, Any]]) -> None:
+        height, width = image.shape[:2]
+        self.kept += len(dets)
+        self.best_score = max([self.best_score, *det["scores"].tolist()])
+        record = {"file": str(path), "height": height, "width": width, "detections": dets}
+        if frame is not None:
+            record["frame"] = frame
+        self.records.append(record)
+        stem = path.stem if frame is None else f"{path.stem}_{frame}"
+        if self.args.save_txt:
+            lines = yolo_lines(dets, height, width, self.args.save_conf)
+            write_bytes(self.out / "labels" / f"{stem}.txt", lines.encode())
+        if self.args.save_json:
+            image_id = int(stem) if stem.isdigit() else len(self.records)
+            self.results.extend(coco_results(dets, image_id))
+
+    def close(self, skipped: int) -> None:
+        write_json(self.out / "detections.json", {"images": self.records, "skipped": skipped})
+        if self.args.save_json:
+            write_json(self.out / "predictions.json", self.results, indent=None)
+        if self.records and not self.kept:
+            print(f"warning: no detection scored >= --conf {self.args.conf} on {len(self.records)} image(s)/frame(s) "
+                  f"(highest score {self.best_score:.3f}); lower --conf to see weaker ones", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    try:
-        device = resolve_device(args.device)
-        model, meta = load_detector(args.weights, device)
-        images = list_images(Path(args.source))
-    except (CheckpointError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    device = resolve_device(args.device)
+    model, meta = load_detector(args.weights, device)
+    sources = list_sources(args.source)
+    names = class_names(meta)
+    classes = class_indices(args.classes, names)
     img = args.img or int(meta.get("img", 640))
-    out.mkdir(parents=True, exist_ok=True)
-    records, failed = [], 0
-    for path in images:
+    if img % 32:
+        raise InputError(f"--img {img} is not a multiple of 32")
+    if args.iou is not None:
+        model.cfg.nms_iou = args.iou
+    model.cfg.max_det = max(model.cfg.max_det, args.max_det)
+    make_dir(out)  # --out naming a file is exit 2
+    writer, skipped = Writer(out, args), 0
+
+    def predict(path: Path, image: np.ndarray, frame: int | None) -> np.ndarray:
+        det = detect(model, image, img, device)
+        dets = describe(select(det, args.conf, classes, args.max_det), meta)
+        writer.add(path, frame, image, det, dets)
+        return draw(image, dets)
+
+    for path in sources:
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            frames, fps = video_frames(path)
+            target = out / f"{path.stem}.mp4"
+            video, count = None, 0
+            for count, frame in enumerate(frames, 1):
+                if video is None:  # sized by the first frame (container headers may not say)
+                    video = open_video(target, fps, frame.shape[1], frame.shape[0])
+                video.write(cv2.cvtColor(predict(path, frame, count - 1), cv2.COLOR_RGB2BGR))
+            if video is not None:
+                video.release()
+            print(f"{path.name}: {count} frames -> {target}")
+            continue
         try:
             image = read_rgb(path)
         except (OSError, UnidentifiedImageError) as err:  # one bad file is skipped and counted, not fatal
             print(f"skipped {path}: {err}", file=sys.stderr)
-            failed += 1
+            skipped += 1
             continue
-        dets = describe(detect(model, image, img, device), meta, args.conf)
-        draw(image, dets, out / f"{path.stem}.png")
-        records.append({"file": str(path), "height": image.shape[0], "width": image.shape[1], "detections": dets})
-        print(f"{path.name}: {len(dets)} detections")
-    try:
-        write_json(out / "detections.json", {"images": records, "skipped": failed})
-    except WriteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0 if records or not images else 1
+        drawn = predict(path, image, None)
+        Image.fromarray(drawn).save(out / f"{path.stem}.png")
+        print(f"{path.name}: {len(writer.records[-1]['detections'])} detections")
+    writer.close(skipped)
+    if not writer.records:
+        raise InputError(f"--source {shorten(args.source)}: none of its {len(sources)} file(s) could be read "
+                         "(the reasons are above)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return guarded(lambda: run(args), args.debug)
 
 
 if __name__ == "__main__":

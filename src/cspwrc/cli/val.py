@@ -3,24 +3,32 @@
     python tools/eval_det.py --weights runs/det/best.safetensors --ann instances_val.json --images val/ \
         [--img 640] [--out results.json]
 
-Prints the 12 standard COCOeval numbers and a per-class AP table; writes COCO results JSON (original
-category ids, xywh boxes in original-image pixels) to --out. Only the model's classes are scored.
+Prints the 12 standard COCOeval numbers and a per-class table (instances, P/R/F1 at the best-F1 confidence,
+AP50, AP; classes without instances marked); writes COCO results JSON (original category ids, xywh boxes in
+original-image pixels) to --out. Only the model's classes that the annotation file has are scored (a line says
+which). --json also writes the numbers and the confusion matrix; the plots (confusion_matrix.png, PR_curve.png,
+F1_curve.png) go next to --json, or to --plots DIR.
+
+--ann and --images go through the same checks as training (cspwrc.data.checks): a malformed, missing or
+wrongly-shaped file is exit 2 naming it; unusable images and boxes are skipped and counted. Exit codes: 0 done,
+2 bad input (checkpoint, annotation file, flags), 3 an output file could not be written; --debug for tracebacks.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
-from cspwrc.atomic import WriteError, write_json
-from cspwrc.data import CocoDetection, DataError, build_loader
-from cspwrc.engine.checkpoint import CheckpointError, load_detector
+from cspwrc.atomic import write_json
+from cspwrc.cli import add_debug_flag, guarded
+from cspwrc.data import CheckReport, CocoDetection, DataError, build_loader, verify_coco
+from cspwrc.engine.checkpoint import load_detector
 from cspwrc.engine.config import ConfigError
 from cspwrc.engine.distributed import resolve_device
+from cspwrc.engine.eval_plots import write_eval_plots
 from cspwrc.engine.evaluate import coco_evaluate, predict_loader, write_results
 
 
@@ -34,18 +42,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--json", default=None, help="also write the stats and per-class table as JSON")
+    parser.add_argument("--json", default=None, help="also write the stats, per-class table and confusion matrix "
+                        "as JSON (and the plots next to it)")
+    parser.add_argument("--plots", default=None, help="write confusion_matrix.png, PR_curve.png, F1_curve.png here "
+                        "(default: next to --json)")
     parser.add_argument("--no-progress", action="store_true")
+    add_debug_flag(parser)
     return parser.parse_args(argv)
 
 
-def shared_categories(ann: str, model_ids: list[int]) -> list[int]:
-    """The model's category ids that the annotation file has (COCOeval scores only those)."""
-    data = json.loads(Path(ann).read_text())
-    present = {c.get("id") for c in data.get("categories", []) if isinstance(c, dict)}
+def shared_categories(report: CheckReport, model_ids: list[int]) -> list[int]:
+    """The model's category ids that the checked annotation file has (COCOeval scores only those)."""
+    present = {c["id"] for c in report.categories}
     shared = [c for c in model_ids if c in present]
     if not shared:
-        raise DataError(ann, "categories", f"none of the model's category ids {model_ids[:20]} are in this file")
+        raise DataError(report.ann_file, "categories",
+                        f"none of the model's category ids {model_ids[:20]} are in this file")
     return shared
 
 
@@ -56,31 +68,42 @@ def run(args: argparse.Namespace) -> dict:
     if img % 32:
         raise ConfigError(f"--img {img} is not a multiple of 32")
     model_ids = [int(c) for c in meta.get("category_ids", range(int(meta["num_classes"])))]
-    dataset = CocoDetection(args.ann, args.images, img=img, train=False,
-                            categories=shared_categories(args.ann, model_ids), progress=not args.no_progress)
+    report = verify_coco(args.ann, args.images, progress=not args.no_progress)
+    shared = shared_categories(report, model_ids)
+    print(f"scoring {len(shared)} of the model's {len(model_ids)} classes: those {args.ann} has"
+          + (f" (not in the file: {len(model_ids) - len(shared)})" if len(shared) < len(model_ids) else ""))
+    dataset = CocoDetection(args.ann, args.images, img=img, train=False, categories=shared, report=report)
     loader = build_loader(dataset, args.batch, train=False, workers=args.workers)
     # Predictions use the model's label -> id map; classes absent from the file are ignored by COCOeval.
-    results, image_ids = predict_loader(model, loader, model_ids, device, progress=not args.no_progress)
+    read_failures: list[str] = []
+    results, image_ids = predict_loader(model, loader, model_ids, device, progress=not args.no_progress,
+                                        skipped=read_failures)
     if args.out:
         write_results(args.out, results)
     outcome = coco_evaluate(dataset.coco_gt(), results, image_ids)
     print(outcome.format())
-    summary = {"stats": outcome.stats, "per_class": [vars(r) for r in outcome.per_class],
-               "num_images": outcome.num_images, "num_detections": outcome.num_detections, "img": img}
+    skips = {"data_checks": dict(report.counts), "read_failures": len(read_failures)}
+    print(f"skipped: {skips}")
+    summary = {"stats": outcome.stats, **outcome.summary(),
+               "num_images": outcome.num_images, "num_detections": outcome.num_detections, "img": img,
+               "skips": skips}
     if args.json:
         write_json(args.json, summary)
+    plots = args.plots or (Path(args.json).parent if args.json else None)
+    if plots is not None and outcome.detection is not None:
+        print("plots: " + ", ".join(str(p) for p in write_eval_plots(outcome.detection, plots)))
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+
+    def body() -> int:
         with torch.inference_mode():
             run(args)
-    except (ConfigError, DataError, CheckpointError, WriteError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return guarded(body, args.debug)
 
 
 if __name__ == "__main__":

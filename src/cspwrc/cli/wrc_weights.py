@@ -11,32 +11,18 @@ the model name and WRC options come from its ``cspwrc`` metadata unless given he
 """
 
 import argparse
-import json
 import sys
-from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import timm
 import torch
 
 import cspwrc  # noqa: F401  (registers the cspwrc_* models)
 from cspwrc.backbone import backbone_state_dict, format_wrc_table, plot_wrc_weights, wrc_weights
-
-
-def load_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """Tensors and the ``cspwrc`` safetensors metadata (``{}`` for ``.pth`` or a file without it)."""
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("cspwrc", "{}"))
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):  # the containers timm's loader accepts
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    return state, {}
+from cspwrc.cli import add_debug_flag, guarded
+from cspwrc.engine.checkpoint import CheckpointError
+from cspwrc.engine.config import ConfigError, check_model_name
+from cspwrc.weights import read_any_weights
 
 
 def model_kwargs(meta: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
@@ -53,17 +39,19 @@ def build(args: argparse.Namespace) -> torch.nn.Module:
     meta: Dict[str, Any] = {}
     state: Optional[Dict[str, torch.Tensor]] = None
     if args.weights:
-        state, meta = load_checkpoint(Path(args.weights))
+        state, meta = read_any_weights(args.weights)
     name = args.model or meta.get("model")
     if not name:
-        raise SystemExit("--model is needed (the checkpoint has no cspwrc metadata naming it)")
+        raise ConfigError("--model is needed (the checkpoint has no cspwrc metadata naming it)")
+    check_model_name(name)
     model = timm.create_model(name, num_classes=0, **model_kwargs(meta, args))
     if state is not None:
         # the classifier (if any) is irrelevant here: the model is built without one
-        state = {k: v for k, v in backbone_state_dict(state).items() if not k.startswith("head.")}
+        state = backbone_state_dict(state, like=model.state_dict())
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise SystemExit(f"{args.weights} does not fit {name} {model_kwargs(meta, args)}: "
+            raise CheckpointError(f"{args.weights} does not fit {name} {model_kwargs(meta, args)}: "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.eval()
 
@@ -75,7 +63,13 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--wrc-weights", choices=["scalar", "channel", "none"], help="override the WRC weight type")
     parser.add_argument("--wrc-normalize", choices=["none", "relu", "softmax"], help="override the normalisation")
     parser.add_argument("--plot", help="write a PNG plot of the weights here")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
+    return guarded(lambda: run(args), args.debug)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 2 for an unreadable or non-fitting checkpoint or model name; the table on stdout."""
     rows = wrc_weights(build(args))
     print(format_wrc_table(rows))
     if args.plot and rows:

@@ -26,7 +26,6 @@ orientation tag is ignored, so boxes and pixels agree either way.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
@@ -43,8 +42,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from cspwrc import validate
 from cspwrc.atomic import WriteError, write_json
-from cspwrc.errors import InputError
+from cspwrc.errors import InputError, shorten
 
 log = logging.getLogger("cspwrc.data")
 
@@ -62,7 +62,8 @@ class DataError(InputError, ValueError):
 
     def __init__(self, file: str | os.PathLike[str], record: str, fault: str) -> None:
         self.file, self.record, self.fault = str(file), record, fault
-        super().__init__(f"{self.file}: {record}: {fault}")
+        # Names in the message are shortened: a hostile 100,000-character file_name must not flood the log.
+        super().__init__(f"{shorten(self.file)}: {shorten(record)}: {shorten(fault, 600)}")
 
 
 class SampleReadError(OSError):
@@ -78,7 +79,7 @@ class Problem:
     fault: str
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.record}: {self.fault}"
+        return f"{shorten(self.file)}: {shorten(self.record)}: {shorten(self.fault, 300)}"
 
 
 @dataclass(frozen=True)
@@ -125,21 +126,19 @@ class CheckReport:
 
 # ----------------------------------------------------------------------------------------------- config keys
 def check_keys(mapping: Mapping[str, Any], allowed: Iterable[str], file: str | os.PathLike[str], where: str) -> None:
-    """Raise :class:`DataError` for the first unknown key, suggesting the nearest valid key (difflib)."""
-    allowed = list(allowed)
-    for key in mapping:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(allowed)}"
-            raise DataError(file, where, f"unknown key {key!r}{hint}")
+    """Raise :class:`DataError` for the first unknown key, suggesting the nearest valid key."""
+    try:
+        validate.check_keys(mapping, allowed)
+    except validate.Fault as fault:
+        raise DataError(file, where, str(fault)) from None
 
 
 def check_type(value: Any, expected: type | tuple[type, ...], file: str | os.PathLike[str], where: str) -> Any:
     """Return ``value`` if it has the expected type (bool is not an int here), else raise :class:`DataError`."""
-    types = expected if isinstance(expected, tuple) else (expected,)
-    if isinstance(value, bool) and bool not in types or not isinstance(value, types):
-        names = " or ".join(t.__name__ for t in types)
-        raise DataError(file, where, f"expected {names}, got {type(value).__name__} {value!r:.60}")
+    try:
+        validate.check_value(value, expected)
+    except validate.Fault as fault:
+        raise DataError(file, where, str(fault)) from None
     return value
 
 
@@ -215,9 +214,10 @@ def _open_rgb(path: Path, exif_transpose: bool, draft_size: int | None = None,
     ``header``, if given, receives the stored size ``raw: [w, h]`` and the EXIF ``orientation`` read in the
     same open (before a draft decode shrinks the size), so a probe reads each file once.
     """
+    name = shorten(path)
     try:
         if path.stat().st_size == 0:
-            raise SampleReadError(f"empty file {path}")
+            raise SampleReadError(f"empty file {name}")
         with Image.open(path) as im:
             if header is not None:
                 header["raw"] = list(im.size)
@@ -232,13 +232,14 @@ def _open_rgb(path: Path, exif_transpose: bool, draft_size: int | None = None,
     except SampleReadError:
         raise
     except FileNotFoundError as e:
-        raise SampleReadError(f"image file missing: {path}") from e
+        raise SampleReadError(f"image file missing: {name}") from e
     except PermissionError as e:
-        raise SampleReadError(f"image file unreadable (permission denied): {path}") from e
+        raise SampleReadError(f"image file unreadable (permission denied): {name}") from e
     except UnidentifiedImageError as e:
-        raise SampleReadError(f"not an image: {path}") from e
+        raise SampleReadError(f"not an image: {name}") from e
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise SampleReadError(f"corrupt or truncated image {path}: {e}") from e
+        # str(e) repeats the path for OS errors (e.g. "File name too long: '...'")
+        raise SampleReadError(f"corrupt or truncated image {name}: {shorten(e, 200)}") from e
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -264,7 +265,7 @@ def load_image(entry: ImageEntry, draft_size: int | None = None) -> np.ndarray:
     h, w = arr.shape[:2]
     # A draft-reduced image keeps the aspect ratio; anything else means the file changed under us.
     if abs(h * entry.width - w * entry.height) > max(h, w, entry.height, entry.width):
-        raise SampleReadError(f"image {entry.path} is {w}x{h}, annotations say {entry.width}x{entry.height}")
+        raise SampleReadError(f"image {shorten(entry.path)} is {w}x{h}, annotations say {entry.width}x{entry.height}")
     return arr
 
 
@@ -346,11 +347,16 @@ def probe_images(paths: dict[str, Path], image_dir: Path, progress: bool = True,
 
 
 # ------------------------------------------------------------------------------------------------ the checks
+def oriented_size(probe: dict[str, Any]) -> tuple[int, int]:
+    """``(width, height)`` of a probed image after its EXIF orientation (the frame viewers show)."""
+    raw_w, raw_h = probe["raw"]
+    return (raw_h, raw_w) if probe["orientation"] in _SWAPS_AXES else (raw_w, raw_h)
+
+
 def _frame(probe: dict[str, Any], json_wh: tuple[int, int]) -> tuple[bool, str | None]:
     """Pick the annotation frame (see module doc): returns ``(exif_transpose, error)``."""
     raw_w, raw_h = probe["raw"]
-    swaps = probe["orientation"] in _SWAPS_AXES
-    corrected = (raw_h, raw_w) if swaps else (raw_w, raw_h)
+    corrected = oriented_size(probe)
     if json_wh == corrected:
         return True, None
     if json_wh == (raw_w, raw_h):
@@ -381,6 +387,7 @@ def _clean_box(ann: dict[str, Any], image: ImageEntry, report: CheckReport, ann_
     """Return the clipped ``[x, y, w, h]`` or ``None`` (skipped and counted)."""
     x, y, w, h = (float(v) for v in ann["bbox"])
     record = f"annotation id={ann['id']} (image id={ann['image_id']})"
+    ann_file = ann.get("source", ann_file)  # YOLO/VOC readers name the label file and line (data/formats.py)
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         report.skip(ann_file, record, f"non-finite bbox {ann['bbox']}", "bbox non-finite")
         return None
@@ -403,12 +410,12 @@ def _verify_annotations(data: dict[str, Any], ann_file: Path, report: CheckRepor
     known_cats = {c["id"] for c in data["categories"]}
     per_image: dict[int, list[tuple[list[float], int]]] = {i: [] for i in report.images}
     for ann in data["annotations"]:
-        record = f"annotation id={ann['id']}"
+        record, file = f"annotation id={ann['id']}", str(ann.get("source", ann_file))
         if ann["image_id"] not in known_images:
-            report.skip(str(ann_file), record, f"unknown image id {ann['image_id']}", "annotation unknown image")
+            report.skip(file, record, f"unknown image id {ann['image_id']}", "annotation unknown image")
             continue
         if ann["category_id"] not in known_cats:
-            report.skip(str(ann_file), record, f"unknown category id {ann['category_id']}",
+            report.skip(file, record, f"unknown category id {ann['category_id']}",
                         "annotation unknown category")
             continue
         image = report.images.get(ann["image_id"])
@@ -431,13 +438,15 @@ def _verify_annotations(data: dict[str, Any], ann_file: Path, report: CheckRepor
 
 
 def verify_coco(ann_file: str | os.PathLike[str], image_dir: str | os.PathLike[str], *, progress: bool = True,
-                use_cache: bool = True) -> CheckReport:
+                use_cache: bool = True, data: dict[str, Any] | None = None) -> CheckReport:
     """Check a COCO instances file and its images up front; fatal problems raise :class:`DataError`.
 
-    Returns a :class:`CheckReport` with the usable images, cleaned boxes and the per-sample problems.
+    ``data``: an in-memory COCO dict to check instead of reading ``ann_file`` (which then only names it in
+    messages; the YOLO and VOC readers of :mod:`cspwrc.data.formats` pass theirs). Returns a
+    :class:`CheckReport` with the usable images, cleaned boxes and the per-sample problems.
     """
     ann_file, image_dir = Path(ann_file), Path(image_dir)
-    data = load_json(ann_file)
+    data = load_json(ann_file) if data is None else data
     _check_records(data["images"], _IMAGE_FIELDS, ann_file, "images")
     _check_records(data["annotations"], _ANN_FIELDS, ann_file, "annotations")
     _check_records(data["categories"], _CAT_FIELDS, ann_file, "categories")

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from cspwrc.data.checks import CheckReport, DataError, ImageEntry, SampleReadError, load_image, verify_coco
 from cspwrc.data.transforms import apply_train_transform, build_train_transform, check_augment, letterbox, letterbox_boxes
+from cspwrc.errors import shorten
 
 log = logging.getLogger("cspwrc.data")
 
@@ -250,8 +251,8 @@ class CocoDetection(Dataset):
             try:
                 return index, self.load_letterboxed(index)
             except SampleReadError as e:
-                skipped.append(f"image id={self.ids[index]}: {e}")
-                log.warning("read failure, substituting another sample: %s", e)
+                skipped.append(f"image id={self.ids[index]}: {shorten(e, 300)}")
+                log.warning("read failure, substituting another sample: %s", skipped[-1])
                 index = int(rng.integers(len(self)))
         raise SampleReadError(f"{MAX_SUBSTITUTES} consecutive unreadable images; last: {skipped[-1]}")
 
@@ -262,7 +263,8 @@ class CocoDetection(Dataset):
             try:
                 image, boxes, labels, _, _ = self.load_letterboxed(int(index))
             except SampleReadError as e:
-                skipped.append(f"image id={self.ids[int(index)]}: {e}")
+                skipped.append(f"image id={self.ids[int(index)]}: {shorten(e, 300)}")
+                log.warning("read failure, mosaic uses another tile: %s", skipped[-1])  # logged as it is counted
                 continue
             partners.append({"image": image, "bboxes": boxes, "labels": labels})
         return partners
@@ -279,8 +281,7 @@ class CocoDetection(Dataset):
                 transform = self._transforms[use_mosaic] = build_train_transform(self.img, use_mosaic, **self.augment)
             transform.set_random_seed(int(rng.integers(2**31)))
             others = self._mosaic_partners(rng, skipped) if use_mosaic else None
-            image, boxes, labels = apply_train_transform(transform, image, boxes, labels, others, self.img,
-                                                         self.augment["min_box_size"])
+            image, boxes, labels = apply_train_transform(transform, image, boxes, labels, others)
         entry = self._entry(index)
         target: Target = {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)).reshape(-1, 4),

@@ -6,8 +6,9 @@ Boxes are ``float32 [N, 4]`` xyxy pixels throughout (albumentations ``pascal_voc
 Train order (YOLOv5/8-style): every image is letterboxed to ``img`` first, then
 ``Mosaic`` (2x2 grid of ``img`` cells, ``img`` crop around a random centre, other images via the
 ``mosaic_metadata`` key) -> ``Affine`` (scale/translate/rotate/shear, grey fill) -> ``ColorJitter``
-(HSV-like gains) -> ``HorizontalFlip``. Degenerate boxes are dropped by ``BboxParams`` and again by
-:func:`finalize_boxes` (clip to the image, min side, finite).
+(HSV-like gains) -> ``HorizontalFlip``. ``BboxParams`` clips boxes to the image and drops degenerate ones
+(``filter_invalid_bboxes``, ``min_width``/``min_height`` = ``min_box_size``, ``min_visibility``) after the whole
+pipeline, so no second filter follows it (the boxes entering it are finite: :mod:`cspwrc.data.checks`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 import albumentations as A
 import cv2
 import numpy as np
+
+from cspwrc.data.checks import check_keys, check_type
 
 # OpenCV's own thread pool does not survive fork(): a DataLoader worker forked after the parent used it can
 # hang in its first cv2 call (and parallelism comes from the workers anyway). Same choice as Ultralytics.
@@ -71,23 +74,9 @@ def letterbox_boxes(boxes: np.ndarray, scale: float, pad: tuple[float, float]) -
     return (boxes.astype(np.float32) * np.float32(scale) + offset).reshape(-1, 4)
 
 
-def finalize_boxes(boxes: np.ndarray, labels: np.ndarray, size: int, min_size: float = 1.0
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Clip ``[N, 4]`` xyxy boxes to a ``size`` square and drop non-finite ones or those with a side
-    below ``min_size``. Returns ``(boxes float32 [M, 4], labels int64 [M])``."""
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    finite = np.isfinite(boxes).all(axis=1)
-    boxes = np.clip(np.nan_to_num(boxes), 0, size)
-    keep = finite & (boxes[:, 2] - boxes[:, 0] >= min_size) & (boxes[:, 3] - boxes[:, 1] >= min_size)
-    return boxes[keep], labels[keep]
-
-
 def check_augment(augment: dict[str, Any] | None) -> dict[str, float]:
     """Merge an ``augment`` mapping over :data:`AUGMENT_DEFAULTS`; unknown keys raise ``ValueError``
     with the nearest valid key (the data config wraps this with the YAML file name)."""
-    from cspwrc.data.checks import check_keys, check_type  # local: checks imports nothing from here
-
     augment = dict(augment or {})
     check_keys(augment, AUGMENT_DEFAULTS, "augment", "augment")
     for key, value in augment.items():
@@ -122,15 +111,16 @@ def build_train_transform(img: int, use_mosaic: bool, **augment: float) -> A.Com
 
 
 def apply_train_transform(transform: A.Compose, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
-                          others: list[dict[str, Any]] | None, img: int, min_box_size: float
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                          others: list[dict[str, Any]] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run ``transform`` on one letterboxed sample (plus mosaic partners ``others``).
 
-    Returns ``(image uint8 [img, img, 3], boxes float32 [M, 4] xyxy, labels int64 [M])``.
+    Returns ``(image uint8 [img, img, 3], boxes float32 [M, 4] xyxy, labels int64 [M])``, the boxes clipped and
+    filtered by the transform's ``BboxParams``.
     """
     kwargs: dict[str, Any] = {"image": image, "bboxes": boxes.reshape(-1, 4), "labels": labels}
     if others is not None:
         kwargs["mosaic_metadata"] = others
     out = transform(**kwargs)
-    out_boxes, out_labels = finalize_boxes(out["bboxes"], out["labels"], img, min_box_size)
+    out_boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+    out_labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
     return np.ascontiguousarray(out["image"]), out_boxes, out_labels

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from cspwrc.engine.distributed import resolve_device
+
 TARGETS = ("backbone", "detector")
 MODE_FLAGS = ("eager", "folded", "channels_last", "jit", "ort", "compile", "fp16", "bf16", "cudagraph")
 RUNTIMES = ("jit", "ort", "compile", "cudagraph")  # mutually exclusive ways to run the (folded) model
@@ -520,7 +522,7 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = print) -
     """Measure everything in ``settings``; the returned dict is what the CLI writes as JSON."""
     for mode in settings.modes:
         parse_mode(mode)  # fail fast on a typo before minutes of measuring (a GPU-only mode on CPU: skipped rows)
-    device = torch.device(settings.device)
+    device = resolve_device(settings.device)  # a CUDA device on a machine without CUDA is an InputError (exit 2)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes per configuration: cuDNN tunes once, in the warm-up
     threads = set_threads(settings.threads)

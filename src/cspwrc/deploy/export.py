@@ -4,20 +4,28 @@ The exported graph is normalisation + backbone + neck + head + box decoding, i.e
 ``forward_raw``: ``images float32 [B, 3, S, S]`` (RGB in [0, 1], letterboxed to ``S``) ->
 ``raw float32 [B, A, 4 + C]`` (xyxy boxes in input pixels, then ``C`` class probabilities).
 
-NMS is deliberately *not* in the graph: ONNX ``NonMaxSuppression`` from ``torchvision.ops.nms`` exports only for
-batch 1 and its class-aware, multi-label top-k variant does not map cleanly onto it, so the graph keeps a
-dynamic batch and the caller runs :func:`cspwrc.deploy.postprocess.postprocess_numpy` (numpy only) afterwards.
+By default NMS is not in the graph (``torchvision.ops.nms`` exports only for batch 1): the caller runs
+:func:`cspwrc.deploy.postprocess.postprocess_numpy` (numpy only) afterwards. :class:`EndToEnd` +
+:func:`export_onnx_nms` (``export --nms``) put the whole post-processing in the graph instead, around one
+batched, per-class ONNX ``NonMaxSuppression`` node. Every ONNX file gets :func:`onnx_metadata`.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from torchvision.ops import nms
+
+from cspwrc import __version__ as cspwrc_version
+from cspwrc.atomic import write_bytes
+from cspwrc.det.postprocess import PostprocessCfg, postprocess
 
 ONNX_OPSET = 17
 INPUT_NAME = "images"
@@ -29,7 +37,7 @@ def deploy_model(detector: nn.Module) -> nn.Module:
     """A folded (BN + WRC), eval-mode copy of ``detector`` whose ``forward`` is ``forward_raw``; input untouched."""
     from cspwrc.det.detector import RawPredictions
 
-    return RawPredictions(copy.deepcopy(detector).fuse()).eval()
+    return RawPredictions(copy.deepcopy(detector).fold()).eval()
 
 
 def load_for_export(weights: str | Path | None = None, model: str | None = None,
@@ -132,3 +140,162 @@ def check_export(module: nn.Module, fmt: str, path: str | Path, img: int, batch:
                 _quiet_tracing()
                 actual = torch.jit.load(str(path))(images)
     return float((expected - actual).abs().max())
+
+
+# ------------------------------------------------------------------------------------------------ end-to-end NMS
+NMS_OUTPUTS = ("boxes", "scores", "labels", "batch_index")
+
+
+class _NonMaxSuppression(torch.autograd.Function):
+    """Per-class NMS: ``boxes [B, N, 4]``, ``scores [B, C, N]`` -> ``selected int64 [K, 3]`` (image, class, box).
+
+    Eager: :func:`torchvision.ops.nms` per image and class (used while tracing). Exported: one ONNX
+    ``NonMaxSuppression`` node, which keeps ``score > score_thresh`` and suppresses ``IoU > iou`` like torchvision.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, boxes: torch.Tensor, scores: torch.Tensor, max_per_class: int, iou: float,
+                score_thresh: float) -> torch.Tensor:
+        selected = [torch.zeros(0, 3, dtype=torch.int64)]
+        for b in range(scores.shape[0]):
+            for c in range(scores.shape[1]):
+                idx = (scores[b, c] > score_thresh).nonzero().flatten()
+                keep = idx[nms(boxes[b, idx], scores[b, c, idx], iou)][:max_per_class]
+                selected.append(torch.stack((torch.full_like(keep, b), torch.full_like(keep, c), keep), 1))
+        return torch.cat(selected)
+
+    @staticmethod
+    def symbolic(g: Any, boxes: Any, scores: Any, max_per_class: int, iou: float, score_thresh: float) -> Any:
+        def const(value: Any, dtype: torch.dtype) -> Any:
+            return g.op("Constant", value_t=torch.tensor([value], dtype=dtype))
+
+        return g.op("NonMaxSuppression", boxes, scores, const(max_per_class, torch.int64),
+                    const(iou, torch.float32), const(score_thresh, torch.float32))
+
+
+class EndToEnd(nn.Module):
+    """``raw_model`` (e.g. :func:`deploy_model`) + the detector's post-processing, exportable as one ONNX graph.
+
+    ``images float32 [B, 3, S, S]`` -> ``boxes float32 [K, 4]`` (xyxy input pixels, clipped to the image),
+    ``scores float32 [K]``, ``labels int64 [K]`` (contiguous class index), ``batch_index int64 [K]`` (which
+    image), grouped by image, best first, at most ``max_det`` per image: the detections of
+    :func:`cspwrc.det.postprocess.postprocess` with ``image_size=(S, S)`` (the same pre-NMS top-k, per-class NMS
+    and cap), so nothing is left to do but :func:`~cspwrc.deploy.postprocess.undo_letterbox_numpy`. The flat
+    layout with ``batch_index`` keeps the batch dynamic without padding.
+    """
+
+    def __init__(self, raw_model: nn.Module, img: int, score_thresh: float = PostprocessCfg.score_thresh,
+                 nms_iou: float = PostprocessCfg.nms_iou, max_det: int = PostprocessCfg.max_det,
+                 pre_nms_topk: int = PostprocessCfg.pre_nms_topk) -> None:
+        super().__init__()
+        self.raw_model, self.img = raw_model, img
+        self.score_thresh, self.nms_iou, self.max_det, self.pre_nms_topk = score_thresh, nms_iou, max_det, pre_nms_topk
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        raw = self.raw_model(images)  # [B, A, 4 + C]
+        boxes, probs = raw[..., :4].clamp(0, self.img), raw[..., 4:]
+        # postprocess's pre-NMS top-k over (point, class) pairs: zero every probability below the k-th largest.
+        flat = probs.flatten(1)
+        kth = flat.topk(min(self.pre_nms_topk, flat.shape[1]), dim=1).values[:, -1:]  # [B, 1]
+        scores = probs * (probs >= kth[:, :, None]).to(probs.dtype)  # [B, A, C]
+        selected = _NonMaxSuppression.apply(boxes, scores.transpose(1, 2).contiguous(), self.max_det, self.nms_iou,
+                                            self.score_thresh)
+        image, label, point = selected.unbind(1)
+        det_scores = scores[image, point, label]
+        # Group by image, best first (scores lie in [0, 1]), then keep each image's first max_det.
+        order = (image.to(det_scores.dtype) * 2 - det_scores).argsort()
+        image, label, point, det_scores = image[order], label[order], point[order], det_scores[order]
+        same = (image[:, None] == torch.arange(images.shape[0], device=image.device)[None]).to(torch.int64)
+        rank = (same.cumsum(0) * same).sum(1) - 1  # position of each detection within its image
+        keep = rank < self.max_det
+        return boxes[image[keep], point[keep]], det_scores[keep], label[keep], image[keep]
+
+
+def export_onnx_nms(module: nn.Module, path: str | Path, img: int, opset: int = ONNX_OPSET) -> Path:
+    """Write an :class:`EndToEnd` module as ONNX (dynamic batch; outputs :data:`NMS_OUTPUTS`, dynamic length)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    axes = {INPUT_NAME: {0: "batch"}, **{name: {0: "detections"} for name in NMS_OUTPUTS}}
+    with torch.no_grad(), warnings.catch_warnings():
+        _quiet_tracing()
+        # The gathers index with NonMaxSuppression's output, never negative: the exporter's caveat does not apply.
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing")
+        torch.onnx.export(module, (torch.rand(1, 3, img, img),), str(path), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=list(NMS_OUTPUTS), dynamic_axes=axes,
+                          do_constant_folding=True)
+    return path
+
+
+def run_onnx_nms(path: str | Path, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """Run an end-to-end ONNX file with onnxruntime on CPU: ``{boxes, scores, labels, batch_index}``."""
+    import onnxruntime as ort  # the optional [export] extra, like run_onnx
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(zip(NMS_OUTPUTS, session.run(list(NMS_OUTPUTS), {INPUT_NAME: images.numpy()})))
+
+
+def match_detections(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
+    """Largest box difference (pixels) after pairing each expected detection with the closest unused actual one
+    of the same label; ``inf`` when the counts differ. Pairing, not position: near-tied scores may swap order."""
+    if len(actual["labels"]) != len(expected["labels"]):
+        return float("inf")
+    if not len(expected["labels"]):
+        return 0.0
+    dist = np.abs(expected["boxes"][:, None] - actual["boxes"][None]).max(-1)  # [K, K]
+    dist[expected["labels"][:, None] != actual["labels"][None]] = np.inf
+    worst = 0.0
+    for row in dist:
+        j = int(row.argmin())
+        worst = max(worst, float(row[j]))
+        dist[:, j] = np.inf  # each actual detection pairs once
+    return worst
+
+
+def check_export_nms(module: EndToEnd, path: str | Path, images: torch.Tensor) -> float:
+    """Worst :func:`match_detections` between onnxruntime and :func:`postprocess` of the PyTorch raw output.
+
+    ``images [B, 3, S, S]`` in [0, 1]; ``inf`` when an image's detections differ in number or labels.
+    """
+    got = run_onnx_nms(path, images)
+    with torch.no_grad():
+        expected = postprocess(module.raw_model(images), module.score_thresh, module.nms_iou, module.max_det,
+                               module.pre_nms_topk, image_size=(module.img, module.img))
+    mine = [got["batch_index"] == b for b in range(len(expected))]
+    return max(match_detections({k: v[m] for k, v in got.items()}, {k: v.numpy() for k, v in exp.items()})
+               for m, exp in zip(mine, expected))
+
+
+# ------------------------------------------------------------------------------------------------ metadata
+def onnx_metadata(meta: dict[str, Any], img: int, stride: int, nms: EndToEnd | None = None) -> dict[str, str]:
+    """What a runtime needs to use the file without cspwrc: class names, input size and convention, outputs.
+
+    Values are strings (ONNX ``metadata_props``); lists and dicts are JSON. ``meta`` is a checkpoint's metadata.
+    """
+    num_classes = int(meta["num_classes"])
+    names = meta.get("class_names") or [str(i) for i in range(num_classes)]
+    outputs = ("boxes float32 [K, 4] xyxy input pixels, scores float32 [K], labels int64 [K] class index, "
+               "batch_index int64 [K]; at most max_det per image" if nms else
+               f"raw float32 [B, A, 4 + {num_classes}]: xyxy input pixels, then class probabilities (no NMS)")
+    return {
+        "producer": "cspwrc", "cspwrc_version": cspwrc_version, "model": str(meta.get("model", "")),
+        "names": json.dumps(list(names)),
+        "category_ids": json.dumps([int(c) for c in meta.get("category_ids", range(num_classes))]),
+        "imgsz": json.dumps([img, img]), "stride": str(stride),
+        "input": f"{INPUT_NAME} float32 [B, 3, {img}, {img}]: RGB in [0, 1], letterboxed (scale = min({img}/h, "
+                 f"{img}/w), centred, padded with 114/255)",
+        "outputs": outputs,
+        "nms": json.dumps({"score_thresh": nms.score_thresh, "iou": nms.nms_iou, "max_det": nms.max_det,
+                           "pre_nms_topk": nms.pre_nms_topk} if nms else None),
+    }
+
+
+def write_onnx_metadata(path: str | Path, metadata: dict[str, str]) -> None:
+    """Set ``metadata_props`` of an ONNX file (replacing old ones); read back with onnxruntime's
+    ``session.get_modelmeta().custom_metadata_map`` or :func:`cspwrc.deploy.postprocess.onnx_metadata_numpy`."""
+    import onnx  # the optional [export] extra
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    write_bytes(path, model.SerializeToString())

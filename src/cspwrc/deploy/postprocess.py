@@ -9,11 +9,12 @@ probabilities (sigmoid applied). :func:`postprocess_numpy` reproduces ``cspwrc.d
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["nms_numpy", "postprocess_numpy", "undo_letterbox_numpy"]
+__all__ = ["nms_numpy", "onnx_metadata_numpy", "postprocess_numpy", "undo_letterbox_numpy"]
 
 
 def nms_numpy(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.ndarray:
@@ -84,3 +85,17 @@ def undo_letterbox_numpy(
     h, w = int(orig_size[0]), int(orig_size[1])
     out = (boxes - np.asarray([left, top, left, top], dtype=boxes.dtype)) / np.float32(scale)
     return np.minimum(np.clip(out, 0, None), np.asarray([w, h, w, h], dtype=boxes.dtype))
+
+
+def onnx_metadata_numpy(session: object) -> dict[str, object]:
+    """The metadata of an exported cspwrc ONNX file from an ``onnxruntime.InferenceSession``, JSON values decoded:
+    ``names`` (list), ``imgsz`` ([S, S]), ``stride``, ``category_ids``, ``nms`` (dict, or None: run
+    :func:`postprocess_numpy`), ``input``/``outputs`` (text), ``cspwrc_version``, ``model``."""
+    props = session.get_modelmeta().custom_metadata_map  # type: ignore[attr-defined]
+    out: dict[str, object] = {}
+    for key, value in props.items():
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value  # plain text (input, outputs, model, version)
+    return out

@@ -6,16 +6,16 @@ Modules in data-flow order: :mod:`.neck` (PAN), :mod:`.head` (decoupled DFL head
 """
 
 from .adapters import TimmBackboneWithFPN, fasterrcnn_timm, fcos_timm, retinanet_timm, timm_fpn_backbone
-from .assigner import Assignment, AtssAssigner, TaskAlignedAssigner
-from .detector import DetectorConfig, RawPredictions, YoloDetector, build_detector
-from .head import DecoupledHead, dfl_decode, make_anchor_points
-from .loss import DetectionLoss
-from .neck import YoloPan
-from .postprocess import postprocess, undo_letterbox
+from .assigner import AssignerCfg, Assignment, AtssAssigner, TaskAlignedAssigner
+from .detector import BackboneCfg, DetectorConfig, RawPredictions, YoloDetector, build_detector
+from .head import DecoupledHead, HeadCfg, dfl_decode, make_anchor_points
+from .loss import DetectionLoss, LossCfg
+from .neck import NeckCfg, YoloPan
+from .postprocess import PostprocessCfg, postprocess, undo_letterbox
 
 __all__ = [
     "Assignment", "AtssAssigner", "TaskAlignedAssigner", "DetectorConfig", "RawPredictions", "YoloDetector",
     "build_detector", "DecoupledHead", "dfl_decode", "make_anchor_points", "DetectionLoss", "YoloPan",
     "postprocess", "undo_letterbox", "TimmBackboneWithFPN", "timm_fpn_backbone", "fcos_timm", "retinanet_timm",
-    "fasterrcnn_timm",
+    "fasterrcnn_timm", "AssignerCfg", "BackboneCfg", "HeadCfg", "LossCfg", "NeckCfg", "PostprocessCfg",
 ]

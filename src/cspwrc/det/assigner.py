@@ -15,6 +15,7 @@ points over all levels, ``C`` classes. Boxes are xyxy pixels of the input image.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -22,7 +23,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
-__all__ = ["Assignment", "AtssAssigner", "TaskAlignedAssigner", "points_in_boxes"]
+__all__ = ["AssignerCfg", "Assignment", "AtssAssigner", "TaskAlignedAssigner", "points_in_boxes"]
+
+
+@dataclass
+class AssignerCfg:
+    """Which assigner runs when, and their parameters (the one place their defaults are stated).
+
+    Attributes:
+        static_epochs: epochs ``< this`` use :class:`AtssAssigner`, later ones :class:`TaskAlignedAssigner`.
+        tal_topk / tal_alpha / tal_beta: TAL's ``topk`` and alignment exponents.
+        atss_topk: ATSS candidates per level.
+    """
+
+    static_epochs: int = 4
+    tal_topk: int = 10
+    tal_alpha: float = 0.5
+    tal_beta: float = 6.0
+    atss_topk: int = 9
 
 
 class Assignment(NamedTuple):
@@ -94,7 +112,7 @@ class AtssAssigner(nn.Module):
     is silently left without a positive.
     """
 
-    def __init__(self, num_classes: int, topk: int = 9, anchor_scale: float = 5.0) -> None:
+    def __init__(self, num_classes: int, topk: int = AssignerCfg.atss_topk, anchor_scale: float = 5.0) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.topk = topk
@@ -162,7 +180,12 @@ class TaskAlignedAssigner(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, topk: int = 10, alpha: float = 0.5, beta: float = 6.0, eps: float = 1e-9
+        self,
+        num_classes: int,
+        topk: int = AssignerCfg.tal_topk,
+        alpha: float = AssignerCfg.tal_alpha,
+        beta: float = AssignerCfg.tal_beta,
+        eps: float = 1e-9,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes

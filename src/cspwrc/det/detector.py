@@ -5,14 +5,18 @@ Data flow: images ``[B, 3, H, W]`` in ``[0, 1]`` → normalise (backbone ``pretr
 :class:`~cspwrc.det.head.DecoupledHead` → decode (anchor points + DFL) →
 train: :class:`~cspwrc.det.loss.DetectionLoss`; eval: :func:`~cspwrc.det.postprocess.postprocess`.
 
-All options live in :class:`DetectorConfig`, whose fields are exactly the keyword arguments of
-:func:`build_detector`, so a YAML ``model:`` section can be passed straight through, and
+All options live in :class:`DetectorConfig`, one small config per part; :func:`build_detector` takes them as
+flat keyword arguments (:data:`FLAT_KEYS`), so a YAML ``model:`` section can be passed straight through, and
 ``build_detector(**model.config)`` rebuilds the architecture of a trained model (then load its weights).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
+import re
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,92 +26,176 @@ import torch
 from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
 from torch import Tensor, nn
 
-from cspwrc.layers import fuse_model
+from cspwrc.backbone import CspWrcCfg
+from cspwrc.errors import ConfigError
+from cspwrc.layers import Foldable, fold_model
+from cspwrc.validate import Fault, check_value, unknown_key
+from cspwrc.weights import feature_key
 
-from .head import DecoupledHead, dfl_decode, make_anchor_points
-from .loss import DetectionLoss
-from .neck import YoloPan
-from .postprocess import postprocess
+from .head import DecoupledHead, HeadCfg, dfl_decode, make_anchor_points
+from .loss import DetectionLoss, LossCfg
+from .neck import NeckCfg, YoloPan
+from .postprocess import PostprocessCfg, postprocess
 
 __all__ = [
-    "DetectorConfig", "YoloDetector", "RawPredictions", "build_detector", "create_feature_backbone",
-    "freeze_first_levels", "select_feature_levels",
+    "BackboneCfg", "DetectorConfig", "FLAT_KEYS", "YoloDetector", "RawPredictions", "build_detector",
+    "create_feature_backbone", "freeze_first_levels", "select_feature_levels", "supported_backbone_kwargs",
 ]
 
 LEVEL_REDUCTIONS = (8, 16, 32)
 
+log = logging.getLogger("cspwrc.det")
+
+# How Python names a keyword argument a constructor does not take (timm models and their cfg dataclasses alike).
+_UNEXPECTED_KWARG = re.compile(r"unexpected keyword argument '(\w+)'")
+# Options of the cspwrc backbones (wrc_weights, wrc_normalize, ...): dropped where a backbone does not take them.
+CSPWRC_OPTIONS = frozenset(f.name for f in dataclasses.fields(CspWrcCfg))
+
 
 @dataclass
-class DetectorConfig:
-    """Every option of :func:`build_detector` (field name = keyword argument). JSON/YAML friendly types only.
+class BackboneCfg:
+    """The timm feature backbone (:func:`create_feature_backbone`).
 
-    Backbone:
-        backbone: timm model name (``cspwrc_s``, ``cs3darknet_s``, ``resnet18``, ...; ``import cspwrc`` registers
-            the ``cspwrc_*`` family). pretrained / pretrained_cfg_overlay: passed to ``timm.create_model``
+    Attributes:
+        name: timm model name (``cspwrc_s``, ``cs3darknet_s``, ``resnet18``, ...; ``import cspwrc`` registers
+            the ``cspwrc_*`` family).
+        pretrained / pretrained_cfg_overlay: passed to ``timm.create_model``
             (``pretrained_cfg_overlay=dict(file="/path/ckpt.pth")`` loads a local file).
-        backbone_kwargs: extra ``timm.create_model`` kwargs (``drop_path_rate``, ``wrc_normalize``, ...).
+        kwargs: extra ``timm.create_model`` kwargs (``drop_path_rate``, ``wrc_normalize``, ...).
         freeze_bn: convert the backbone's BatchNorm to timm's ``FrozenBatchNorm2d`` / ``FrozenBatchNormAct2d``.
         freeze_stages: freeze (no grad, frozen BN) the modules that compute the first N levels of the
             backbone's ``feature_info`` (level 1 is the stem for timm CNNs: ``resnet18`` with 2 = stem + layer1).
-        sync_bn: convert BatchNorm to SyncBatchNorm with timm's converter (keeps timm's fused activations).
-    Neck:
-        neck_channels: widths of P3-P5 (default: the backbone's, capped at 1024). neck_depth: bottlenecks per
-            CSP stage (default from the P5 width). neck_shortcut / neck_wrc_weights / neck_wrc_normalize: WRC
-            shortcuts in the neck's CSP stages. sppf_kernel: SPPF pool size. act_layer: neck and head activation.
-    Head:
-        reg_max: DFL bins per box side. prior_prob: initial class probability.
-    Loss:
-        cls_loss ``"bce" | "varifocal"``, iou_loss ``"ciou" | "giou"``, cls_weight / box_weight / dfl_weight,
-        static_assigner_epochs (ATSS before, TAL from this epoch on), tal_topk / tal_alpha / tal_beta, atss_topk.
-    Post-processing (eval mode; may be changed on ``model.cfg`` at any time):
-        score_thresh, nms_iou, max_det, pre_nms_topk (see :func:`~cspwrc.det.postprocess.postprocess`).
     """
 
-    backbone: str = "cspwrc_s"
-    num_classes: int = 80
+    name: str = "cspwrc_s"
     pretrained: bool = False
     pretrained_cfg_overlay: dict[str, Any] | None = None
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, Any] = field(default_factory=dict)
     freeze_bn: bool = False
     freeze_stages: int = 0
+
+
+# The flat keyword arguments of build_detector (also the keys of ``model.config`` and of a checkpoint's
+# ``options``) -> the field(s) of DetectorConfig they set. ``act_layer`` sets the neck's and the head's.
+FLAT_KEYS: dict[str, tuple[str, ...]] = {
+    "backbone": ("backbone.name",),
+    "num_classes": ("num_classes",),
+    "pretrained": ("backbone.pretrained",),
+    "pretrained_cfg_overlay": ("backbone.pretrained_cfg_overlay",),
+    "backbone_kwargs": ("backbone.kwargs",),
+    "freeze_bn": ("backbone.freeze_bn",),
+    "freeze_stages": ("backbone.freeze_stages",),
+    "sync_bn": ("sync_bn",),
+    "neck_channels": ("neck.channels",),
+    "neck_depth": ("neck.depth",),
+    "neck_shortcut": ("neck.shortcut",),
+    "neck_wrc_weights": ("neck.wrc_weights",),
+    "neck_wrc_normalize": ("neck.wrc_normalize",),
+    "sppf_kernel": ("neck.sppf_kernel",),
+    "act_layer": ("neck.act_layer", "head.act_layer"),
+    "reg_max": ("head.reg_max",),
+    "prior_prob": ("head.prior_prob",),
+    "cls_loss": ("loss.cls_loss",),
+    "iou_loss": ("loss.iou_loss",),
+    "cls_weight": ("loss.cls_weight",),
+    "box_weight": ("loss.box_weight",),
+    "dfl_weight": ("loss.dfl_weight",),
+    "static_assigner_epochs": ("loss.assigner.static_epochs",),
+    "tal_topk": ("loss.assigner.tal_topk",),
+    "tal_alpha": ("loss.assigner.tal_alpha",),
+    "tal_beta": ("loss.assigner.tal_beta",),
+    "atss_topk": ("loss.assigner.atss_topk",),
+    "score_thresh": ("post.score_thresh",),
+    "nms_iou": ("post.nms_iou",),
+    "max_det": ("post.max_det",),
+    "pre_nms_topk": ("post.pre_nms_topk",),
+}
+
+
+def _get_dotted(obj: Any, dotted: str) -> Any:
+    for name in filter(None, dotted.split(".")):
+        obj = getattr(obj, name)
+    return obj
+
+
+def _set_dotted(obj: Any, dotted: str, value: Any) -> None:
+    parent, _, name = dotted.rpartition(".")
+    setattr(_get_dotted(obj, parent), name, value)
+
+
+@dataclass
+class DetectorConfig:
+    """The detector's options, one small config per part (as timm's ``CspModelCfg`` nests ``CspStagesCfg``).
+
+    Each default is stated once, in the part's config: :class:`BackboneCfg`, :class:`~cspwrc.det.neck.NeckCfg`,
+    :class:`~cspwrc.det.head.HeadCfg`, :class:`~cspwrc.det.loss.LossCfg` (with
+    :class:`~cspwrc.det.assigner.AssignerCfg`) and :class:`~cspwrc.det.postprocess.PostprocessCfg`.
+
+    Users pass *flat* keyword arguments (``build_detector(reg_max=8, score_thresh=0.25)``; the table
+    :data:`FLAT_KEYS` maps each to its field); :meth:`from_kwargs` builds the nested config from them and
+    :meth:`flat` returns them (the form a YAML ``model.options`` section and a checkpoint's metadata hold).
+    A flat name also reads and writes on the config itself (``model.cfg.score_thresh = 0.25``): the
+    post-processing options may be changed on ``model.cfg`` at any time. ``sync_bn`` converts BatchNorm to
+    SyncBatchNorm with timm's converter (keeps timm's fused activations).
+    """
+
+    num_classes: int = 80
+    backbone: BackboneCfg = field(default_factory=BackboneCfg)
+    neck: NeckCfg = field(default_factory=NeckCfg)
+    head: HeadCfg = field(default_factory=HeadCfg)
+    loss: LossCfg = field(default_factory=LossCfg)
+    post: PostprocessCfg = field(default_factory=PostprocessCfg)
     sync_bn: bool = False
-    neck_channels: list[int] | None = None
-    neck_depth: int | None = None
-    neck_shortcut: bool = False
-    neck_wrc_weights: str = "scalar"
-    neck_wrc_normalize: str = "none"
-    sppf_kernel: int = 5
-    act_layer: str = "silu"
-    reg_max: int = 16
-    prior_prob: float = 0.01
-    cls_loss: str = "bce"
-    iou_loss: str = "ciou"
-    cls_weight: float = 0.5
-    box_weight: float = 7.5
-    dfl_weight: float = 1.5
-    static_assigner_epochs: int = 4
-    tal_topk: int = 10
-    tal_alpha: float = 0.5
-    tal_beta: float = 6.0
-    atss_topk: int = 9
-    score_thresh: float = 0.001
-    nms_iou: float = 0.6
-    max_det: int = 300
-    pre_nms_topk: int = 3000
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> DetectorConfig:
-        """Like ``DetectorConfig(**kwargs)`` but an unknown key is a ``ValueError`` that lists the valid ones."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(kwargs) - names)
-        if unknown:
-            raise ValueError(f"unknown detector option(s) {unknown}; valid options: {sorted(names)}")
-        cfg = cls(**kwargs)
-        if cfg.neck_channels is not None:
-            cfg.neck_channels = [int(c) for c in cfg.neck_channels]
-            if len(cfg.neck_channels) != 3:
-                raise ValueError(f"neck_channels needs 3 values (P3, P4, P5), got {cfg.neck_channels}")
+        """The config with the given flat options (:data:`FLAT_KEYS`) set.
+
+        Checked with :mod:`cspwrc.validate` against the part configs' field types: an unknown key (with the
+        nearest valid one) or a wrong type is a :class:`~cspwrc.errors.ConfigError` (a ``ValueError``).
+        """
+        cfg = cls()
+        for key, value in kwargs.items():
+            if key not in FLAT_KEYS:
+                raise ConfigError(unknown_key(key, FLAT_KEYS, "detector option"))
+            parent_path, _, name = FLAT_KEYS[key][0].rpartition(".")
+            try:
+                value = check_value(value, typing.get_type_hints(type(_get_dotted(cfg, parent_path)))[name])
+            except Fault as fault:
+                raise ConfigError(f"detector option {key!r}: {fault}") from None
+            cfg.set_flat(key, value)
+        if cfg.neck.channels is not None and len(cfg.neck.channels) != 3:
+            raise ConfigError(f"detector option 'neck_channels': needs 3 values (P3, P4, P5), got {cfg.neck.channels}")
         return cfg
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The flat keyword arguments :meth:`from_kwargs` accepts (what a config checker validates against)."""
+        return list(FLAT_KEYS)
+
+    def set_flat(self, key: str, value: Any) -> None:
+        """Set flat option ``key`` (a :data:`FLAT_KEYS` name) on the nested fields it stands for."""
+        for dotted in FLAT_KEYS[key]:
+            _set_dotted(self, dotted, value)
+
+    def flat(self) -> dict[str, Any]:
+        """All options as flat keyword arguments: ``DetectorConfig.from_kwargs(**cfg.flat())`` equals ``cfg``."""
+        return {key: copy.deepcopy(_get_dotted(self, paths[0])) for key, paths in FLAT_KEYS.items()}
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: flat names (``cfg.score_thresh``) read their nested field.
+        if name in FLAT_KEYS and name not in _FIELD_NAMES:
+            return _get_dotted(self, FLAT_KEYS[name][0])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in FLAT_KEYS and name not in _FIELD_NAMES:
+            self.set_flat(name, value)
+        else:
+            super().__setattr__(name, value)
+
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(DetectorConfig))
 
 
 def select_feature_levels(
@@ -127,6 +215,32 @@ def select_feature_levels(
     return indices
 
 
+def _meta_probe(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """A ``features_only`` model on the meta device (no memory, no weights) and the ``kwargs`` it accepted.
+
+    A cspwrc option the model does not take (``wrc_normalize`` for ``resnet18``) is dropped with a logged note, so
+    that the default recipe's ``backbone_kwargs`` never break another timm model. Any other unknown kwarg (a typo)
+    still raises the model's own ``TypeError``.
+    """
+    kept = dict(kwargs)
+    while True:
+        try:
+            with torch.device("meta"):
+                return timm.create_model(name, features_only=True, pretrained=False, **kept), kept
+        except TypeError as err:
+            match = _UNEXPECTED_KWARG.search(str(err))
+            if match is None or match.group(1) not in kept or match.group(1) not in CSPWRC_OPTIONS:
+                raise
+            del kept[match.group(1)]
+            log.warning("note: backbone %s does not take backbone_kwargs.%s=%r; dropped (it only applies to "
+                        "backbones that accept it, e.g. cspwrc_*)", name, match.group(1), kwargs[match.group(1)])
+
+
+def supported_backbone_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``kwargs`` that ``timm.create_model(name, ...)`` accepts (the rest is dropped with a note)."""
+    return _meta_probe(name, kwargs)[1]
+
+
 def create_feature_backbone(
     name: str,
     reductions: Sequence[int] = LEVEL_REDUCTIONS,
@@ -140,10 +254,10 @@ def create_feature_backbone(
 
     The levels are found from ``feature_info`` of a probe built on the meta device (no memory, no weights), so
     the real model is created (and pretrained weights loaded) once, with exactly those ``out_indices``.
-    ``freeze_bn`` / ``freeze_stages``: see :class:`DetectorConfig`. ``kwargs`` go to ``timm.create_model``.
+    ``freeze_bn`` / ``freeze_stages``: see :class:`BackboneCfg`. ``kwargs`` go to ``timm.create_model``,
+    those the model does not accept are dropped with a logged note (:func:`supported_backbone_kwargs`).
     """
-    with torch.device("meta"):
-        probe = timm.create_model(name, features_only=True, pretrained=False, **kwargs)
+    probe, kwargs = _meta_probe(name, kwargs)
     indices = select_feature_levels(probe.feature_info.reduction(), name, reductions)
     if pretrained_cfg_overlay:
         kwargs["pretrained_cfg_overlay"] = dict(pretrained_cfg_overlay)
@@ -158,7 +272,7 @@ def freeze_first_levels(backbone: nn.Module, num_levels: int) -> None:
     """Freeze the modules that compute feature levels ``0 .. num_levels - 1`` of ``backbone.feature_info``.
 
     timm feature wrappers keep the original modules in forward order but may flatten names (``stages.0`` →
-    ``stages_0``), so names are compared with dots replaced by underscores. Modules are visited in registration
+    ``stages_0``), so names are compared by :func:`cspwrc.weights.feature_key`. Modules are visited in registration
     order (= forward order for timm CNNs) up to the end of the last frozen level's module.
     """
     if num_levels <= 0:
@@ -166,7 +280,7 @@ def freeze_first_levels(backbone: nn.Module, num_levels: int) -> None:
     info = backbone.feature_info.info
     if num_levels > len(info):
         raise ValueError(f"freeze_stages={num_levels} but the backbone has only {len(info)} feature levels")
-    target = info[num_levels - 1]["module"].replace(".", "_")
+    target = feature_key(info[num_levels - 1]["module"])
     frozen: list[str] = []
     found: str | None = None
     for name, module in backbone.named_modules():
@@ -177,7 +291,7 @@ def freeze_first_levels(backbone: nn.Module, num_levels: int) -> None:
         frozen.append(name)
         for p in module.parameters(recurse=False):
             p.requires_grad_(False)
-        if found is None and name.replace(".", "_") == target:
+        if found is None and feature_key(name) == target:
             found = name
     if found is None:
         raise ValueError(f"freeze_stages: module {info[num_levels - 1]['module']!r} not found in the backbone")
@@ -190,7 +304,7 @@ def freeze_first_levels(backbone: nn.Module, num_levels: int) -> None:
             setattr(parent, child, freeze_batch_norm_2d(module))
 
 
-class YoloDetector(nn.Module):
+class YoloDetector(Foldable, nn.Module):
     """Anchor-free YOLO-style detector; build it with :func:`build_detector`.
 
     * ``model.train(); model(images, targets)`` → ``{"loss_cls", "loss_box", "loss_dfl", "loss"}`` (weighted;
@@ -203,15 +317,19 @@ class YoloDetector(nn.Module):
 
     def __init__(self, cfg: DetectorConfig) -> None:
         super().__init__()
+        # The saved config (``model.config``) keeps only the backbone options that were applied.
+        cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(
+            cfg.backbone, kwargs=supported_backbone_kwargs(cfg.backbone.name, cfg.backbone.kwargs)))
         self.cfg = cfg
+        bcfg = cfg.backbone
         self.backbone = create_feature_backbone(
-            cfg.backbone,
+            bcfg.name,
             LEVEL_REDUCTIONS,
-            pretrained=cfg.pretrained,
-            pretrained_cfg_overlay=cfg.pretrained_cfg_overlay,
-            freeze_bn=cfg.freeze_bn,
-            freeze_stages=cfg.freeze_stages,
-            **cfg.backbone_kwargs,
+            pretrained=bcfg.pretrained,
+            pretrained_cfg_overlay=bcfg.pretrained_cfg_overlay,
+            freeze_bn=bcfg.freeze_bn,
+            freeze_stages=bcfg.freeze_stages,
+            **bcfg.kwargs,
         )
         backbone_channels = self.backbone.feature_info.channels()
         self.strides = tuple(self.backbone.feature_info.reduction())
@@ -221,38 +339,9 @@ class YoloDetector(nn.Module):
         # Non-persistent: they follow the backbone name, not the checkpoint.
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.neck = YoloPan(
-            backbone_channels,
-            cfg.neck_channels,
-            cfg.neck_depth,
-            shortcut=cfg.neck_shortcut,
-            wrc_weights=cfg.neck_wrc_weights,
-            wrc_normalize=cfg.neck_wrc_normalize,
-            sppf_kernel=cfg.sppf_kernel,
-            act_layer=cfg.act_layer,
-        )
-        self.head = DecoupledHead(
-            self.neck.out_channels,
-            cfg.num_classes,
-            strides=self.strides,
-            reg_max=cfg.reg_max,
-            prior_prob=cfg.prior_prob,
-            act_layer=cfg.act_layer,
-        )
-        self.criterion = DetectionLoss(
-            cfg.num_classes,
-            reg_max=cfg.reg_max,
-            cls_loss=cfg.cls_loss,
-            iou_loss=cfg.iou_loss,
-            cls_weight=cfg.cls_weight,
-            box_weight=cfg.box_weight,
-            dfl_weight=cfg.dfl_weight,
-            static_assigner_epochs=cfg.static_assigner_epochs,
-            tal_topk=cfg.tal_topk,
-            tal_alpha=cfg.tal_alpha,
-            tal_beta=cfg.tal_beta,
-            atss_topk=cfg.atss_topk,
-        )
+        self.neck = YoloPan(backbone_channels, cfg.neck)
+        self.head = DecoupledHead(self.neck.out_channels, cfg.num_classes, strides=self.strides, cfg=cfg.head)
+        self.criterion = DetectionLoss(cfg.num_classes, reg_max=cfg.head.reg_max, cfg=cfg.loss)
         if cfg.sync_bn:
             for name in ("backbone", "neck", "head"):
                 setattr(self, name, convert_sync_batchnorm(getattr(self, name)))
@@ -269,12 +358,13 @@ class YoloDetector(nn.Module):
         ``sync_bn=False``): a checkpoint's weights are loaded after building, and the state dict keys do not
         depend on them.
         """
-        cfg = dataclasses.asdict(self.cfg)
+        cfg = self.cfg.flat()
         cfg.update(pretrained=False, pretrained_cfg_overlay=None, sync_bn=False)
         return cfg
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell the loss the current (0-based) epoch: ATSS while ``epoch < static_assigner_epochs``, then TAL."""
+        """Tell the loss the current (0-based) epoch: ATSS while ``epoch < static_assigner_epochs``
+        (``cfg.loss.assigner.static_epochs``), then TAL."""
         self.criterion.epoch = int(epoch)
 
     def forward_features(self, images: Tensor) -> list[Tensor]:
@@ -315,24 +405,18 @@ class YoloDetector(nn.Module):
             counts = [o.shape[-2] * o.shape[-1] for o in outs]
             return self.criterion(cls_logits, box_logits, boxes, points, stride_per_point, counts, targets)
         raw = self.forward_raw(images)
-        return postprocess(
-            raw,
-            score_thresh=self.cfg.score_thresh,
-            nms_iou=self.cfg.nms_iou,
-            max_det=self.cfg.max_det,
-            pre_nms_topk=self.cfg.pre_nms_topk,
-            image_size=(images.shape[-2], images.shape[-1]),
-        )
+        return postprocess(raw, **dataclasses.asdict(self.cfg.post), image_size=(images.shape[-2], images.shape[-1]))
 
-    def fuse(self) -> YoloDetector:
+    def fold(self) -> YoloDetector:
         """Fold BatchNorm (and WRC weights) into convs for inference, in place; puts the model in eval mode.
 
-        Equivalent to ``timm.utils.reparameterize_model`` plus folding of any remaining timm ``ConvNormAct``
-        (:func:`cspwrc.layers.fuse_model`). A fused model can no longer be trained.
+        :func:`cspwrc.layers.fold_model` on the backbone, neck and head (``timm.utils.reparameterize_model`` plus
+        any remaining timm ``ConvNormAct``). ``model.fuse()`` is the same (timm's name). A folded model can no
+        longer be trained.
         """
         self.eval()
         for name in ("backbone", "neck", "head"):
-            setattr(self, name, fuse_model(getattr(self, name), inplace=True))
+            setattr(self, name, fold_model(getattr(self, name), inplace=True))
         return self
 
 
@@ -352,7 +436,8 @@ class RawPredictions(nn.Module):
 
 
 def build_detector(backbone: str = "cspwrc_s", num_classes: int = 80, **opts: Any) -> YoloDetector:
-    """Build a :class:`YoloDetector`; ``opts`` are the other :class:`DetectorConfig` fields.
+    """Build a :class:`YoloDetector`; ``opts`` are the other flat options (:data:`FLAT_KEYS`, set into
+    :class:`DetectorConfig` by :meth:`DetectorConfig.from_kwargs`).
 
     Example: ``build_detector("cs3darknet_s", num_classes=3, pretrained=True, static_assigner_epochs=2)``.
     """

@@ -18,13 +18,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from cspwrc.layers import FusableConvNormAct
+from cspwrc.layers import FoldableConvNormAct
 
-__all__ = ["DecoupledHead", "make_anchor_points", "dfl_decode"]
+__all__ = ["HeadCfg", "DecoupledHead", "make_anchor_points", "dfl_decode"]
+
+
+@dataclass
+class HeadCfg:
+    """Options of :class:`DecoupledHead`.
+
+    Attributes:
+        reg_max: DFL bins per box side (see module docstring); the loss uses the same value.
+        prior_prob: initial foreground probability of every class logit; ``bias = -log((1 - p) / p)``
+            (RetinaNet), so the thousands of background points do not swamp the loss in the first steps.
+        cls_channels / box_channels: branch widths; ``None`` follows YOLOv8 (``max(C3, min(C, 100))`` and
+            ``max(16, C3 // 4, 4 * reg_max)`` with ``C3`` the P3 width).
+        act_layer / norm_layer: timm layer names of the conv-norm-act layers.
+    """
+
+    reg_max: int = 16
+    prior_prob: float = 0.01
+    cls_channels: int | None = None
+    box_channels: int | None = None
+    act_layer: str = "silu"
+    norm_layer: str = "batchnorm"
 
 
 def make_anchor_points(
@@ -76,8 +98,8 @@ class _Branch(nn.Sequential):
 
     def __init__(self, in_chs: int, mid_chs: int, out_chs: int, act_layer: str, norm_layer: str) -> None:
         super().__init__(
-            FusableConvNormAct(in_chs, mid_chs, 3, act_layer=act_layer, norm_layer=norm_layer),
-            FusableConvNormAct(mid_chs, mid_chs, 3, act_layer=act_layer, norm_layer=norm_layer),
+            FoldableConvNormAct(in_chs, mid_chs, 3, act_layer=act_layer, norm_layer=norm_layer),
+            FoldableConvNormAct(mid_chs, mid_chs, 3, act_layer=act_layer, norm_layer=norm_layer),
             nn.Conv2d(mid_chs, out_chs, 1),
         )
 
@@ -89,11 +111,7 @@ class DecoupledHead(nn.Module):
         in_channels: channels of each input level (P3, P4, P5).
         num_classes: number of classes ``C``.
         strides: stride of each level.
-        reg_max: DFL bins per box side (see module docstring).
-        prior_prob: initial foreground probability of every class logit; ``bias = -log((1 - p) / p)``
-            (RetinaNet), so the thousands of background points do not swamp the loss in the first steps.
-        cls_channels / box_channels: branch widths; default follows YOLOv8 (``max(C3, min(C, 100))`` and
-            ``max(16, C3 // 4, 4 * reg_max)`` with ``C3`` the P3 width).
+        cfg: head options (default :class:`HeadCfg`).
     """
 
     def __init__(
@@ -101,14 +119,11 @@ class DecoupledHead(nn.Module):
         in_channels: Sequence[int],
         num_classes: int,
         strides: Sequence[int] = (8, 16, 32),
-        reg_max: int = 16,
-        prior_prob: float = 0.01,
-        cls_channels: int | None = None,
-        box_channels: int | None = None,
-        act_layer: str = "silu",
-        norm_layer: str = "batchnorm",
+        cfg: HeadCfg | None = None,
     ) -> None:
         super().__init__()
+        cfg = cfg or HeadCfg()
+        reg_max, act_layer, norm_layer = cfg.reg_max, cfg.act_layer, cfg.norm_layer
         if len(in_channels) != len(strides):
             raise ValueError(f"in_channels {tuple(in_channels)} and strides {tuple(strides)} differ in length")
         if reg_max < 2:
@@ -117,15 +132,15 @@ class DecoupledHead(nn.Module):
         self.reg_max = reg_max
         self.strides = tuple(int(s) for s in strides)
         c3 = in_channels[0]
-        cls_channels = cls_channels or max(c3, min(num_classes, 100))
-        box_channels = box_channels or max(16, c3 // 4, 4 * reg_max)
+        cls_channels = cfg.cls_channels or max(c3, min(num_classes, 100))
+        box_channels = cfg.box_channels or max(16, c3 // 4, 4 * reg_max)
         self.box_branches = nn.ModuleList(
             _Branch(c, box_channels, 4 * reg_max, act_layer, norm_layer) for c in in_channels
         )
         self.cls_branches = nn.ModuleList(
             _Branch(c, cls_channels, num_classes, act_layer, norm_layer) for c in in_channels
         )
-        self.init_bias(prior_prob)
+        self.init_bias(cfg.prior_prob)
 
     @torch.no_grad()
     def init_bias(self, prior_prob: float) -> None:

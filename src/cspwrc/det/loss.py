@@ -9,6 +9,7 @@ trusts most pull hardest. Images without boxes contribute background-only classi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -16,9 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import complete_box_iou_loss, generalized_box_iou_loss
 
-from .assigner import Assignment, AtssAssigner, TaskAlignedAssigner
+from .assigner import AssignerCfg, Assignment, AtssAssigner, TaskAlignedAssigner
+from .head import HeadCfg
 
-__all__ = ["DetectionLoss", "varifocal_loss", "dfl_loss", "pad_targets"]
+__all__ = ["LossCfg", "DetectionLoss", "varifocal_loss", "dfl_loss", "pad_targets"]
 
 
 def pad_targets(targets: Sequence[dict[str, Tensor]], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -70,52 +72,52 @@ def dfl_loss(box_logits: Tensor, target_dist: Tensor) -> Tensor:
     return -(lp_left * (1 - w_right) + lp_right * w_right).mean(-1)
 
 
+@dataclass
+class LossCfg:
+    """Loss terms and weights (YOLOv8 weights 0.5 / 7.5 / 1.5), and the assigners (:class:`AssignerCfg`).
+
+    Attributes:
+        cls_loss: ``"bce"`` or ``"varifocal"``.
+        iou_loss: ``"ciou"`` or ``"giou"`` (torchvision.ops).
+        cls_weight / box_weight / dfl_weight: multipliers of the three terms.
+    """
+
+    cls_loss: Literal["bce", "varifocal"] = "bce"
+    iou_loss: Literal["ciou", "giou"] = "ciou"
+    cls_weight: float = 0.5
+    box_weight: float = 7.5
+    dfl_weight: float = 1.5
+    assigner: AssignerCfg = field(default_factory=AssignerCfg)
+
+
 class DetectionLoss(nn.Module):
     """Assign, then compute the weighted losses.
 
     Args:
         num_classes: classes ``C``.
-        reg_max: DFL bins per side.
-        cls_loss: ``"bce"`` or ``"varifocal"``.
-        iou_loss: ``"ciou"`` or ``"giou"`` (torchvision.ops).
-        cls_weight / box_weight / dfl_weight: loss weights (YOLOv8 defaults 0.5 / 7.5 / 1.5).
-        static_assigner_epochs: epochs ``< this`` use :class:`AtssAssigner`, later ones TAL.
-        tal_topk / tal_alpha / tal_beta: :class:`TaskAlignedAssigner` parameters; atss_topk for ATSS.
+        reg_max: DFL bins per side (the head's, :attr:`HeadCfg.reg_max`).
+        cfg: loss options (default :class:`LossCfg`); ``cfg.assigner.static_epochs``: epochs ``< this`` use
+            :class:`AtssAssigner`, later ones TAL.
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        reg_max: int = 16,
-        cls_loss: Literal["bce", "varifocal"] = "bce",
-        iou_loss: Literal["ciou", "giou"] = "ciou",
-        cls_weight: float = 0.5,
-        box_weight: float = 7.5,
-        dfl_weight: float = 1.5,
-        static_assigner_epochs: int = 0,
-        tal_topk: int = 10,
-        tal_alpha: float = 0.5,
-        tal_beta: float = 6.0,
-        atss_topk: int = 9,
-    ) -> None:
+    def __init__(self, num_classes: int, reg_max: int = HeadCfg.reg_max, cfg: LossCfg | None = None) -> None:
         super().__init__()
-        if cls_loss not in ("bce", "varifocal"):
-            raise ValueError(f"cls_loss must be 'bce' or 'varifocal', got {cls_loss!r}")
-        if iou_loss not in ("ciou", "giou"):
-            raise ValueError(f"iou_loss must be 'ciou' or 'giou', got {iou_loss!r}")
+        cfg = cfg or LossCfg()
+        if cfg.cls_loss not in ("bce", "varifocal"):
+            raise ValueError(f"cls_loss must be 'bce' or 'varifocal', got {cfg.cls_loss!r}")
+        if cfg.iou_loss not in ("ciou", "giou"):
+            raise ValueError(f"iou_loss must be 'ciou' or 'giou', got {cfg.iou_loss!r}")
         self.num_classes = num_classes
         self.reg_max = reg_max
-        self.cls_loss = cls_loss
-        self.iou_loss = iou_loss
-        self.cls_weight, self.box_weight, self.dfl_weight = cls_weight, box_weight, dfl_weight
-        self.static_assigner_epochs = static_assigner_epochs
+        self.cfg = cfg
         self.epoch = 0
-        self.tal = TaskAlignedAssigner(num_classes, topk=tal_topk, alpha=tal_alpha, beta=tal_beta)
-        self.atss = AtssAssigner(num_classes, topk=atss_topk)
+        a = cfg.assigner
+        self.tal = TaskAlignedAssigner(num_classes, topk=a.tal_topk, alpha=a.tal_alpha, beta=a.tal_beta)
+        self.atss = AtssAssigner(num_classes, topk=a.atss_topk)
 
     @property
     def uses_static_assigner(self) -> bool:
-        return self.epoch < self.static_assigner_epochs
+        return self.epoch < self.cfg.assigner.static_epochs
 
     def assign(
         self,
@@ -163,7 +165,7 @@ class DetectionLoss(nn.Module):
         target_scores = a.scores.to(cls_logits.dtype)
         norm = target_scores.sum().clamp(min=1.0)
 
-        if self.cls_loss == "varifocal":
+        if self.cfg.cls_loss == "varifocal":
             loss_cls = varifocal_loss(cls_logits, target_scores).sum() / norm
         else:
             loss_cls = F.binary_cross_entropy_with_logits(cls_logits, target_scores, reduction="sum") / norm
@@ -171,7 +173,7 @@ class DetectionLoss(nn.Module):
         fg = a.fg_mask
         weight = target_scores.sum(-1)[fg]  # [P]
         pos_pred, pos_target = pred_boxes[fg], a.boxes[fg]
-        iou_fn = complete_box_iou_loss if self.iou_loss == "ciou" else generalized_box_iou_loss
+        iou_fn = complete_box_iou_loss if self.cfg.iou_loss == "ciou" else generalized_box_iou_loss
         loss_box = (iou_fn(pos_pred, pos_target, reduction="none") * weight).sum() / norm
 
         # DFL targets: distances from each positive point to its box sides, in stride units, kept strictly
@@ -183,9 +185,9 @@ class DetectionLoss(nn.Module):
         loss_dfl = (dfl_loss(box_logits[fg], dist) * weight).sum() / norm
 
         losses = {
-            "loss_cls": self.cls_weight * loss_cls,
-            "loss_box": self.box_weight * loss_box,
-            "loss_dfl": self.dfl_weight * loss_dfl,
+            "loss_cls": self.cfg.cls_weight * loss_cls,
+            "loss_box": self.cfg.box_weight * loss_box,
+            "loss_dfl": self.cfg.dfl_weight * loss_dfl,
         }
         losses["loss"] = losses["loss_cls"] + losses["loss_box"] + losses["loss_dfl"]
         return losses

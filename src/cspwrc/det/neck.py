@@ -17,14 +17,38 @@ the shortcuts are weighted residual connections with the given WRC options.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cspwrc.layers import CspStage, FusableConvNormAct, Sppf
+from cspwrc.layers import CspStage, FoldableConvNormAct, Sppf
 
-__all__ = ["YoloPan", "default_neck_channels", "default_neck_depth"]
+__all__ = ["NeckCfg", "YoloPan", "default_neck_channels", "default_neck_depth"]
+
+
+@dataclass
+class NeckCfg:
+    """Options of :class:`YoloPan`.
+
+    Attributes:
+        channels: neck channels of ``P3, P4, P5`` (``None``: :func:`default_neck_channels`).
+        depth: bottlenecks per CSP stage (``None``: :func:`default_neck_depth`).
+        shortcut: bottleneck shortcuts (WRC) in the CSP stages.
+        wrc_weights / wrc_normalize: WRC options of :class:`cspwrc.layers.WeightedResidual` (used with shortcut).
+        sppf_kernel: max-pool kernel of SPPF.
+        act_layer / norm_layer: timm layer names of the conv-norm-act layers.
+    """
+
+    channels: list[int] | None = None
+    depth: int | None = None
+    shortcut: bool = False
+    wrc_weights: str = "scalar"
+    wrc_normalize: str = "none"
+    sppf_kernel: int = 5
+    act_layer: str = "silu"
+    norm_layer: str = "batchnorm"
 
 
 def default_neck_channels(backbone_channels: Sequence[int], max_channels: int = 1024) -> tuple[int, ...]:
@@ -49,43 +73,30 @@ class YoloPan(nn.Module):
 
     Args:
         in_channels: backbone channels of ``C3, C4, C5``.
-        out_channels: neck channels of ``P3, P4, P5`` (default: :func:`default_neck_channels`).
-        depth: bottlenecks per CSP stage (default: :func:`default_neck_depth`).
-        shortcut: bottleneck shortcuts (WRC) in the CSP stages.
-        wrc_weights / wrc_normalize: WRC options of :class:`cspwrc.layers.WeightedResidual` (used with shortcut).
-        sppf_kernel: max-pool kernel of SPPF.
+        cfg: neck options (default :class:`NeckCfg`).
 
     Shapes: ``[C3 [B, c3, H/8, W/8], C4 [B, c4, H/16, W/16], C5 [B, c5, H/32, W/32]]`` →
     ``[P3 [B, o3, H/8, W/8], P4 [B, o4, H/16, W/16], P5 [B, o5, H/32, W/32]]``.
     """
 
-    def __init__(
-        self,
-        in_channels: Sequence[int],
-        out_channels: Sequence[int] | None = None,
-        depth: int | None = None,
-        shortcut: bool = False,
-        wrc_weights: str = "scalar",
-        wrc_normalize: str = "none",
-        sppf_kernel: int = 5,
-        act_layer: str = "silu",
-        norm_layer: str = "batchnorm",
-    ) -> None:
+    def __init__(self, in_channels: Sequence[int], cfg: NeckCfg | None = None) -> None:
         super().__init__()
+        cfg = cfg or NeckCfg()
         if len(in_channels) != 3:
             raise ValueError(f"YoloPan needs three levels (P3-P5), got in_channels={tuple(in_channels)}")
         c3, c4, c5 = in_channels
-        o3, o4, o5 = self.out_channels = tuple(out_channels or default_neck_channels(in_channels))
-        self.depth = depth = depth or default_neck_depth((o3, o4, o5))
-        ckw = dict(act_layer=act_layer, norm_layer=norm_layer)
-        csp = dict(depth=depth, shortcut=shortcut, wrc_weights=wrc_weights, wrc_normalize=wrc_normalize, **ckw)
+        o3, o4, o5 = self.out_channels = tuple(cfg.channels or default_neck_channels(in_channels))
+        self.depth = depth = cfg.depth or default_neck_depth((o3, o4, o5))
+        ckw = dict(act_layer=cfg.act_layer, norm_layer=cfg.norm_layer)
+        csp = dict(depth=depth, shortcut=cfg.shortcut, wrc_weights=cfg.wrc_weights, wrc_normalize=cfg.wrc_normalize,
+                   **ckw)
 
-        self.sppf = Sppf(c5, o5, kernel_size=sppf_kernel, **ckw)
+        self.sppf = Sppf(c5, o5, kernel_size=cfg.sppf_kernel, **ckw)
         self.td4 = CspStage(o5 + c4, o4, **csp)
         self.td3 = CspStage(o4 + c3, o3, **csp)
-        self.down3 = FusableConvNormAct(o3, o3, 3, stride=2, **ckw)
+        self.down3 = FoldableConvNormAct(o3, o3, 3, stride=2, **ckw)
         self.bu4 = CspStage(o3 + o4, o4, **csp)
-        self.down4 = FusableConvNormAct(o4, o4, 3, stride=2, **ckw)
+        self.down4 = FoldableConvNormAct(o4, o4, 3, stride=2, **ckw)
         self.bu5 = CspStage(o4 + o5, o5, **csp)
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:

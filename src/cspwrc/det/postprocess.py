@@ -8,20 +8,30 @@ The raw prediction format (what :meth:`cspwrc.det.YoloDetector.forward_raw` and 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-import torch
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
-__all__ = ["postprocess", "undo_letterbox"]
+__all__ = ["PostprocessCfg", "postprocess", "undo_letterbox"]
+
+
+@dataclass
+class PostprocessCfg:
+    """Arguments of :func:`postprocess` (its defaults); the detector's live copy is ``model.cfg.post``."""
+
+    score_thresh: float = 0.001
+    nms_iou: float = 0.6
+    max_det: int = 300
+    pre_nms_topk: int = 3000
 
 
 def postprocess(
     raw: Tensor,
-    score_thresh: float = 0.001,
-    nms_iou: float = 0.6,
-    max_det: int = 300,
-    pre_nms_topk: int = 3000,
+    score_thresh: float = PostprocessCfg.score_thresh,
+    nms_iou: float = PostprocessCfg.nms_iou,
+    max_det: int = PostprocessCfg.max_det,
+    pre_nms_topk: int = PostprocessCfg.pre_nms_topk,
     image_size: tuple[int, int] | None = None,
 ) -> list[dict[str, Tensor]]:
     """Score threshold, class-aware NMS and a per-image cap on the number of detections.
@@ -48,10 +58,7 @@ def postprocess(
             point_idx, labels = point_idx[order], labels[order]
         cand = boxes[point_idx]
         if image_size is not None:
-            h, w = image_size
-            cand = torch.stack(
-                (cand[:, 0].clamp(0, w), cand[:, 1].clamp(0, h), cand[:, 2].clamp(0, w), cand[:, 3].clamp(0, h)), 1
-            )
+            cand = clip_boxes_to_image(cand, tuple(image_size))
         keep = batched_nms(cand.float(), scores.float(), labels, nms_iou)[:max_det]
         results.append({"boxes": cand[keep].float(), "scores": scores[keep].float(), "labels": labels[keep]})
     return results
@@ -72,8 +79,5 @@ def undo_letterbox(
         ``[K, 4]`` xyxy pixels in the original image (a new tensor).
     """
     left, top = float(pad[0]), float(pad[1])
-    h, w = int(orig_size[0]), int(orig_size[1])
     offset = boxes.new_tensor([left, top, left, top])
-    out = (boxes - offset) / float(scale)
-    limit = boxes.new_tensor([w, h, w, h])
-    return torch.minimum(out.clamp(min=0), limit)
+    return clip_boxes_to_image((boxes - offset) / float(scale), (int(orig_size[0]), int(orig_size[1])))

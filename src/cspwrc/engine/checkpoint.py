@@ -15,25 +15,19 @@ and leaves the previous file untouched. A file that is not a checkpoint raises :
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load_bytes
 from safetensors.torch import save as st_save_bytes
 
 from cspwrc.atomic import atomic_write, write_bytes
-from cspwrc.errors import InputError
+from cspwrc.det import build_detector
+from cspwrc.errors import CheckpointError
+from cspwrc.weights import META_KEY, read_any_weights, read_pth, read_safetensors, rename_like
 
-META_KEY = "cspwrc"
 WEIGHTS_SUFFIX = ".safetensors"
 STATE_SUFFIX = ".state.pt"
-
-
-class CheckpointError(InputError, RuntimeError):
-    """A file is not a checkpoint this library will load (writes fail with :class:`cspwrc.atomic.WriteError`)."""
 
 
 def _plain_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -65,72 +59,9 @@ def save_checkpoint(run_dir: str | Path, name: str, weights: dict[str, torch.Ten
     return path
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and the ``cspwrc`` metadata (empty dict when absent, e.g. a timm backbone file)."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise CheckpointError(f"{path}: cannot read checkpoint: {err}") from err
-    try:
-        tensors = st_load_bytes(raw)
-        meta_raw = _safetensors_metadata(raw).get(META_KEY)
-    except (SafetensorError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a valid safetensors file: {err}") from err
-    try:
-        meta = json.loads(meta_raw) if meta_raw else {}
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: metadata key {META_KEY!r} is not valid JSON: {err}") from err
-    return tensors, meta
-
-
-def _safetensors_metadata(raw: bytes) -> dict[str, str]:
-    # The header is an 8-byte little-endian length followed by that much JSON; '__metadata__' holds str->str.
-    size = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8:8 + size])
-    meta = header.get("__metadata__") or {}
-    if not isinstance(meta, dict):
-        raise ValueError("__metadata__ is not a mapping")
-    return meta
-
-
-def read_state(path: str | Path) -> dict[str, Any]:
-    """Load a ``.pt`` file with ``weights_only=True``; a pickled payload (custom class, __reduce__) is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path}: refused: the file carries a pickled Python object that is not plain tensors/containers "
-            f"(loading it could run code). Only weights_only checkpoints are accepted. Details: {err}") from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {err}") from err
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict of tensors/containers, got {type(obj).__name__}")
-    return obj
-
-
-def read_any_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Weights from a ``.safetensors`` file, or a state dict from a weights-only ``.pt``/``.pth``/``.bin``.
-
-    A ``.state.pt`` training state yields its ``model`` entry; a ``{'state_dict': ...}`` or
-    ``{'model': ...}`` wrapper (timm/torchvision/YOLO style exports) is unwrapped.
-    """
-    path = Path(path)
-    if path.suffix == WEIGHTS_SUFFIX:
-        return read_weights(path)
-    obj = read_state(path)
-    meta = obj.get("meta", {}) if isinstance(obj.get("meta"), dict) else {}
-    for key in ("ema", "model", "state_dict"):
-        inner = obj.get(key)
-        if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-            return inner, meta
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(f"{path}: no tensors found (expected a state dict)")
-    return tensors, meta
+# Reading lives in cspwrc.weights (the one loader); these names stay for the engine's callers.
+read_weights = read_safetensors
+read_state = read_pth
 
 
 def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -138,8 +69,6 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
 
     Used by eval, predict and export: the file alone is enough.
     """
-    from cspwrc.det import build_detector
-
     path = Path(path)
     tensors, meta = read_any_weights(path)
     for key in ("model", "num_classes"):
@@ -165,8 +94,7 @@ def init_from_weights(model: torch.nn.Module, path: str | Path, backbone_attr: s
     features_only state dict) is matched against ``model.<backbone_attr>``. Nothing matching at all is an
     error, so a wrong file never trains silently from scratch.
     """
-    tensors, _ = read_any_weights(path)
-    tensors = {k.removeprefix("module."): v for k, v in tensors.items()}  # DDP-saved files
+    tensors, _ = read_any_weights(path)  # container unwrapped, DDP prefixes removed
     loaded, target = _load_matching(model, tensors), "detector"
     if not loaded and hasattr(model, backbone_attr):
         loaded, target = _load_matching(getattr(model, backbone_attr), tensors), "backbone"
@@ -175,19 +103,9 @@ def init_from_weights(model: torch.nn.Module, path: str | Path, backbone_attr: s
     return f"initialised {target} from {path}: {loaded}/{len(tensors)} tensors loaded"
 
 
-def _norm_key(key: str) -> str:
-    # timm's features_only wrappers flatten 'stages.0' into 'stages_0'; compare names with both spellings equal.
-    return key.replace("_", ".")
-
-
 def _load_matching(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> int:
     own = module.state_dict()
-    by_norm = {_norm_key(k): k for k in own}
-    match: dict[str, torch.Tensor] = {}
-    for key, value in tensors.items():
-        name = key if key in own else by_norm.get(_norm_key(key))
-        if name is not None and own[name].shape == value.shape:
-            match[name] = value
+    match = {k: v for k, v in rename_like(own, tensors).items() if k in own and own[k].shape == v.shape}
     if match:
         module.load_state_dict(match, strict=False)
     return len(match)

@@ -17,19 +17,16 @@ import argparse
 import dataclasses
 import difflib
 import inspect
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+import timm
 import yaml
 
-from cspwrc.errors import InputError
-
-
-class ConfigError(InputError, ValueError):
-    """A fatal problem in a run config: names the source (file or command line), the key and the fault."""
+from cspwrc.errors import ConfigError
+from cspwrc.validate import Fault, check_value, unknown_key
 
 
 @dataclass
@@ -39,7 +36,9 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class RunDataConfig:
+    """The run config's ``data:`` section (the data YAML it points to is :class:`cspwrc.data.config.DataConfig`)."""
+
     path: str | None = None  # data YAML (train/val annotation files and image dirs); None = embedded shapes
     workers: int | Literal["auto"] = "auto"  # loader processes (0 = in the main process); auto: data.loader.auto_workers
     cache: Literal["none", "ram"] = "none"  # ram: keep the letterboxed images in memory (size-checked, docs/training.md)
@@ -83,17 +82,20 @@ class TrainConfig:
     amp: bool | Literal["auto", "bf16", "fp16", "off"] = "auto"  # CUDA only; auto (= true): bf16 where supported
     channels_last: bool = True  # NHWC model and batches, CUDA only (tensor-core convs want it)
     eval_interval: int = 1  # evaluate every N epochs (and always after the last one)
+    patience: int = 0  # >0: stop when val mAP has not improved for this many epochs (checked when evaluated)
+    tensorboard: bool = True  # TensorBoard scalars in OUT/tb when the package is installed (extra [tb])
     seed: int = 0
     device: str = "auto"  # auto = cuda when available, else cpu
     out: str = "runs/det"  # run directory
     weights: str | None = None  # initialise from a local checkpoint (cspwrc safetensors or backbone-only)
     max_steps_per_epoch: int = 0  # >0: cut each epoch short (smoke tests, quick looks)
+    time: float | None = None  # hours of training (Ultralytics' `time`): refits `epochs` to the budget after each epoch
 
 
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: RunDataConfig = field(default_factory=RunDataConfig)
     augment: dict[str, Any] = field(default_factory=dict)  # passed to the data side's train transforms
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -101,48 +103,12 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def _nearest(key: str, valid: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
 def _check_value(value: Any, tp: Any, where: str) -> Any:
     """Return ``value`` converted to ``tp`` (int → float only), or raise ConfigError naming ``where``."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(tp):
-            try:
-                return _check_value(value, arm, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            choices = ", ".join(repr(c) for c in typing.get_args(tp))
-            raise ConfigError(f"{where}: {value!r} is not one of {choices}{_nearest(str(value), map(str, typing.get_args(tp)))}")
-        return value
-    if tp is type(None):
-        if value is not None:
-            raise ConfigError(f"{where}: expected null, got {value!r}")
-        return None
-    if origin is dict:
-        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-            raise ConfigError(f"{where}: expected a mapping with string keys, got {value!r}")
-        return dict(value)
-    # bool is a subclass of int: keep `epochs: true` from passing as 1.
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, bool) and tp is not bool:
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} (bool)")
-    if not isinstance(value, tp):
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
-    return value
+    try:
+        return check_value(value, tp)
+    except Fault as fault:
+        raise ConfigError(f"{where}: {fault}") from None
 
 
 def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
@@ -158,7 +124,7 @@ def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise ConfigError(f"{source}: unknown key {dotted!r}{_nearest(str(key), names)}; valid keys: {', '.join(names)}")
+            raise ConfigError(f"{source}: {unknown_key(str(key), names, shown=dotted)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, source, dotted)
@@ -218,6 +184,9 @@ FLAG_KEYS: dict[str, str] = {
     "workers": "data.workers",
     "out": "train.out",
     "seed": "train.seed",
+    "patience": "train.patience",
+    "eval_interval": "train.eval_interval",
+    "time": "train.time",
 }
 
 
@@ -227,7 +196,8 @@ def workers_arg(text: str) -> int | str:
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="run config YAML (default: configs/det/default.yaml)")
+    parser.add_argument("--config", default=None, help="run config YAML or a packaged recipe name (default: "
+                        "default, or real with --data; also sgd, ...)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--img", type=int, help="square image size, a multiple of 32")
     parser.add_argument("--batch", type=int)
@@ -239,6 +209,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=workers_arg, help="loader processes, or auto (sized to the machine)")
     parser.add_argument("--out", help="run directory")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--patience", type=int, help="early stopping: epochs without a val mAP gain (0 = off)")
+    parser.add_argument("--eval-interval", type=int, help="evaluate every K epochs (and after the last)")
+    parser.add_argument("--time", type=float, help="training budget in hours: refits --epochs to it after each epoch")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any config key, e.g. --set optim.lr=0.01 --set ema.enabled=false")
 
@@ -291,10 +264,16 @@ def validate(cfg: RunConfig) -> None:
     for key in ("epochs", "batch"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key}: must be >= 1, got {getattr(t, key)}")
+    if t.eval_interval < 1:
+        raise ConfigError(f"train.eval_interval: must be >= 1, got {t.eval_interval}")
+    if t.patience < 0:
+        raise ConfigError(f"train.patience: must be >= 0 (0 = no early stopping), got {t.patience}")
     if not 0 <= t.close_mosaic:
         raise ConfigError(f"train.close_mosaic: must be >= 0, got {t.close_mosaic}")
     if isinstance(cfg.data.workers, int) and cfg.data.workers < 0:
         raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")
+    if t.time is not None and t.time <= 0:
+        raise ConfigError(f"train.time: must be > 0 hours, got {t.time}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
     if not 0.0 <= cfg.ema.decay < 1.0:
@@ -303,11 +282,8 @@ def validate(cfg: RunConfig) -> None:
 
 
 def check_model_name(name: str) -> None:
-    """An unknown timm model name is fatal; list the closest registered names."""
-    import timm
-
-    import cspwrc  # noqa: F401  (registers the cspwrc_* models with timm)
-
+    """An unknown timm model name is fatal; list the closest registered names (the ``cspwrc_*`` models are
+    registered: importing this module ran ``cspwrc/__init__``)."""
     if name in timm.list_models():
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
@@ -319,13 +295,18 @@ def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], where: str, ski
     """Check that ``fn`` accepts every key of ``kwargs`` by name; suggest the nearest parameter otherwise.
 
     ``skip`` lists parameters the engine fills itself (e.g. ``num_classes``): setting them is an error too.
-    A function that only takes ``**kwargs`` cannot be checked here and is left to raise on its own.
+    A function that only takes ``**kwargs`` cannot be checked here and is left to raise on its own. A schema
+    whose keyword arguments are not its signature (``DetectorConfig``: flat options over nested parts) lists
+    them with an ``option_names()`` classmethod.
     """
-    params = inspect.signature(fn).parameters
-    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in skip]
-    open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    if hasattr(fn, "option_names"):
+        named, open_kwargs = [n for n in fn.option_names() if n not in skip], False
+    else:
+        params = inspect.signature(fn).parameters
+        named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in skip]
+        open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
     for key in kwargs:
         if key in skip:
             raise ConfigError(f"{where}: {key!r} is set by the engine and cannot be configured here")
         if key not in named and not open_kwargs:
-            raise ConfigError(f"{where}: unknown option {key!r}{_nearest(key, named)}; valid options: {', '.join(named)}")
+            raise ConfigError(f"{where}: {unknown_key(key, named, 'option')}")

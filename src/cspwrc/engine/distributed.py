@@ -3,18 +3,26 @@
 ``torchrun --nproc_per_node N tools/train_det.py ...`` sets RANK/WORLD_SIZE/LOCAL_RANK; a plain
 ``python tools/train_det.py`` runs as a single process and every helper here degrades to a no-op.
 Backend: nccl for CUDA, gloo for CPU.
+
+Faults: :func:`agree` runs a setup step on every rank and makes every rank raise the same project error when
+any rank found one (a refused lock or a bad file seen by one process stops all with the same exit code);
+:func:`peer_lost` recognises a collective that failed because another process died (gloo reports a closed
+connection at once, a hung peer hits the process group's timeout), which the trainer turns into a stop.
 """
 
 from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 import torch
 import torch.distributed as tdist
 
+from cspwrc.errors import CspwrcError, InputError, RunStopped, shorten
+
 T = TypeVar("T")
+TIMEOUT_ENV = "CSPWRC_DDP_TIMEOUT_S"
 
 
 def is_dist() -> bool:
@@ -53,18 +61,89 @@ def resolve_device(name: str) -> torch.device:
         if not torch.cuda.is_available():
             from cspwrc.engine.config import ConfigError
 
-            raise ConfigError(f"device: {name!r} requested but CUDA is not available on this machine")
+            raise ConfigError(f"device: {name!r} requested but CUDA is not available on this machine "
+                              f"(torch {torch.__version__}); use --device cpu (or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            from cspwrc.engine.config import ConfigError
+
+            raise ConfigError(f"device: {name!r} requested but this machine has {torch.cuda.device_count()} "
+                              f"CUDA device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
         if device.index is not None:  # set_device needs an index; plain "cuda" keeps the current device
             torch.cuda.set_device(device)
     return device
 
 
 def init_distributed(device: torch.device, timeout_s: int = 1800) -> None:
-    """Join the process group when started by torchrun (no-op otherwise)."""
+    """Join the process group when started by torchrun (no-op otherwise).
+
+    ``timeout_s`` (or ``$CSPWRC_DDP_TIMEOUT_S``) bounds every collective: a rank that hangs (rather than dies,
+    which the others notice at once) stops the others after this long. It must exceed the longest time one rank
+    works alone, i.e. rank 0's COCOeval of the val set.
+    """
     if not launched_by_torchrun() or is_dist():
         return
+    timeout_s = int(os.environ.get(TIMEOUT_ENV) or timeout_s)
     backend = "nccl" if device.type == "cuda" else "gloo"
     tdist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+
+
+def agree(step: Callable[[], T]) -> T:
+    """Run ``step`` on every rank; if any rank raised a :class:`CspwrcError`, raise one on every rank.
+
+    The failing rank re-raises its own error; the others raise an error of the same exit code naming that rank
+    and its message. Must be called by all ranks (it is a collective); a no-op wrapper outside DDP.
+    """
+    if not is_dist():
+        return step()
+    error: CspwrcError | None = None
+    result: Any = None
+    try:
+        result = step()
+    except CspwrcError as err:
+        error = err
+    found: list[Any] = [None] * world_size()
+    try:
+        tdist.all_gather_object(found, None if error is None else (error.exit_code, str(error)))
+    except RuntimeError as err:  # a rank crashed in its setup (a bug: it printed its own traceback)
+        if not peer_lost(err):
+            raise
+        raise RunStopped(peer_lost_message(err)) from err
+    if error is not None:
+        raise error
+    for peer, report in enumerate(found):
+        if report is not None:
+            code, message = report
+            raise (InputError if code == InputError.exit_code else RunStopped)(f"rank {peer}: {message}")
+    return result
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any rank (one tiny all-reduce; a no-op outside DDP)."""
+    if not is_dist():
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if tdist.get_backend() == "nccl" else None
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+# What gloo/nccl/the store say when a peer process died or stopped answering.
+_PEER_LOST = ("connection closed by peer", "connection reset", "broken pipe", "timed out", "timeout",
+              "connection refused", "socket", "nccl communicator was aborted")
+
+
+def peer_lost(err: BaseException) -> bool:
+    """Whether ``err`` (raised by a collective or DDP's backward) means another rank is gone."""
+    if not is_dist():
+        return False
+    if isinstance(err, getattr(tdist, "DistError", ())):
+        return True
+    return isinstance(err, RuntimeError) and any(s in str(err).lower() for s in _PEER_LOST)
+
+
+def peer_lost_message(err: BaseException) -> str:
+    return (f"rank {rank()}: lost contact with another process of this run ({shorten(str(err).splitlines()[0], 200)}"
+            "); a rank died or hung, so this one stops too")
 
 
 def cleanup() -> None:

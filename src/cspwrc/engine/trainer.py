@@ -8,7 +8,11 @@ continues exactly as the uninterrupted run would have (bit for bit on CPU).
 Failure policy for a run: a non-finite loss (or gradient norm) stops the run with a clear message
 (``train.nan_policy: stop``) or skips the step and counts it (``skip``); in both cases nothing is
 written for the bad step, so ``last``/``best`` stay at the last good epoch. A checkpoint that cannot be
-written (full disk, read-only folder) stops the run loudly, keeping the previous files.
+written (full disk, read-only folder) stops the run loudly, keeping the previous files. SIGTERM/SIGINT stop
+the run after the current step (a second one stops at once) with the last finished epoch's checkpoint kept;
+a DDP peer that dies stops the others (:func:`cspwrc.engine.distributed.peer_lost`); ``RUN/run.lock`` keeps a
+second process out of a live run's directory (:mod:`cspwrc.engine.lock`). All of these are exit 3 (stopped)
+or exit 2 (refused before training) through :mod:`cspwrc.errors`.
 
 No host sync per step under ``stop``: a :class:`FiniteGuard` records the first non-finite step on the device
 and is read every :attr:`Trainer.finite_check_steps` steps and at the end of every epoch, before evaluation
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,17 +36,22 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cspwrc.atomic import WriteError, write_json
+from cspwrc.atomic import WriteError, make_dir, write_json
 from cspwrc.engine import distributed as dist
 from cspwrc.engine.checkpoint import CheckpointError, init_from_weights, read_state, save_checkpoint
 from cspwrc.engine.config import ConfigError, RunConfig, check_kwargs, from_dict, to_dict
+from cspwrc.engine.eval_plots import write_eval_plots
 from cspwrc.engine.evaluate import EvalResult, evaluate
+from cspwrc.engine.lock import LOCK_NAME, RunLock, is_held
 from cspwrc.engine.report import LOSS_KEYS, plot_curves, write_results_csv
-from cspwrc.errors import RunStopped
+from cspwrc.errors import RunStopped, shorten
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class TrainingStopped(RunStopped, RuntimeError):
-    """The run stopped on purpose (non-finite loss, unwritable checkpoint); the message says why and what was kept."""
+    """The run stopped on purpose (non-finite loss, unwritable checkpoint, a signal, a lost DDP peer); the message
+    says why and what was kept."""
 
 
 class FiniteGuard:
@@ -216,6 +227,11 @@ def load_resume(path: str | Path, overrides: dict[str, Any] | None = None) -> tu
     data["train"]["out"] = str(file.parent)  # continue in the folder the state lives in
     cfg = from_dict(merge(data, overrides or {}), f"{file} + command line")
     validate(cfg)
+    done = int(state.get("epoch", 0))
+    if cfg.train.epochs < done:
+        raise ConfigError(f"--epochs {cfg.train.epochs}: {file} has already completed {done} epochs; resume with "
+                          f"--epochs {done} or more (more epochs extend the schedule, see docs/training.md), or "
+                          f"start a new run from its weights with --weights {file.parent / 'last.safetensors'}")
     return cfg, state
 
 
@@ -225,17 +241,43 @@ class Trainer:
     #: steps between two reads of the device-side finite flag (see the module doc); each read is one host sync
     finite_check_steps = 50
 
-    def __init__(self, cfg: RunConfig, resume_state: dict[str, Any] | None = None, progress: bool = True) -> None:
+    def __init__(self, cfg: RunConfig, resume_state: dict[str, Any] | None = None, progress: bool = True,
+                 new_run_dir: bool = False) -> None:
+        """``new_run_dir``: when ``train.out`` already holds a run, use the next free numbered folder instead."""
         self._started = time.perf_counter()
         self.cfg = cfg
         self.device = dist.resolve_device(cfg.train.device)
         dist.init_distributed(self.device)
         self.progress = progress and dist.is_main()
+        if new_run_dir:
+            # Rank 0 picks the folder for all ranks (each picking its own could race to different numbers).
+            free = dist.broadcast_object(str(next_free_run_dir(Path(cfg.train.out))) if dist.is_main() else None)
+            if free != cfg.train.out:
+                self._log(f"note: {cfg.train.out} holds a previous run; this run goes to {free} (--exist-ok to reuse)")
+                cfg.train.out = free  # the saved config names the folder the run really is in
         self.out = Path(cfg.train.out)
+        self.lock = RunLock(self.out)
+        self._stop_signal: int | None = None
+        try:
+            # Every rank sets up, then all agree: a fault one rank finds (the lock is rank 0's alone) stops all of
+            # them with the same exit code instead of leaving the others waiting in DDP's first collective.
+            dist.agree(lambda: self._setup(resume_state))
+        except BaseException:
+            self.lock.release()
+            dist.cleanup()
+            raise
+        if dist.is_dist():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        use_tb = dist.is_main() and cfg.train.tensorboard
+        self.tb = _tensorboard_writer(self.out / "tb", self.state.epoch + 1) if use_tb else None
+
+    def _setup(self, resume_state: dict[str, Any] | None) -> None:
         if dist.is_main():
-            self.out.mkdir(parents=True, exist_ok=True)
+            make_dir(self.out, "--out (train.out)")
+            self.lock.acquire()  # before the clean-up below: never remove a live run's temp files
             _remove_stale_temp_files(self.out)
-        seed_everything(cfg.train.seed)
+        seed_everything(self.cfg.train.seed)
         self._build_data()
         self._build_model(init_weights=resume_state is None)  # a resumed run gets its weights from the state
         self.state = RunState()
@@ -288,10 +330,7 @@ class Trainer:
         self.use_amp = self.amp_dtype is not None
         # bf16 has fp32's range: only fp16 needs loss scaling (whose skip decision is a host sync per step).
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.ddp_model: nn.Module = self.model
-        if dist.is_dist():
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.ddp_model: nn.Module = self.model  # wrapped in DDP by __init__ once every rank has set up
 
     def _build_ema(self) -> nn.Module:
         from timm.utils import ModelEmaV3
@@ -323,8 +362,13 @@ class Trainer:
                 "config": to_dict(self.cfg), "meta": self.meta()}
 
     def _restore(self, st: dict[str, Any]) -> None:
-        self.model.load_state_dict(st["model"])
-        self.optimizer.load_state_dict(st["optimizer"])
+        self._check_resume_fits(st)
+        try:
+            self.model.load_state_dict(st["model"])
+            self.optimizer.load_state_dict(st["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:  # e.g. other model options: hundreds of shape lines
+            raise CheckpointError(self._resume_mismatch(st, f"the saved weights do not fit this model "
+                                                            f"({shorten(str(err).splitlines()[-1], 200)})")) from err
         # The schedule is a pure function of (config, global step): it is rebuilt, not loaded, so resuming
         # with more --epochs stretches the decay over the new length instead of keeping the old one.
         self.scaler.load_state_dict(st["scaler"])
@@ -333,6 +377,26 @@ class Trainer:
         fields = RunState.__dataclass_fields__
         self.state = RunState(**{k: st[k] for k in fields if k in st})
         self._log(f"resumed from {self.out} after epoch {self.state.epoch} (step {self.state.global_step})")
+        planned = int(st.get("config", {}).get("train", {}).get("epochs", self.cfg.train.epochs))
+        if planned != self.cfg.train.epochs:
+            self._log(f"note: extending the run from {planned} to {self.cfg.train.epochs} epochs: the lr schedule "
+                      f"(warmup, decay to min_lr at the last epoch) and close_mosaic are re-planned over "
+                      f"{self.cfg.train.epochs} epochs, so the lr rises from where {planned} epochs had left it")
+
+    def _check_resume_fits(self, st: dict[str, Any]) -> None:
+        """The state must come from the same model and class count as this run's config and data."""
+        meta = st.get("meta") if isinstance(st.get("meta"), dict) else {}
+        saved = (meta.get("model"), meta.get("num_classes"))
+        now = (self.cfg.model.name, self.train_set.num_classes)
+        diffs = [f"{what}: saved {a!r}, now {b!r}" for what, a, b in zip(("model", "number of classes"), saved, now)
+                 if a is not None and a != b]
+        if diffs:
+            raise CheckpointError(self._resume_mismatch(st, "; ".join(diffs)))
+
+    def _resume_mismatch(self, st: dict[str, Any], what: str) -> str:
+        return (f"--resume {shorten(self.out)} (epoch {st.get('epoch', '?')}) does not fit this run's config: {what}. "
+                f"Resume without --model/--data/--set model.* (the run's saved config is used), or start a new "
+                f"run with another --out and --weights {shorten(self.out / 'last.safetensors')} to initialise from it")
 
     def _save(self, names: list[str]) -> None:
         """Rank 0 writes checkpoints and records; every rank learns whether it worked (none waits on a dead one)."""
@@ -366,14 +430,68 @@ class Trainer:
         self._log(f"{self.workers} loader workers, data cache {self.cfg.data.cache}, amp {self.amp_dtype or 'off'}, "
                   f"channels_last {self.channels_last}; set-up took {start - self._started:.1f} s")
         result: EvalResult | None = None
+        previous = self._catch_stop_signals()
         try:
-            while self.state.epoch < cfg.epochs:
+            while self.state.epoch < cfg.epochs and not self._patience_exhausted():
                 result = self._run_epoch(self.state.epoch) or result
+            if self._patience_exhausted() and self.state.epoch < cfg.epochs:
+                self._log(f"early stopping: no val mAP gain for {self.state.epoch - self.state.best_epoch} epochs "
+                          f"(patience {cfg.patience}); best {self.state.best_map:.4f} at epoch {self.state.best_epoch}")
             if result is None:  # resumed a finished run: score the saved weights again
                 result = self._evaluate(self.state.epoch - 1)
             return self._finish(result, time.perf_counter() - start)
+        except RuntimeError as err:
+            if isinstance(err, TrainingStopped):
+                raise
+            if self._stop_signal is not None:  # Ctrl-C also reached the loader's workers, which exit: same stop
+                raise self._stopped(self.state.epoch) from err
+            if not dist.peer_lost(err):
+                raise
+            raise TrainingStopped(f"{dist.peer_lost_message(err)}; {self._kept()}") from err
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.lock.release()
+            if self.tb is not None:
+                self.tb.close()
             dist.cleanup()
+
+    def _patience_exhausted(self) -> bool:
+        """Early stopping: ``patience`` epochs since the best mAP, decided right after an evaluated epoch (a
+        pure function of config and state, so a resumed run decides as the uninterrupted one did)."""
+        p, s = self.cfg.train.patience, self.state
+        evaluated = bool(s.history) and not math.isnan(s.history[-1]["map"])
+        return p > 0 and s.best_epoch > 0 and evaluated and s.epoch - s.best_epoch >= p
+
+    # -------------------------------------------------------------------------------------- stopping
+    def _catch_stop_signals(self) -> dict[int, Any]:
+        """SIGTERM/SIGINT ask for a stop after the current step; returns the handlers to restore."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # signal handlers can only be set from the main thread
+
+        def request_stop(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:  # a second signal: stop now, the last checkpoint is still intact
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            self._log(f"{signal.Signals(signum).name} received: stopping after this step (again to stop at once)")
+
+        return {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
+
+    def _check_stop(self, epoch: int) -> None:
+        """Raise :class:`TrainingStopped` on every rank when any rank was asked to stop."""
+        if dist.any_rank(self._stop_signal is not None):
+            raise self._stopped(epoch)
+
+    def _stopped(self, epoch: int) -> TrainingStopped:
+        name = signal.Signals(self._stop_signal).name if self._stop_signal is not None else "a stop signal"
+        return TrainingStopped(f"{name} during epoch {epoch + 1}: stopped; {self._kept()}")
+
+    def _kept(self) -> str:
+        """Which checkpoint a stopped run leaves and how to continue."""
+        if self.state.epoch == 0 or not (self.out / "last.state.pt").exists():
+            return "no epoch had finished, so there is no checkpoint to resume from"
+        return (f"kept {shorten(self.out / 'last.state.pt')} (epoch {self.state.epoch} of "
+                f"{self.cfg.train.epochs}); continue with --resume {shorten(self.out)}")
 
     def _run_epoch(self, epoch: int) -> EvalResult | None:
         from cspwrc.data import prepare_epoch
@@ -386,13 +504,33 @@ class Trainer:
         means, images = self._train_one_epoch(epoch)
         seconds = time.perf_counter() - t0
         self.state.train_time_s += seconds
-        self._log(f"epoch {epoch + 1}: loss {means['loss']:.4f}, {images} images in {seconds:.1f} s = "
-                  f"{images / seconds:.1f} img/s (data + train step, all ranks)")
+        self._speed = (images, seconds)  # for the epoch's log line (not in the history: it is not reproducible)
+        if cfg.time is not None:
+            self._fit_epochs_to_time(epoch)
         result = None
         if (epoch + 1) % cfg.eval_interval == 0 or epoch + 1 == cfg.epochs:
             result = self._evaluate(epoch)
         self._end_epoch(epoch, means, result)
         return result
+
+    def _fit_epochs_to_time(self, epoch: int) -> None:
+        """``train.time``: set ``epochs`` to what fits the budget at the mean epoch time so far, as Ultralytics does.
+
+        Counted: training and evaluation time of this run (resumes included), not start-up. The schedule (warmup,
+        decay, close_mosaic) is a function of ``epochs`` and the global step, so it is rebuilt and stretches or
+        shrinks to the new length; the run never ends before the epoch that just finished. The final evaluation
+        comes on top of the budget. The adjusted ``epochs`` is saved with the run config, so ``--resume`` goes on
+        with it.
+        """
+        cfg, s = self.cfg.train, self.state
+        done = epoch + 1
+        spent = s.train_time_s + s.eval_time_s
+        fitted = max(done, math.floor(cfg.time * 3600.0 * done / spent)) if spent > 0 else cfg.epochs
+        if fitted != cfg.epochs:
+            self._log(f"time budget {cfg.time * 60:.1f} min: {spent / done:.0f} s per epoch -> {fitted} epochs "
+                      f"(was {cfg.epochs})")
+            cfg.epochs = fitted
+            self.scheduler = WarmupScheduler(self.optimizer, self.cfg, self.steps_per_epoch)
 
     def _batches(self, epoch: int) -> Iterator[tuple[int, Any, list[dict[str, Any]]]]:
         bar = tqdm(self.train_loader, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
@@ -409,13 +547,14 @@ class Trainer:
 
         self.ddp_model.train()
         sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=self.device)  # no host sync per step
-        done, self._postfix = 0, ""
+        done, self._postfix, skipped = 0, "", 0
         self.guard = FiniteGuard(self.device)
         for i, images, targets in self._batches(epoch):
-            self.state.read_skipped += count_skipped(targets)
+            skipped += count_skipped(targets)
             self.scheduler.step(self.state.global_step)
             losses = self._step(images, targets, epoch)
             self.state.global_step += 1
+            self._check_stop(epoch)
             if losses is not None:
                 sums += losses
                 done += 1
@@ -426,6 +565,7 @@ class Trainer:
                                          ) + f" lr={self.scheduler.lr():.2e}"
         self._check_guard(epoch)  # before evaluation and before this epoch's checkpoint
         means = dist.all_reduce_mean(sums / max(done, 1))
+        self.state.read_skipped += dist.all_reduce_sum_int(skipped)  # every rank's substitutions, not rank 0's
         return dict(zip(LOSS_KEYS, means.tolist())), dist.all_reduce_sum_int(done * self.cfg.train.batch)
 
     def _to_device(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
@@ -481,16 +621,16 @@ class Trainer:
             self._log(f"warning: non-finite {what} at epoch {epoch + 1} step {self.state.global_step} ({detail}); "
                       f"step skipped ({self.state.nan_skipped} so far)")
             return False
-        raise self._stopped(what, epoch, self.state.global_step, detail)
+        raise self._nonfinite_stop(what, epoch, self.state.global_step, detail)
 
     def _check_guard(self, epoch: int) -> None:
         """Stop if the device recorded a non-finite step since the last check (policy 'stop')."""
         found = self.guard.first()
         if found is not None:
             step, what, losses = found
-            raise self._stopped(what, epoch, step, ", ".join(f"{k}={v}" for k, v in zip(LOSS_KEYS, losses)))
+            raise self._nonfinite_stop(what, epoch, step, ", ".join(f"{k}={v}" for k, v in zip(LOSS_KEYS, losses)))
 
-    def _stopped(self, what: str, epoch: int, step: int, detail: str) -> TrainingStopped:
+    def _nonfinite_stop(self, what: str, epoch: int, step: int, detail: str) -> TrainingStopped:
         kept = self.out / "last.safetensors"
         where = f"last good checkpoint kept: {kept} (epoch {self.state.epoch})" if kept.exists() else \
             "no checkpoint had been written yet"
@@ -507,7 +647,7 @@ class Trainer:
         result = evaluate(self._eval_model(), self.val_loader, self.coco_gt, self.train_set.label_to_category_id,
                           self.device, amp=self.use_amp, progress=self.progress)
         self.state.eval_time_s += time.perf_counter() - t0
-        self._log(f"epoch {epoch + 1}: mAP {result.map:.4f}  mAP50 {result.map50:.4f}")
+        self.state.read_skipped += result.read_failures  # val images that broke after the checks count too
         return result
 
     def _end_epoch(self, epoch: int, means: dict[str, float], result: EvalResult | None) -> None:
@@ -517,19 +657,37 @@ class Trainer:
                "time_s": s.train_time_s + s.eval_time_s}
         s.history.append(row)
         s.epoch = epoch + 1
+        self._log_epoch(row)
         names = ["last"]
         if result is not None and result.map > s.best_map:
             s.best_map, s.best_epoch = result.map, epoch + 1
             names.append("best")
         self._save(names)
 
+    def _log_epoch(self, row: dict[str, Any]) -> None:
+        """One line per epoch (the record of a ``--no-progress`` log) and the same numbers to TensorBoard."""
+        took = row["time_s"] - (self.state.history[-2]["time_s"] if len(self.state.history) > 1 else 0.0)
+        losses = " ".join(f"{k.removeprefix('loss_')}={row[k]:.4f}" for k in LOSS_KEYS if k in row)
+        evaluated = "" if math.isnan(row["map"]) else f" mAP={row['map']:.4f} mAP50={row['map50']:.4f}"
+        images, seconds = self._speed
+        self._log(f"epoch {row['epoch']}/{self.cfg.train.epochs}: {losses} lr={row['lr']:.3e} "
+                  f"time={took:.1f}s{evaluated} train={seconds:.1f}s {images / seconds:.1f} img/s")
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, float) and math.isfinite(value):
+                    group = "val" if key.startswith("map") else "train" if key.startswith("loss") else "misc"
+                    self.tb.add_scalar(f"{group}/{key}", value, row["epoch"])
+            self.tb.flush()
+
     def _finish(self, result: EvalResult, wall_s: float) -> dict[str, Any]:
         s = self.state
         metrics = {
             "map": result.map, "map50": result.map50, "stats": dict(zip(_stat_keys(), result.stats)),
-            "per_class": [vars(r) for r in result.per_class],
+            **result.summary(),  # per_class (instances, P/R/F1, AP) and the confusion matrix
             "val_images": result.num_images, "val_detections": result.num_detections, "world_size": dist.world_size(),
             "best_map": s.best_map, "best_epoch": s.best_epoch, "epochs": s.epoch,
+            "early_stop": {"patience": self.cfg.train.patience,
+                           "stopped_after_epoch": s.epoch if s.epoch < self.cfg.train.epochs else None},
             "train_time_s": s.train_time_s, "eval_time_s": s.eval_time_s, "wall_time_s_this_process": wall_s,
             "skips": {"nan_steps": s.nan_skipped, "read_failures": s.read_skipped,
                       "data_checks": {"train": _report_counts(self.train_set), "val": _report_counts(self.val_set)}},
@@ -537,10 +695,47 @@ class Trainer:
         }
         if dist.is_main():
             write_json(self.out / "metrics.json", metrics)
+            if result.detection is not None:  # confusion matrix, PR and F1 curves next to metrics.json
+                write_eval_plots(result.detection, self.out)
             self._log(result.format())
             self._log(f"final mAP@[.5:.95] {result.map:.4f}  mAP50 {result.map50:.4f}  (best {s.best_map:.4f} at "
                       f"epoch {s.best_epoch}); skipped: {metrics['skips']}; run dir {self.out}")
         return metrics
+
+
+def next_free_run_dir(path: Path) -> Path:
+    """``path`` if it is not a folder holding files, else the first free ``path2``, ``path3``, ... (Ultralytics'
+    increment_path: ``runs/det`` -> ``runs/det2``). A folder with nothing but hidden files and a stale lock (what a
+    run killed before its first checkpoint leaves) is reused, one a live run holds is not; a file named ``path`` is
+    left to the run's own output checks.
+    """
+    def taken(p: Path) -> bool:
+        if not p.exists():
+            return False
+        files = [c for c in p.iterdir() if not c.name.startswith(".") and c.name != LOCK_NAME] if p.is_dir() else [p]
+        return bool(files) or is_held(p)
+
+    if not path.is_dir():
+        return path
+    n = 2
+    candidate = path
+    while taken(candidate):
+        candidate = path.with_name(f"{path.name}{n}")
+        n += 1
+    return candidate
+
+
+def _tensorboard_writer(folder: Path, first_step: int) -> Any:
+    """A ``SummaryWriter`` for ``folder``, or ``None`` when tensorboard is not installed (the optional [tb] extra).
+
+    ``purge_step``: a resumed run hides events a killed run wrote after its last checkpoint.
+    """
+    try:
+        # Imported here: torch.utils.tensorboard needs the optional tensorboard package.
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder), purge_step=first_step if first_step > 1 else None)
 
 
 def _remove_stale_temp_files(folder: Path) -> None:

@@ -1,21 +1,19 @@
-"""cspwrc.layers: WRC, residual, CSP and SPPF blocks (built from timm layers) and inference folding helpers."""
+"""cspwrc.layers: WRC, CSP and SPPF blocks (built from timm layers) and inference folding (:mod:`.fold`)."""
 
-from .blocks import MIN_PUSHED_SCALE, CspStage, ResidualBlock, Sppf, WrcBottleneck
-from .fuse import (
+from .blocks import MIN_PUSHED_SCALE, CspStage, Sppf, WrcBottleneck
+from .fold import (
     ConvAct,
-    FusableConvNormAct,
-    ScaledAdd,
-    fold_conv_bn,
-    fuse_conv_norm,
+    Foldable,
+    FoldableConvNormAct,
+    fold_conv_norm,
+    fold_model,
     fuse_model,
     scale_conv_input_,
-    scale_conv_output_,
 )
-from .testing import randomize_norm_and_wrc_
-from .wrc import WRC_NORMALIZE, WRC_WEIGHTS, WeightedResidual
+from .wrc import WRC_NORMALIZE, WRC_WEIGHTS, ScaledAdd, WeightedResidual
 
 __all__ = [
-    "WeightedResidual", "WRC_WEIGHTS", "WRC_NORMALIZE", "ResidualBlock", "WrcBottleneck", "CspStage", "Sppf",
-    "MIN_PUSHED_SCALE", "ConvAct", "FusableConvNormAct", "ScaledAdd", "fold_conv_bn", "fuse_conv_norm", "fuse_model",
-    "scale_conv_input_", "scale_conv_output_", "randomize_norm_and_wrc_",
+    "WeightedResidual", "ScaledAdd", "WRC_WEIGHTS", "WRC_NORMALIZE", "WrcBottleneck", "CspStage", "Sppf",
+    "MIN_PUSHED_SCALE", "Foldable", "ConvAct", "FoldableConvNormAct", "fold_conv_norm", "fold_model", "fuse_model",
+    "scale_conv_input_",
 ]

@@ -9,17 +9,15 @@ from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, LayerType, create_act_layer
+from timm.layers import DropPath, LayerType
 from timm.models import checkpoint_seq
 
-from .fuse import (
-    ConvAct, FusableConvNormAct, ScaledAdd, fuse_conv_norm, scale_conv_input_, scale_conv_output_, split_conv_output,
-)
-from .wrc import WeightedResidual
+from .fold import ConvAct, Foldable, FoldableConvNormAct, fold_conv_norm, scale_conv_input_, split_conv_output
+from .wrc import ScaledAdd, WeightedResidual
 
-__all__ = ["ResidualBlock", "WrcBottleneck", "CspStage", "Sppf", "MIN_PUSHED_SCALE"]
+__all__ = ["WrcBottleneck", "CspStage", "Sppf", "MIN_PUSHED_SCALE"]
 
-# A WRC branch weight |a| below this is not divided out and pushed to the consumer (see WrcBottleneck.fuse_scaled):
+# A WRC branch weight |a| below this is not divided out and pushed to the consumer (see WrcBottleneck.fold_scaled):
 # the folded shortcut would carry b/a, and 1/a <= 1e3 keeps folded activations inside float16 range.
 MIN_PUSHED_SCALE = 1e-3
 
@@ -28,75 +26,7 @@ def _drop_path(rate: float) -> nn.Module:
     return DropPath(rate) if rate else nn.Identity()
 
 
-class ResidualBlock(nn.Module):
-    """Basic residual block ``act(a * F(x) + b * S(x))``: two 3x3 conv-BN, 1x1 conv-BN projection ``S`` when the
-    channels or the stride change (identity otherwise).
-
-    Shapes: ``[B, in_chs, H, W]`` -> ``[B, out_chs, H / stride, W / stride]``.
-    """
-
-    def __init__(
-            self,
-            in_chs: int,
-            out_chs: int,
-            stride: int = 1,
-            wrc_weights: str = "scalar",
-            wrc_normalize: str = "none",
-            act_layer: LayerType = "silu",
-            norm_layer: LayerType = "batchnorm",
-            drop_path: float = 0.,
-            device: Optional[torch.device] = None,
-            dtype: Optional[torch.dtype] = None,
-    ) -> None:
-        super().__init__()
-        dd = dict(device=device, dtype=dtype)
-        ckw = dict(act_layer=act_layer, norm_layer=norm_layer, **dd)
-        self.conv1 = FusableConvNormAct(in_chs, out_chs, 3, stride=stride, **ckw)
-        self.conv2 = FusableConvNormAct(out_chs, out_chs, 3, apply_act=False, **ckw)
-        project = stride != 1 or in_chs != out_chs
-        self.shortcut = FusableConvNormAct(in_chs, out_chs, 1, stride=stride, apply_act=False, **ckw) \
-            if project else nn.Identity()
-        self.drop_path = _drop_path(drop_path)
-        self.wrc = WeightedResidual(out_chs, wrc_weights, wrc_normalize, **dd)
-        self.act = create_act_layer(act_layer)
-
-    def zero_init_last(self) -> None:
-        nn.init.zeros_(self.conv2.bn.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.drop_path(self.conv2(self.conv1(x)))
-        return self.act(self.wrc(out, self.shortcut(x)))
-
-    @torch.no_grad()
-    def fuse(self) -> "ResidualBlock":
-        """Fold BN into the convs and ``a`` (``b``) into the last branch conv (projection conv).
-
-        Both end in conv-BN without activation, so an output-channel scale folds exactly into weights and bias;
-        only an identity shortcut keeps ``b`` as an explicit scale (none when ``b == 1``).
-        """
-        if isinstance(self.wrc, ScaledAdd):
-            return self
-        self.conv1, self.conv2 = fuse_conv_norm(self.conv1), fuse_conv_norm(self.conv2)
-        if isinstance(self.shortcut, FusableConvNormAct):
-            self.shortcut = fuse_conv_norm(self.shortcut)
-        a, b = self.wrc.channel_weights()
-        alpha, beta = _fold_output_scale(self.conv2, a), b
-        if not isinstance(self.shortcut, nn.Identity):
-            beta = _fold_output_scale(self.shortcut, b)
-        self.wrc = ScaledAdd(alpha, beta)
-        self.drop_path = nn.Identity()
-        return self
-
-
-def _fold_output_scale(module: nn.Module, scale: torch.Tensor) -> Optional[torch.Tensor]:
-    """Fold ``scale`` into a linear conv's outputs if it was BN-folded; else return it for an explicit multiply."""
-    if isinstance(module, ConvAct):
-        scale_conv_output_(module, scale)
-        return None
-    return scale
-
-
-class WrcBottleneck(nn.Module):
+class WrcBottleneck(Foldable, nn.Module):
     """YOLO/darknet bottleneck ``H(x) = a * F(x) + b * x``, ``F`` = 1x1 then 3x3 conv-BN-act.
 
     Same modules as timm's ``DarkBlock`` (``conv1``, ``conv2``) plus ``wrc``; the shortcut exists only when
@@ -124,13 +54,13 @@ class WrcBottleneck(nn.Module):
         dd = dict(device=device, dtype=dtype)
         ckw = dict(act_layer=act_layer, norm_layer=norm_layer, **dd)
         mid_chs = int(round(out_chs * expansion))
-        self.conv1 = FusableConvNormAct(in_chs, mid_chs, 1, **ckw)
-        self.conv2 = FusableConvNormAct(mid_chs, out_chs, 3, dilation=dilation, **ckw)
+        self.conv1 = FoldableConvNormAct(in_chs, mid_chs, 1, **ckw)
+        self.conv2 = FoldableConvNormAct(mid_chs, out_chs, 3, dilation=dilation, **ckw)
         self.drop_path = _drop_path(drop_path)
         has_shortcut = shortcut and in_chs == out_chs
         self.wrc: Optional[nn.Module] = WeightedResidual(out_chs, wrc_weights, wrc_normalize, **dd) \
             if has_shortcut else None
-        self.fused = False
+        self.folded = False
 
     def zero_init_last(self) -> None:
         nn.init.zeros_(self.conv2.bn.weight)
@@ -141,14 +71,14 @@ class WrcBottleneck(nn.Module):
             out = self.wrc(out, x)
         return out
 
-    def fuse(self) -> "WrcBottleneck":
+    def fold(self) -> "WrcBottleneck":
         """Fold standalone: same outputs, so ``a`` stays an explicit branch scale (a ``CspStage`` pushes it on)."""
-        if not self.fused:
-            self.fuse_scaled(None, push_scale=False)
+        if not self.folded:
+            self.fold_scaled(None, push_scale=False)
         return self
 
     @torch.no_grad()
-    def fuse_scaled(self, in_scale: Optional[torch.Tensor], push_scale: bool) -> Optional[torch.Tensor]:
+    def fold_scaled(self, in_scale: Optional[torch.Tensor], push_scale: bool) -> Optional[torch.Tensor]:
         """Fold BN, an input scale and the WRC weights; return the output scale left for the consumer.
 
         The branch ends in an activation, so ``a`` cannot go into ``conv2``. Instead
@@ -165,9 +95,9 @@ class WrcBottleneck(nn.Module):
         Returns:
             ``[out_chs]`` output scale (true output = returned output * scale) or ``None`` for 1.
         """
-        assert not self.fused, "already fused"
-        self.fused = True
-        self.conv1, self.conv2 = fuse_conv_norm(self.conv1), fuse_conv_norm(self.conv2)
+        assert not self.folded, "already folded"
+        self.folded = True
+        self.conv1, self.conv2 = fold_conv_norm(self.conv1), fold_conv_norm(self.conv2)
         self.drop_path = nn.Identity()
         if in_scale is not None:
             scale_conv_input_(self.conv1, in_scale)
@@ -181,9 +111,9 @@ class WrcBottleneck(nn.Module):
         return None if bool(torch.all(s_out == 1)) else s_out
 
 
-class CspStage(nn.Module):
-    """CSP / C3 stage (timm ``CrossStage3`` topology): optional stride-2 (or dilated) 3x3 ``conv_down``, 1x1 ``conv_exp`` to
-    ``round(out_chs * expand_ratio)`` channels split into two halves, the first half through ``depth``
+class CspStage(Foldable, nn.Module):
+    """CSP / C3 stage (timm ``CrossStage3`` topology): optional stride-2 (or dilated) 3x3 ``conv_down``, 1x1
+    ``conv_exp`` to ``round(out_chs * expand_ratio)`` channels split into two halves, the first half through ``depth``
     :class:`WrcBottleneck`, concat ``[blocks(x1), x2]``, 1x1 ``conv_transition`` to ``out_chs``.
 
     With ``stride=1, shortcut=False`` it is the C3 block of a YOLO PAN neck.
@@ -216,12 +146,12 @@ class CspStage(nn.Module):
         first_dilation = first_dilation or dilation
         # cs3darknet keeps the channels in the down conv (down_growth=False); it is also there when a dilated
         # model (output_stride < 32) replaced the stride by dilation, so the state dict stays the same
-        self.conv_down = FusableConvNormAct(
+        self.conv_down = FoldableConvNormAct(
             in_chs, in_chs, 3, stride=stride, dilation=first_dilation, **ckw,
         ) if stride != 1 or first_dilation != dilation else nn.Identity()
         self.expand_chs = exp_chs = int(round(out_chs * expand_ratio))
         half = exp_chs // 2
-        self.conv_exp = FusableConvNormAct(in_chs, exp_chs, 1, **ckw)
+        self.conv_exp = FoldableConvNormAct(in_chs, exp_chs, 1, **ckw)
         dpr = list(drop_path) if isinstance(drop_path, Sequence) else [drop_path] * depth
         self.blocks = nn.Sequential(*[
             WrcBottleneck(
@@ -229,13 +159,13 @@ class CspStage(nn.Module):
                 wrc_normalize=wrc_normalize, drop_path=dpr[i], **ckw,
             ) for i in range(depth)
         ])
-        self.conv_transition = FusableConvNormAct(2 * half, out_chs, 1, **ckw)
-        # fuse() replaces conv_exp by its two output halves (no parameters until then: the state dict stays timm's)
+        self.conv_transition = FoldableConvNormAct(2 * half, out_chs, 1, **ckw)
+        # fold() replaces conv_exp by its two output halves (no parameters until then: the state dict stays timm's)
         self.conv_exp_blocks: nn.Module = nn.Identity()
         self.conv_exp_bypass: nn.Module = nn.Identity()
         self.exp_split = False
         self.grad_checkpointing = False
-        self.fused = False
+        self.folded = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_down(x)
@@ -250,22 +180,22 @@ class CspStage(nn.Module):
         return self.conv_transition(torch.cat([x1, x2], dim=1))
 
     @torch.no_grad()
-    def fuse(self) -> "CspStage":
+    def fold(self) -> "CspStage":
         """Fold BN everywhere and the WRC weights along the block chain into the transition conv; cut conv_exp
         into the two convs that produce the halves, so neither half is a (copied) channel slice."""
-        if self.fused:
+        if self.folded:
             return self
-        self.fused = True
+        self.folded = True
         if not isinstance(self.conv_down, nn.Identity):
-            self.conv_down = fuse_conv_norm(self.conv_down)
-        self.conv_exp = fuse_conv_norm(self.conv_exp)
+            self.conv_down = fold_conv_norm(self.conv_down)
+        self.conv_exp = fold_conv_norm(self.conv_exp)
         if isinstance(self.conv_exp, ConvAct):  # not when a norm without running statistics stays unfolded
             self.conv_exp_blocks, self.conv_exp_bypass = split_conv_output(self.conv_exp, self.expand_chs // 2)
             self.conv_exp, self.exp_split = nn.Identity(), True
-        self.conv_transition = fuse_conv_norm(self.conv_transition)
+        self.conv_transition = fold_conv_norm(self.conv_transition)
         scale: Optional[torch.Tensor] = None
         for block in self.blocks:
-            scale = block.fuse_scaled(scale, push_scale=True)
+            scale = block.fold_scaled(scale, push_scale=True)
         if scale is not None:  # blocks' output is the first half of the concat
             scale_conv_input_(self.conv_transition, scale, start=0)
         return self
@@ -291,9 +221,9 @@ class Sppf(nn.Module):
         super().__init__()
         ckw = dict(act_layer=act_layer, norm_layer=norm_layer, device=device, dtype=dtype)
         hidden = in_chs // 2
-        self.conv1 = FusableConvNormAct(in_chs, hidden, 1, **ckw)
+        self.conv1 = FoldableConvNormAct(in_chs, hidden, 1, **ckw)
         self.pool = nn.MaxPool2d(kernel_size, stride=1, padding=kernel_size // 2)
-        self.conv2 = FusableConvNormAct(hidden * 4, out_chs, 1, **ckw)
+        self.conv2 = FoldableConvNormAct(hidden * 4, out_chs, 1, **ckw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

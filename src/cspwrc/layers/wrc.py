@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["WeightedResidual", "WRC_WEIGHTS", "WRC_NORMALIZE"]
+__all__ = ["WeightedResidual", "ScaledAdd", "WRC_WEIGHTS", "WRC_NORMALIZE"]
 
 WRC_WEIGHTS = ("scalar", "channel", "none")
 WRC_NORMALIZE = ("none", "relu", "softmax")
@@ -92,6 +92,38 @@ class WeightedResidual(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.channels}, weights={self.weights!r}, normalize={self.normalize!r}"
+
+
+class ScaledAdd(nn.Module):
+    """The folded :class:`WeightedResidual`: ``branch * alpha + shortcut * beta`` with a scale only where one is left
+    after folding pushed ``a``/``b`` into neighbouring convs (:meth:`cspwrc.layers.CspStage.fold`).
+
+    ``alpha``/``beta`` are ``[C]`` buffers or ``None`` (= 1, no multiply), so a fully folded block is one add.
+    """
+
+    def __init__(self, alpha: Optional[torch.Tensor] = None, beta: Optional[torch.Tensor] = None) -> None:
+        super().__init__()
+        self.register_buffer("alpha", _drop_if_ones(alpha))
+        self.register_buffer("beta", _drop_if_ones(beta))
+
+    def forward(self, branch: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """``branch``, ``shortcut``: ``[B, C, H, W]`` -> ``[B, C, H, W]``."""
+        alpha = self.alpha
+        beta = self.beta
+        if alpha is not None:
+            branch = branch * alpha.reshape(-1, 1, 1)
+        if beta is not None:  # one fused multiply-add instead of a multiply then an add
+            return torch.addcmul(branch, shortcut, beta.reshape(-1, 1, 1))
+        return branch + shortcut
+
+    def extra_repr(self) -> str:
+        return f"branch_scale={self.alpha is not None}, shortcut_scale={self.beta is not None}"
+
+
+def _drop_if_ones(scale: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    if scale is None or bool(torch.all(scale == 1)):
+        return None
+    return scale.detach().clone()
 
 
 def _weight_grad(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,11 @@
-"""Test helper shared by the backbone and detector tests: make folding checks non-trivial."""
+"""Test helper shared by the layer, backbone, detector and export tests: make folding checks non-trivial.
+
+``import randomize`` works from every test folder (pyproject: pytest ``pythonpath = ["tests"]``)."""
 
 import torch
 import torch.nn as nn
 
-from .wrc import WeightedResidual
-
-__all__ = ["randomize_norm_and_wrc_"]
+from cspwrc.layers import WeightedResidual
 
 
 @torch.no_grad()

@@ -5,22 +5,21 @@ import itertools
 import pytest
 import torch
 import torch.nn as nn
-from timm.layers import ConvNormAct
+from timm.layers import ConvNormAct, freeze_batch_norm_2d
 from timm.utils import reparameterize_model
 
 from cspwrc.layers import (
     MIN_PUSHED_SCALE,
     ConvAct,
     CspStage,
-    ResidualBlock,
     ScaledAdd,
     Sppf,
     WeightedResidual,
     WrcBottleneck,
-    fuse_conv_norm,
-    fuse_model,
-    randomize_norm_and_wrc_,
+    fold_conv_norm,
+    fold_model,
 )
+from randomize import randomize_norm_and_wrc_
 
 WRC_OPTIONS = list(itertools.product(["scalar", "channel", "none"], ["none", "relu", "softmax"]))
 TOL = 1e-4
@@ -32,7 +31,7 @@ def _max_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
 
 
 def _fold(module: nn.Module) -> nn.Module:
-    """Fold a copy through timm's entry point (which fuses children, hence the wrapper)."""
+    """Fold a copy through timm's entry point (which folds children via their ``fuse()``, hence the wrapper)."""
     return reparameterize_model(nn.Sequential(module))[0]
 
 
@@ -40,16 +39,16 @@ def _no_unfolded_left(module: nn.Module) -> None:
     assert not any(isinstance(m, (nn.BatchNorm2d, WeightedResidual, ConvNormAct)) for m in module.modules())
 
 
-def test_fuse_conv_norm_keeps_activation() -> None:
+def test_fold_conv_norm_keeps_activation() -> None:
     cna = randomize_norm_and_wrc_(ConvNormAct(4, 6, 3, act_layer="silu")).eval()
-    fused = fuse_conv_norm(cna)
+    fused = fold_conv_norm(cna)
     assert isinstance(fused, ConvAct) and isinstance(fused.act, nn.SiLU) and fused.conv.bias is not None
     assert _max_diff(cna, fused, torch.randn(2, 4, 7, 7)) < 1e-5
 
 
-def test_fuse_conv_norm_leaves_groupnorm() -> None:
+def test_fold_conv_norm_leaves_groupnorm() -> None:
     cna = ConvNormAct(4, 32, 3, norm_layer="groupnorm", act_layer="relu")
-    assert fuse_conv_norm(cna) is cna
+    assert fold_conv_norm(cna) is cna
 
 
 @pytest.mark.parametrize("weights,normalize", WRC_OPTIONS)
@@ -73,7 +72,7 @@ def test_folded_stage_computes_each_half_with_its_own_conv() -> None:
     assert fused.exp_split and isinstance(fused.conv_exp, nn.Identity)
     x = torch.randn(2, 8, 16, 16)
     with torch.no_grad():
-        whole = fuse_conv_norm(stage.conv_exp)(x)
+        whole = fold_conv_norm(stage.conv_exp)(x)
         halves = torch.cat([fused.conv_exp_blocks(x), fused.conv_exp_bypass(x)], dim=1)
     assert halves.is_contiguous() and fused.conv_exp_blocks(x).shape[1] == 8
     torch.testing.assert_close(halves, whole)
@@ -103,42 +102,27 @@ def test_fresh_none_folds_to_plain_add() -> None:
     assert all(isinstance(b.wrc, ScaledAdd) and b.wrc.alpha is None and b.wrc.beta is None for b in fused.blocks)
 
 
-@pytest.mark.parametrize("weights,normalize", WRC_OPTIONS)
-@pytest.mark.parametrize("in_chs,stride", [(8, 1), (4, 2)])
-def test_residual_block_fold(weights: str, normalize: str, in_chs: int, stride: int) -> None:
-    block = randomize_norm_and_wrc_(ResidualBlock(in_chs, 8, stride=stride, wrc_weights=weights,
-                                                  wrc_normalize=normalize), seed=4).eval()
-    x = torch.randn(2, in_chs, 8, 8)
-    expected = block(x)
-    block.fuse()
-    _no_unfolded_left(block)
-    assert block.wrc.alpha is None  # a went into conv2
-    if stride != 1:
-        assert block.wrc.beta is None  # b went into the projection conv
-    assert (block(x) - expected).abs().max().item() <= TOL
-
-
 @pytest.mark.parametrize("weights", ["scalar", "channel"])
 def test_standalone_bottleneck_fold(weights: str) -> None:
     block = randomize_norm_and_wrc_(WrcBottleneck(8, 8, wrc_weights=weights, wrc_normalize="softmax")).eval()
     x = torch.randn(2, 8, 6, 6)
     expected = block(x)
-    assert block.fuse() is block and block.fuse() is block  # idempotent
+    assert block.fold() is block and block.fold() is block and block.fuse() is block  # idempotent; timm's name
     _no_unfolded_left(block)
     assert (block(x) - expected).abs().max().item() <= TOL
 
 
 def test_sppf_fold_and_idempotent() -> None:
     sppf = randomize_norm_and_wrc_(Sppf(8, 8)).eval()
-    fused = fuse_model(fuse_model(sppf))
+    fused = fold_model(fold_model(sppf))
     _no_unfolded_left(fused)
     assert _max_diff(sppf, fused, torch.randn(1, 8, 8, 8)) <= TOL
 
 
-def test_fuse_model_folds_plain_timm_conv_norm_act() -> None:
+def test_fold_model_folds_plain_timm_conv_norm_act() -> None:
     """A neck/head built from timm ConvNormAct gets its BN folded too."""
     model = randomize_norm_and_wrc_(nn.Sequential(ConvNormAct(3, 8, 3), CspStage(8, 8, depth=1))).eval()
-    fused = fuse_model(model)
+    fused = fold_model(model)
     _no_unfolded_left(fused)
     assert _max_diff(model, fused, torch.randn(1, 3, 8, 8)) <= TOL
 
@@ -152,8 +136,6 @@ def test_folded_stage_scripts() -> None:
 
 def test_fold_frozen_batchnorm() -> None:
     """Detectors may freeze BN (timm FrozenBatchNormAct2d, not an nn.BatchNorm2d): it folds the same way."""
-    from timm.layers import freeze_batch_norm_2d
-
     stage = randomize_norm_and_wrc_(CspStage(8, 8, depth=2, wrc_weights="channel")).eval()
     frozen = freeze_batch_norm_2d(stage).eval()
     assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())

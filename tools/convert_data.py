@@ -1,0 +1,9 @@
+#!/usr/bin/env python
+"""``cspwrc convert`` from a source checkout: the command lives in :mod:`cspwrc.cli.convert` (``--help`` for its flags)."""
+
+import sys
+
+from cspwrc.cli.convert import main
+
+if __name__ == "__main__":
+    sys.exit(main())
