@@ -117,3 +117,23 @@ def test_real_coco_subsets(name):
         for image_id in {a["image_id"] for a in crowd}:
             plain = [a for a in ds.report.gt_annotations if a["image_id"] == image_id and not a["iscrowd"]]
             assert len(ds.report.boxes[image_id]) == len(plain)
+
+
+def test_ram_cache_gives_the_same_items_and_falls_back_when_memory_is_short(shapes_yaml, monkeypatch, caplog):
+    from cspwrc.data import coco
+    from cspwrc.data.config import build_datasets
+
+    plain, _ = build_datasets(shapes_yaml, img=64, seed=1, progress=False)
+    cached, _ = build_datasets(shapes_yaml, img=64, seed=1, progress=False, cache="ram")
+    assert cached._ram is not None and all(item is not None for item in cached._ram)
+    for index in (0, 5):
+        a, b = plain[index], cached[index]
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1]["boxes"], b[1]["boxes"])
+    before = cached._ram[0][0].copy()
+    cached[0]  # augmentation works on copies: the cache never changes
+    assert (cached._ram[0][0] == before).all()
+
+    monkeypatch.setattr(coco, "available_memory", lambda: 1000)  # 1 kB free: 24 images at 64 px do not fit
+    short, _ = build_datasets(shapes_yaml, img=64, seed=1, progress=False, cache="ram")
+    assert short._ram is None and "reading images from disk instead" in caplog.text
+    assert torch.equal(short[0][0], plain[0][0])

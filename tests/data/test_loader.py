@@ -77,3 +77,13 @@ def test_read_failures_in_workers_are_counted_in_the_main_process(shapes_yaml, t
 def test_measure_throughput_reports_images_per_second(shapes_yaml):
     train, _ = build_datasets(shapes_yaml, img=64, progress=False)
     assert measure_throughput(train, batch_size=4, workers=0, batches=2) > 0
+
+
+def test_persistent_workers_follow_the_epoch_and_mosaic_switch(shapes_yaml):
+    """Workers started in epoch 1 still produce epoch 2's (and mosaic-off) data: the state is shared, not copied."""
+    train, _ = build_datasets(shapes_yaml, img=64, seed=3, progress=False)
+    zero = build_loader(train, 8, train=True, workers=0, seed=5)
+    two = build_loader(train, 8, train=True, workers=2, seed=5)
+    assert two.persistent_workers and not zero.persistent_workers
+    for epoch, mosaic in ((1, True), (2, True), (3, False)):
+        assert _same(_batches(two, epoch, mosaic), _batches(zero, epoch, mosaic)), epoch

@@ -50,7 +50,8 @@ def test_patience_and_eval_interval(data, tmp_path, fake_eval, capsys):
     lines = [line for line in log.splitlines() if re.match(r"epoch \d/6: ", line)]
     assert len(lines) == 4  # one line per epoch; mAP only where evaluated
     assert [("mAP=" in line) for line in lines] == [False, True, False, True]
-    assert re.match(r"epoch 2/6: loss=\S+ cls=\S+ box=\S+ dfl=\S+ lr=\S+ time=\S+s mAP=0\.3000 mAP50=0\.5000$", lines[1])
+    assert re.match(r"epoch 2/6: loss=\S+ cls=\S+ box=\S+ dfl=\S+ lr=\S+ time=\S+s mAP=0\.3000 mAP50=0\.5000 "
+                    r"train=\S+s \S+ img/s$", lines[1])
 
 
 def test_improving_run_is_not_stopped_and_last_epoch_is_evaluated(data, tmp_path, fake_eval):

@@ -105,3 +105,14 @@ def test_check_kwargs_suggests_parameter():
         check_kwargs(build, {"regmax": 8}, "model.options", skip=("backbone", "num_classes"))
     with pytest.raises(ConfigError, match="set by the engine"):
         check_kwargs(build, {"num_classes": 3}, "model.options", skip=("backbone", "num_classes"))
+
+
+def test_gpu_keys_accept_their_values_and_old_configs_still_load():
+    cfg = load_config(None, {"data": {"workers": "auto", "cache": "ram"}, "train": {"amp": "bf16",
+                                                                                   "channels_last": False}})
+    assert (cfg.data.workers, cfg.data.cache, cfg.train.amp, cfg.train.channels_last) == ("auto", "ram", "bf16", False)
+    assert load_config(None, {"train": {"amp": True}, "data": {"workers": 2}}).train.amp is True  # saved runs
+    for bad, fragment in (({"train": {"amp": "fp8"}}, "train.amp"), ({"data": {"cache": "disk"}}, "data.cache"),
+                          ({"data": {"workers": "many"}}, "data.workers")):
+        with pytest.raises(ConfigError, match=fragment):
+            load_config(None, bad)

@@ -138,6 +138,32 @@ def test_nan_skip_policy_counts(data, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "metrics.json").read_text())["skips"]["nan_steps"] == 1
     assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "last.safetensors").values())
 
+def test_nan_found_by_a_mid_epoch_check_names_the_bad_step(data, tmp_path, monkeypatch, capsys):
+    """The loss is not read per step: a device-side flag, read every finite_check_steps steps, names the step."""
+    _nan_at(monkeypatch, step=0)
+    monkeypatch.setattr(Trainer, "finite_check_steps", 2)
+    reads = []
+    original = Trainer._check_guard
+    monkeypatch.setattr(Trainer, "_check_guard", lambda self, epoch: reads.append(self.state.global_step)
+                        or original(self, epoch))
+    with pytest.raises(TrainingStopped) as err:
+        Trainer(tiny_config(data, tmp_path), progress=False).fit()  # 2 steps per epoch: the check after step 1
+    msg = str(err.value)
+    assert reads == [2] and "non-finite loss at epoch 1, step 0: loss=nan" in msg
+    assert "no checkpoint had been written yet" in msg and not (tmp_path / "last.safetensors").exists()
+
+
+def test_epoch_log_shows_throughput_and_gpu_settings_stay_off_on_cpu(data, tmp_path, capsys):
+    from cspwrc.engine.trainer import resolve_amp
+
+    trainer = Trainer(tiny_config(data, tmp_path, epochs=1, max_steps_per_epoch=1), progress=False)
+    assert trainer.amp_dtype is None and not trainer.channels_last and not trainer.scaler.is_enabled()
+    trainer.fit()
+    out = capsys.readouterr()
+    assert "epoch 1/1: loss=" in out.out + out.err and " img/s" in out.out + out.err
+    for setting in (True, "auto", "bf16", "fp16", "off", False):
+        assert resolve_amp(setting, torch.device("cpu")) is None  # autocast is only ever used on CUDA
+
 
 def test_unwritable_output_stops_and_keeps_previous(data, tmp_path, monkeypatch):
     original = Trainer._end_epoch

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ROW_KEYS = {
     "model", "target", "mode", "img", "batch", "params_m", "gflops", "latency_ms_median", "latency_ms_p90",
     "throughput_img_s", "achieved_gflop_s", "peak_pct", "iters", "ratio_vs_baseline", "flops_ratio_vs_baseline",
-    "status", "error",
+    "status", "error", "precision",
 }
 TINY = ["--img", "64", "--batch", "1", "--warmup", "1", "--iters", "2", "--min-iters", "1", "--peak-size", "256",
         "--threads", "1"]
@@ -57,6 +57,45 @@ def test_modes_parse_and_unknown_mode_fails() -> None:
         bm.parse_mode("fast")
     with pytest.raises(ValueError, match="one runtime"):
         bm.parse_mode("folded+jit+compile")
+    with pytest.raises(ValueError, match="one precision"):
+        bm.parse_mode("fp16+bf16")
+    assert bm.parse_mode("folded+channels_last+fp16+cudagraph") == {"folded", "channels_last", "fp16", "cudagraph"}
+
+
+@pytest.mark.parametrize("mode", ["fp16", "folded+bf16", "cudagraph", "folded+channels_last+fp16+cudagraph"])
+def test_gpu_modes_on_cpu_are_skipped_with_the_reason(mode: str) -> None:
+    settings = bm.BenchSettings(models=["m"], img=[8], modes=["eager", mode], warmup=1, iters=1, min_iters=1,
+                                peak_size=64)
+    built = {"m": bm._Built(torch.nn.Conv2d(3, 4, 1), 0.0, {8: 10})}
+    with torch.inference_mode():
+        rows, peaks = bm.bench_group(built, "backbone", 8, 1, settings, torch.device("cpu"), log=lambda s: None)
+    assert [r.status for r in rows] == ["ok", "skipped"] and list(peaks) == ["fp32"]  # no half probe on CPU
+    assert "needs a CUDA device, not cpu" in rows[1].error
+    assert rows[1].precision == ("bf16" if "bf16" in mode else "fp16" if "fp16" in mode else "fp32")
+
+
+def test_half_conversion_keeps_the_features() -> None:
+    """The fp16/bf16 modes' conversion (run here in bf16, which CPU kernels support) computes the same features."""
+    model = bm.fold_model(bm.build_backbone("cspwrc_n"))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.inference_mode():
+        expected = model(x)
+        half, x_half = bm.to_precision(model, x, frozenset({"bf16"}))  # in place, as on prepare()'s copy
+        actual = half(x_half)
+    assert x_half.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in half.parameters())
+    for a, e in zip(actual, expected, strict=True):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), e, atol=0.1, rtol=0.05)
+
+
+def test_peak_precision_follows_the_mode() -> None:
+    cpu = torch.device("cpu")
+    assert bm.row_precision("folded+channels_last", cpu) == "fp32" and bm.row_precision("fp16+cudagraph", cpu) == "fp16"
+    assert bm.base_precisions(["eager", "fp16", "bf16"], cpu) == ["fp32"]
+    rows = [bm.BenchRow("m", "backbone", m, 64, 1, achieved_gflop_s=50.0, precision=p)
+            for m, p in (("eager", "fp32"), ("fp16", "fp16"))]
+    bm.add_ratios(rows, None, "eager", {"fp32": 100.0, "fp16": 500.0})
+    assert [r.peak_pct for r in rows] == [50.0, 10.0]
 
 
 def test_failing_mode_is_skipped_not_fatal() -> None:
@@ -65,8 +104,8 @@ def test_failing_mode_is_skipped_not_fatal() -> None:
     built = {"ok": bm._Built(torch.nn.Conv2d(3, 4, 1), 0.0, {8: 10}),
              "broken": bm._Built(torch.nn.Conv2d(4, 4, 1), 0.0, {8: 10})}  # wrong input channels: forward raises
     with torch.inference_mode():
-        rows, peak = bm.bench_group(built, "backbone", 8, 1, settings, torch.device("cpu"), log=lambda s: None)
-    assert peak > 0
+        rows, peaks = bm.bench_group(built, "backbone", 8, 1, settings, torch.device("cpu"), log=lambda s: None)
+    assert list(peaks) == ["fp32"] and peaks["fp32"] > 0
     assert [(r.model, r.mode, r.status) for r in rows] == [
         ("ok", "eager", "ok"), ("ok", "folded", "ok"), ("broken", "eager", "skipped"), ("broken", "folded", "skipped")]
     assert "RuntimeError" in rows[-1].error and rows[0].iters == 2 and rows[0].latency_ms_median > 0

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cspwrc  # noqa: F401 - registers the cspwrc models
-from cspwrc.deploy.export import deploy_model, export_onnx, export_torchscript
+from cspwrc.deploy.export import deploy_model, export_onnx, export_torchscript, half_onnx
 from cspwrc.deploy.postprocess import postprocess_numpy
 from cspwrc.det import build_detector
 from randomize import randomize_norm_and_wrc_
@@ -101,3 +101,31 @@ def test_export_cli_from_model_name(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_export_cli_rejects_bad_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert load_tool("export").main(["--model", "resnet18", "--img", "70", "--out", str(tmp_path / "x.onnx")]) == 2
     assert "multiple of 32" in capsys.readouterr().err
+
+
+def test_half_onnx_has_fp16_weights_and_runs_on_onnxruntime_cpu(detector: torch.nn.Module, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime.transformers.float16")
+    fp32 = export_onnx(deploy_model(detector), tmp_path / "fp32.onnx", IMG)
+    half = export_onnx(deploy_model(detector), tmp_path / "fp16.onnx", IMG)
+    half_onnx(half)
+    proto = onnx.load(str(half))
+    onnx.checker.check_model(proto)
+    kinds = {onnx.TensorProto.DataType.Name(t.data_type) for t in proto.graph.initializer if len(t.dims)}
+    assert kinds == {"FLOAT16"}  # every weight tensor; scalar constants may stay fp32 around blocked ops
+    assert half.stat().st_size < 0.6 * fp32.stat().st_size
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # the caller feeds fp32
+    session = ort.InferenceSession(str(half), providers=["CPUExecutionProvider"])
+    images = torch.rand(2, 3, IMG, IMG)
+    (raw,) = session.run(None, {"images": images.numpy()})
+    expected = _reference(detector, images)
+    assert raw.dtype == np.float32 and raw.shape == tuple(expected.shape)
+    # fp16 keeps ~3 significant digits: boxes (pixels up to IMG) within 0.25 px, probabilities within 0.01.
+    torch.testing.assert_close(torch.from_numpy(raw[..., :4]), expected[..., :4], atol=0.25, rtol=0.01)
+    torch.testing.assert_close(torch.from_numpy(raw[..., 4:]), expected[..., 4:], atol=0.01, rtol=0)
+    with pytest.raises(SystemExit):
+        load_tool("export").main(["--model", BACKBONE, "--format", "torchscript", "--half", "--out",
+                                  str(tmp_path / "x.ts")])
+    assert "--half needs --format onnx" in capsys.readouterr().err

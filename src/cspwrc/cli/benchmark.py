@@ -29,7 +29,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         default=list(DEFAULT_MODES),
         help="eager, or '+'-joined flags of folded, channels_last, jit (trace+freeze+optimize_for_inference), "
-        "compile (torch.compile, opt-in: slow to compile on few cores)",
+        "compile (torch.compile, opt-in: slow to compile on few cores), ort (onnxruntime CPU); CUDA only: fp16, "
+        "bf16 (half-precision weights and input), cudagraph (CUDA graph replay), e.g. folded+channels_last+fp16+cudagraph",
     )
     p.add_argument("--detector", action="store_true", help="also benchmark the full detector (incl. NMS)")
     p.add_argument("--detector-only", action="store_true", help="benchmark only the full detector")
@@ -111,7 +112,9 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     report["command"] = " ".join(["python", "tools/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
     if report["results"]:
         print(format_table(report, markdown=args.markdown))
-    print(f"\nfp32 matmul peak: {report['matmul_peak_gflop_s']:.1f} GFLOP/s ({report['env']['threads']} threads)")
+        print()
+    for precision, peak in report["matmul_peaks_gflop_s"].items():
+        print(f"{precision} matmul peak: {peak:.1f} GFLOP/s ({report['env']['threads']} threads)")
     if args.train_step:
         report["train_step"] = run_train_benchmark(train_settings_from_args(args), log=log)
         print_train_report(report["train_step"])

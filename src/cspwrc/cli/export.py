@@ -27,7 +27,7 @@ import cspwrc  # noqa: F401 - registers the cspwrc models with timm
 from cspwrc.atomic import WriteError
 from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.deploy.export import (FORMATS, EndToEnd, check_export, check_export_nms, deploy_model, export,
-                                  export_onnx_nms, load_for_export, onnx_metadata, write_onnx_metadata)
+                                  export_onnx_nms, half_onnx, load_for_export, onnx_metadata, write_onnx_metadata)
 from cspwrc.engine.config import ConfigError, check_model_name
 
 
@@ -46,12 +46,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conf", type=float, default=None, help="with --nms: score threshold (default: the detector's)")
     p.add_argument("--iou", type=float, default=None, help="with --nms: NMS IoU threshold (default: the detector's)")
     p.add_argument("--max-det", type=int, default=None, help="with --nms: detections per image (default: the detector's)")
+    p.add_argument("--half", action="store_true",
+                   help="fp16 weights and compute (ONNX only; input and output stay float32), for GPU runtimes")
     add_debug_flag(p)
     args = p.parse_args(argv)
     if args.nms and args.format != "onnx":
         p.error("--nms needs --format onnx (the NonMaxSuppression graph is an ONNX export)")
     if not args.nms and any(v is not None for v in (args.conf, args.iou, args.max_det)):
         p.error("--conf/--iou/--max-det set the exported NMS: add --nms")
+    if args.half and (args.format != "onnx" or args.nms):
+        p.error("--half needs --format onnx without --nms (the fp16 graph ends at raw; run postprocess_numpy after it)")
     return args
 
 
@@ -67,11 +71,14 @@ def run(args: argparse.Namespace) -> int:
         if args.nms:
             return _export_nms(args, detector, meta, module, img)
         path = export(module, args.format, args.out, img)
+        if args.half:
+            half_onnx(path)
         if args.format == "onnx":
             write_onnx_metadata(path, onnx_metadata(meta, img, max(detector.strides)))
     except OSError as err:
         raise WriteError(f"could not write {args.out}: {err}") from err
-    print(f"wrote {path} ({args.format}, input images [B, 3, {img}, {img}] in [0, 1], output raw [B, A, 4 + "
+    print(f"wrote {path} ({args.format}{', fp16 inside' if args.half else ''}, input images [B, 3, {img}, {img}] "
+          f"in [0, 1], output raw [B, A, 4 + "
           f"{meta['num_classes']}])")
     if not args.no_check:
         print(f"max |pytorch - {args.format}| on a batch of 2: {check_export(module, args.format, path, img):.2e}")

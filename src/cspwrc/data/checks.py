@@ -207,13 +207,21 @@ def safe_image_path(image_dir: Path, file_name: str, ann_file: Path, record: str
 
 
 # ------------------------------------------------------------------------------------------------ image probe
-def _open_rgb(path: Path, exif_transpose: bool, draft_size: int | None = None) -> np.ndarray:
-    """Open, decode fully and convert to ``uint8 [H, W, 3]`` RGB. Raises :class:`SampleReadError`."""
+def _open_rgb(path: Path, exif_transpose: bool, draft_size: int | None = None,
+              header: dict[str, Any] | None = None) -> np.ndarray:
+    """Open, decode fully and convert to ``uint8 [H, W, 3]`` RGB. Raises :class:`SampleReadError`.
+
+    ``header``, if given, receives the stored size ``raw: [w, h]`` and the EXIF ``orientation`` read in the
+    same open (before a draft decode shrinks the size), so a probe reads each file once.
+    """
     name = shorten(path)
     try:
         if path.stat().st_size == 0:
             raise SampleReadError(f"empty file {name}")
         with Image.open(path) as im:
+            if header is not None:
+                header["raw"] = list(im.size)
+                header["orientation"] = int(im.getexif().get(EXIF_ORIENTATION, 1))
             if draft_size and im.format == "JPEG":
                 # DCT-domain downscale: decodes big JPEGs 2-8x faster when the letterbox shrinks them anyway.
                 im.draft("RGB", (draft_size, draft_size))
@@ -263,16 +271,13 @@ def load_image(entry: ImageEntry, draft_size: int | None = None) -> np.ndarray:
 
 def probe_image(path: Path) -> dict[str, Any]:
     """Decode an image once; return ``{"raw": [w, h], "orientation": int}`` or ``{"error": reason}``."""
+    header: dict[str, Any] = {}
     try:
-        _open_rgb(path, exif_transpose=False, draft_size=256)  # classifies every unreadable case
-        with Image.open(path) as im:
-            orientation = int(im.getexif().get(EXIF_ORIENTATION, 1))
-            raw = list(im.size)
+        _open_rgb(path, exif_transpose=False, draft_size=256, header=header)  # classifies every unreadable case
     except SampleReadError as e:
         return {"error": str(e)}
-    except (OSError, ValueError, SyntaxError) as e:  # the file changed between the two opens
-        return {"error": f"corrupt or truncated image {shorten(path)}: {shorten(e, 200)}"}
-    return {"raw": raw, "orientation": orientation if 1 <= orientation <= 8 else 1}
+    orientation = header["orientation"]
+    return {"raw": header["raw"], "orientation": orientation if 1 <= orientation <= 8 else 1}
 
 
 def _error_kind(reason: str) -> str:

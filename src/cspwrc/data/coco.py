@@ -15,12 +15,14 @@ import logging
 import os
 import random
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from cspwrc.data.checks import CheckReport, DataError, ImageEntry, SampleReadError, load_image, verify_coco
 from cspwrc.data.transforms import apply_train_transform, build_train_transform, check_augment, letterbox, letterbox_boxes
@@ -29,7 +31,25 @@ from cspwrc.errors import shorten
 log = logging.getLogger("cspwrc.data")
 
 MAX_SUBSTITUTES = 10  # consecutive unreadable files tolerated for one item before giving up loudly
+RAM_CACHE_SHARE = 0.5  # data.cache: ram may take at most this share of the available memory
+CACHE_MODES = ("none", "ram")
 Target = dict[str, Any]
+Letterboxed = tuple[np.ndarray, np.ndarray, np.ndarray, float, tuple[float, float]]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (``MemAvailable``), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def select_categories(categories: list[dict[str, Any]], wanted: Sequence[str | int] | None, file: str
@@ -83,13 +103,19 @@ class CocoDetection(Dataset):
         seed: augmentation seed; item ``i`` of epoch ``e`` is augmented with seed ``(seed, e, i)``, so runs
             are reproducible whatever the number of workers.
         report: a precomputed :func:`verify_coco` report (else it is computed here, cached).
+        cache: ``"ram"`` decodes and letterboxes every image once, here, and keeps the ``uint8 [img, img, 3]``
+            canvases with their boxes (``N * img * img * 3`` bytes; see :meth:`_fill_ram_cache`); ``"none"``
+            reads the files for every item.
+
+    Epoch and mosaic switch live in a shared-memory tensor, so ``set_epoch``/``set_mosaic`` reach loader
+    workers that were started earlier (persistent workers; see :mod:`cspwrc.data.loader`).
     """
 
     def __init__(self, ann_file: str | os.PathLike[str], image_dir: str | os.PathLike[str], *, img: int = 640,
                  train: bool = False, augment: dict[str, Any] | None = None,
                  categories: Sequence[str | int] | None = None, num_images: int | None = None,
                  image_ids: Sequence[int] | None = None, subset_seed: int = 0, seed: int = 0,
-                 report: CheckReport | None = None, progress: bool = True) -> None:
+                 report: CheckReport | None = None, progress: bool = True, cache: str = "none") -> None:
         if img <= 0 or img % 32:
             raise DataError(str(ann_file), "img", f"image size {img} must be a positive multiple of 32")
         self.report = report or verify_coco(ann_file, image_dir, progress=progress)
@@ -101,10 +127,16 @@ class CocoDetection(Dataset):
                                             subset_seed)
         if not self.ids:
             raise DataError(str(ann_file), "subset", "the subset selects no images")
-        self.img, self.train, self.seed, self.epoch = img, train, seed, 0
+        self.img, self.train, self.seed = img, train, seed
         self.augment = check_augment(augment)
+        self._shared = torch.zeros(2, dtype=torch.int64).share_memory_()  # [epoch, mosaic on]
         self.mosaic = self.augment["mosaic"] > 0
         self._transforms: dict[bool, Any] = {}
+        self._ram: list[Letterboxed | None] | None = None
+        if cache not in CACHE_MODES:
+            raise DataError(str(ann_file), "data.cache", f"{cache!r} is not one of {CACHE_MODES}")
+        if cache == "ram":
+            self._fill_ram_cache(progress)
 
     # ------------------------------------------------------------------------------------------ id mapping
     @property
@@ -133,14 +165,52 @@ class CocoDetection(Dataset):
             gt.createIndex()
         return gt
 
+    # ------------------------------------------------------------------------------------------ RAM cache
+    def _fill_ram_cache(self, progress: bool) -> None:
+        """Decode + letterbox every image once (threads: PIL and cv2 release the GIL) if it fits in memory.
+
+        The size check: ``N * img * img * 3`` bytes must be at most :data:`RAM_CACHE_SHARE` of the available
+        memory; otherwise a warning says so and items are read from disk as without a cache (same data). The
+        cache is filled in the main process before the loader forks its workers, which then share its pages
+        copy-on-write (never written, so never copied; a ``spawn`` start method would copy it per worker).
+        Unreadable files stay uncached and fail at read time as usual (substituted, counted).
+        """
+        need, free = len(self) * self.img * self.img * 3, available_memory()
+        if free is not None and need > RAM_CACHE_SHARE * free:
+            log.warning("data.cache: ram needs %.1f GB for %d images at %d px but only %.1f GB of memory is "
+                        "available (limit: %d %%); reading images from disk instead", need / 1e9, len(self),
+                        self.img, free / 1e9, RAM_CACHE_SHARE * 100)
+            return
+
+        def read(index: int) -> Letterboxed | None:
+            try:
+                return self._read_letterboxed(index)
+            except SampleReadError:
+                return None
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            self._ram = list(tqdm(pool.map(read, range(len(self))), total=len(self), disable=not progress,
+                                  leave=False, desc=f"caching {len(self)} images ({need / 1e9:.2f} GB)"))
+
     # ------------------------------------------------------------------------------------------ epoch state
+    @property
+    def epoch(self) -> int:
+        return int(self._shared[0])
+
+    @property
+    def mosaic(self) -> bool:
+        return bool(self._shared[1])
+
+    @mosaic.setter
+    def mosaic(self, enabled: bool) -> None:
+        self._shared[1] = int(bool(enabled))
+
     def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation stream of ``epoch`` (call before building each epoch's iterator)."""
-        self.epoch = int(epoch)
+        """Select the augmentation stream of ``epoch`` (call before ``iter(loader)`` of that epoch)."""
+        self._shared[0] = int(epoch)
 
     def set_mosaic(self, enabled: bool) -> None:
-        """Switch mosaic on/off (close-mosaic epochs). Workers copy the dataset when an iterator starts, so
-        call it before ``iter(loader)`` and use non-persistent workers (or re-create the loader)."""
+        """Switch mosaic on/off (close-mosaic epochs); call before ``iter(loader)`` like :meth:`set_epoch`."""
         self.mosaic = bool(enabled) and self.augment["mosaic"] > 0
 
     def __len__(self) -> int:
@@ -150,9 +220,18 @@ class CocoDetection(Dataset):
     def _entry(self, index: int) -> ImageEntry:
         return self.report.images[self.ids[index]]
 
-    def load_letterboxed(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, tuple[float, float]]:
+    def load_letterboxed(self, index: int) -> Letterboxed:
         """Read item ``index`` letterboxed to ``img``: ``(image uint8 [img, img, 3], boxes float32 [N, 4],
-        labels int64 [N], scale, pad)``. Raises :class:`SampleReadError` if the file is unreadable."""
+        labels int64 [N], scale, pad)``, from the RAM cache when there is one. Raises :class:`SampleReadError`
+        if the file is unreadable."""
+        cached = self._ram[index] if self._ram is not None else None
+        if cached is None:
+            return self._read_letterboxed(index)
+        image, boxes, labels, scale, pad = cached
+        # Copies: an in-place transform must never change the cache (nor un-share a forked worker's pages).
+        return image.copy(), boxes.copy(), labels.copy(), scale, pad
+
+    def _read_letterboxed(self, index: int) -> Letterboxed:
         entry = self._entry(index)
         image = load_image(entry, draft_size=self.img)
         canvas, scale, pad = letterbox(image, self.img, (entry.height, entry.width))

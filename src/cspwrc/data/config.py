@@ -144,11 +144,13 @@ def load_data_config(path: str | os.PathLike[str]) -> DataConfig:
 
 
 def build_datasets(config: DataConfig | str | os.PathLike[str], *, img: int = 640,
-                   augment: dict[str, Any] | None = None, seed: int = 0, progress: bool = True
-                   ) -> tuple[CocoDetection, CocoDetection]:
-    """Train (augmented) and val (letterbox only) datasets of a data config; val uses train's label map."""
+                   augment: dict[str, Any] | None = None, seed: int = 0, progress: bool = True,
+                   cache: str = "none") -> tuple[CocoDetection, CocoDetection]:
+    """Train (augmented) and val (letterbox only) datasets of a data config; val uses train's label map.
+
+    ``cache="ram"`` keeps both splits' letterboxed images in memory (see :class:`CocoDetection`)."""
     cfg = config if isinstance(config, DataConfig) else load_data_config(config)
-    common: dict[str, Any] = {"img": img, "progress": progress}
+    common: dict[str, Any] = {"img": img, "progress": progress, "cache": cache}
     train = CocoDetection(cfg.train.ann, cfg.train.images, train=True, augment=augment, seed=seed,
                           categories=cfg.categories, num_images=cfg.train.num_images,
                           image_ids=cfg.train.image_ids, subset_seed=cfg.train.seed,

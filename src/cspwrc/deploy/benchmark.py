@@ -1,8 +1,16 @@
 """CPU/GPU speed benchmark of backbones and detectors against timm peers.
 
-One run measures, on the same machine state and thread count: the fp32 matmul peak (a large sgemm,
-best of several), then for every model x target x mode x input size its params, FLOPs, latency
-(median and p90 over warm runs), throughput and the achieved fraction of that peak.
+One run measures, on the same machine state and thread count: the matmul peak (a large GEMM, best of
+several), then for every model x target x mode x input size its params, FLOPs, latency (median and p90
+over warm runs), throughput and the achieved fraction of that peak.
+
+The peak is measured in the precision the row's convolutions compute in (:func:`row_precision`): fp16 or
+bf16 for the half modes; for fp32 on CUDA, TF32 when cuDNN may use it (``torch.backends.cudnn.allow_tf32``,
+on by default), so "% of peak" never exceeds 100 % because the probe ran in a slower precision than the model.
+
+GPU-only modes: ``fp16``/``bf16`` (weights and input cast to half precision: the deploy precision) and
+``cudagraph`` (the static part captured once in a ``torch.cuda.CUDAGraph`` and replayed; the detector's NMS
+stays eager). On another device they are skipped with the reason (:func:`check_device`).
 
 FLOP convention: ``torch.utils.flop_counter.FlopCounterMode`` counts a multiply-add as 2 FLOPs (the
 same convention as the 2*M*N*K of the sgemm peak), so the percentages compare like with like.
@@ -28,8 +36,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from cspwrc.engine.distributed import resolve_device
 
 TARGETS = ("backbone", "detector")
-MODE_FLAGS = ("eager", "folded", "channels_last", "jit", "ort", "compile")
-RUNTIMES = ("jit", "ort", "compile")  # mutually exclusive ways to run the (folded) model
+MODE_FLAGS = ("eager", "folded", "channels_last", "jit", "ort", "compile", "fp16", "bf16", "cudagraph")
+RUNTIMES = ("jit", "ort", "compile", "cudagraph")  # mutually exclusive ways to run the (folded) model
+HALF = {"fp16": torch.float16, "bf16": torch.bfloat16}  # deploy precisions (mutually exclusive)
+CUDA_ONLY = {
+    "fp16": "fp16 is a GPU deploy precision (CPU convolutions in fp16 are emulated, slower than fp32)",
+    "bf16": "bf16 is a GPU deploy precision here (CPU bf16 convolutions need AMX/AVX512-BF16 to pay off)",
+    "cudagraph": "CUDA graphs exist only on CUDA devices",
+}
 DEFAULT_MODES = ("eager", "folded", "channels_last", "folded+channels_last")
 
 
@@ -54,6 +68,7 @@ class BenchRow:
     flops_ratio_vs_baseline: float | None = None
     status: str = "ok"
     error: str = ""
+    precision: str = "fp32"  # what the convolutions compute in: fp32, tf32, fp16, bf16 (the peak's precision)
 
 
 @dataclass
@@ -83,7 +98,24 @@ def parse_mode(mode: str) -> frozenset[str]:
         raise ValueError(f"unknown mode {mode!r}: combine {MODE_FLAGS} with '+'")
     if len(flags & set(RUNTIMES)) > 1:
         raise ValueError(f"mode {mode!r}: pick one runtime of {RUNTIMES}")
+    if len(flags & set(HALF)) > 1:
+        raise ValueError(f"mode {mode!r}: pick one precision of {tuple(HALF)}")
     return flags - {"eager"}
+
+
+def check_device(flags: frozenset[str], device: torch.device) -> None:
+    """Raise ``ValueError`` with the reason when a GPU-only flag is asked for on another device."""
+    if device.type != "cuda":
+        for flag in sorted(flags & set(CUDA_ONLY)):
+            raise ValueError(f"{flag} needs a CUDA device, not {device.type}: {CUDA_ONLY[flag]}")
+
+
+def row_precision(mode: str, device: torch.device) -> str:
+    """The precision the convolutions of ``mode`` compute in on ``device`` (the peak probe uses the same)."""
+    half = parse_mode(mode) & set(HALF)
+    if half:
+        return next(iter(half))
+    return "tf32" if device.type == "cuda" and torch.backends.cudnn.allow_tf32 else "fp32"
 
 
 def set_threads(threads: int | None) -> int:
@@ -99,26 +131,37 @@ def synchronize(device: torch.device) -> None:
 
 
 class SgemmProbe:
-    """An ``n x n @ n x n`` fp32 matmul (2 n^3 FLOPs): the machine's attainable GFLOP/s at this thread count."""
+    """An ``n x n @ n x n`` matmul (2 n^3 FLOPs): the machine's attainable GFLOP/s at this thread count.
 
-    def __init__(self, device: str | torch.device = "cpu", n: int = 2048) -> None:
-        self.device = torch.device(device)
-        self.a = torch.randn(n, n, device=self.device)
-        self.b = torch.randn(n, n, device=self.device)
-        self.out = torch.empty(n, n, device=self.device)
+    ``precision``: fp32 (default), tf32 (fp32 tensors, TF32 tensor cores: what cuDNN convs use on CUDA by
+    default), fp16 or bf16.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", n: int = 2048, precision: str = "fp32") -> None:
+        self.device, self.precision = torch.device(device), precision
+        dtype = HALF.get(precision, torch.float32)
+        self.a = torch.randn(n, n, device=self.device, dtype=dtype)
+        self.b = torch.randn(n, n, device=self.device, dtype=dtype)
+        self.out = torch.empty(n, n, device=self.device, dtype=dtype)
         self.flops = 2 * n**3
 
     def __call__(self) -> None:
-        torch.mm(self.a, self.b, out=self.out)
-        synchronize(self.device)
+        # The global matmul switch is set around the call only: the models' own TF32 use is cuDNN's setting.
+        tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, self.precision == "tf32"
+        try:
+            torch.mm(self.a, self.b, out=self.out)
+            synchronize(self.device)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
 
     def gflops(self, times: Sequence[float]) -> float:
         return self.flops / min(times) / 1e9
 
 
-def matmul_peak_gflops(device: str | torch.device = "cpu", n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` fp32 sgemm GFLOP/s at the current thread count (after one warm-up call)."""
-    probe = SgemmProbe(device, n)
+def matmul_peak_gflops(device: str | torch.device = "cpu", n: int = 2048, repeats: int = 5,
+                       precision: str = "fp32") -> float:
+    """Best-of-``repeats`` matmul GFLOP/s in ``precision`` at the current thread count (after one warm-up call)."""
+    probe = SgemmProbe(device, n, precision)
     probe()  # thread pool and allocator warm-up
     return probe.gflops(round_robin_times([probe], repeats, float("inf"), repeats)[0])
 
@@ -228,10 +271,39 @@ def _ort_session(module: nn.Module, example: torch.Tensor) -> Callable[[torch.Te
     return run
 
 
+def _cuda_graph(fn: Callable[[torch.Tensor], Any], example: torch.Tensor, warmup: int = 3
+                ) -> Callable[[torch.Tensor], Any]:
+    """``fn`` captured once in a CUDA graph: a call copies its input into the graph's static input and replays
+    every kernel with one launch. The output tensors are the graph's static ones, overwritten by the next call.
+
+    Warm-up runs on a side stream first (cuDNN autotuning, lazy init and the allocator must not happen during
+    capture), as ``torch.cuda.graphs`` prescribes.
+    """
+    static_in = example.clone()
+    side = torch.cuda.Stream(example.device)
+    side.wait_stream(torch.cuda.current_stream(example.device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn(static_in)
+    torch.cuda.current_stream(example.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fn(static_in)
+
+    def run(x: torch.Tensor) -> Any:
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
+
+    return run
+
+
 def _convert(model: nn.Module, flags: frozenset[str], example: torch.Tensor) -> Callable[[torch.Tensor], Any]:
-    """jit / ort: convert the static part and keep the detector's NMS eager; otherwise the model itself."""
+    """jit / ort / cudagraph: convert the static part and keep the detector's NMS eager; otherwise the model."""
     if "jit" in flags:
         fn: Callable[[torch.Tensor], Any] = _jit_optimize(_static_part(model), example)
+    elif "cudagraph" in flags:
+        fn = _cuda_graph(_static_part(model), example)
     elif "ort" in flags:
         session = _ort_session(_static_part(model), example)
         fn = (lambda x: session(x)[0]) if hasattr(model, "forward_raw") else session
@@ -243,9 +315,11 @@ def _convert(model: nn.Module, flags: frozenset[str], example: torch.Tensor) -> 
 def prepare(model: nn.Module, mode: str, example: torch.Tensor) -> tuple[Callable[[torch.Tensor], Any], torch.Tensor]:
     """Apply a mode's conversions to a copy of ``model``; returns (callable, input in the matching layout)."""
     flags = parse_mode(mode)
+    check_device(flags, example.device)
     model = copy.deepcopy(model).eval()
     if "folded" in flags:
         model = fold_model(model)
+    model, example = to_precision(model, example, flags)
     if "channels_last" in flags:
         model = model.to(memory_format=torch.channels_last)
         example = example.contiguous(memory_format=torch.channels_last)
@@ -255,6 +329,17 @@ def prepare(model: nn.Module, mode: str, example: torch.Tensor) -> tuple[Callabl
         # which is what makes it pay off for CPU inference (without it inductor calls plain aten convs).
         fn = torch.compile(fn, options={"freezing": True})
     return fn, example
+
+
+def to_precision(model: nn.Module, example: torch.Tensor, flags: frozenset[str]) -> tuple[nn.Module, torch.Tensor]:
+    """Weights, buffers and input in the mode's half precision (a deployed model, not autocast); else unchanged.
+
+    The detector's anchor points and box decoding then run in that precision too, as they would deployed.
+    """
+    dtype = next((HALF[f] for f in flags if f in HALF), None)
+    if dtype is None:
+        return model, example
+    return model.to(dtype), example.to(dtype)
 
 
 def round_robin_times(calls: Sequence[Callable[[], Any]], iters: int, max_seconds: float,
@@ -308,31 +393,41 @@ def _ready_call(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, warmup: int)
 
 
 def bench_group(built: dict[str, _Built], target: str, img: int, batch: int, settings: BenchSettings,
-                device: torch.device, log: Callable[[str], None]) -> tuple[list[BenchRow], float]:
+                device: torch.device, log: Callable[[str], None]) -> tuple[list[BenchRow], dict[str, float]]:
     """Every model x mode at one target/size/batch, timed round-robin; a failing mode is skipped, not fatal.
 
-    The sgemm probe takes part in every round, so the peak is measured under the same load as the models.
-    Returns the rows and the probe's best GFLOP/s.
+    A matmul probe per precision in use takes part in every round, so the peaks are measured under the same
+    load as the models. Returns the rows and each probe's best GFLOP/s by precision.
     """
     example = torch.rand(batch, 3, img, img, device=device)  # detector convention: [0, 1]
     rows: list[BenchRow] = []
     ready: list[tuple[BenchRow, Callable[[], Any]]] = []
     for name, b in built.items():
         for mode in settings.modes:
-            row = BenchRow(name, target, mode, img, batch, params_m=b.params_m, gflops=b.flops_per_img[img] / 1e9)
+            row = BenchRow(name, target, mode, img, batch, params_m=b.params_m, gflops=b.flops_per_img[img] / 1e9,
+                           precision=row_precision(mode, device))
             rows.append(row)
             try:
                 fn, x = prepare(b.model, mode, example)
                 ready.append((row, _ready_call(fn, x, settings.warmup)))
             except Exception as exc:  # noqa: BLE001 - any backend failure means "mode not available here"
                 log(_progress(_skipped(row, exc)))
-    probe = SgemmProbe(device, settings.peak_size)
-    *times, probe_times = round_robin_times([c for _, c in ready] + [probe], settings.iters, settings.max_seconds,
-                                            settings.min_iters)
+    probes = [SgemmProbe(device, settings.peak_size, p) for p in base_precisions(settings.modes, device)]
+    times = round_robin_times([c for _, c in ready] + probes, settings.iters, settings.max_seconds, settings.min_iters)
     for (row, _), ts in zip(ready, times):
         _fill(row, ts, row.gflops * 1e9)
         log(_progress(row))
-    return rows, probe.gflops(probe_times)
+    return rows, {p.precision: p.gflops(ts) for p, ts in zip(probes, times[len(ready):])}
+
+
+def base_precisions(modes: Sequence[str], device: torch.device) -> list[str]:
+    """The precisions to probe: those of ``modes`` on ``device``, the fp32/tf32 one always first."""
+    found = [row_precision("eager", device)]
+    for mode in modes:
+        precision = row_precision(mode, device)
+        if precision not in found and (device.type == "cuda" or precision not in HALF):
+            found.append(precision)
+    return found
 
 
 def _fill(row: BenchRow, times: Sequence[float], flops_per_img: float) -> None:
@@ -371,16 +466,18 @@ def peer_of(model: str) -> str:
     return f"cs3darknet_{'s' if size == 'n' else size}"
 
 
-def add_ratios(rows: list[BenchRow], baseline: str | None, baseline_mode: str, peak: float) -> None:
+def add_ratios(rows: list[BenchRow], baseline: str | None, baseline_mode: str, peak: float | dict[str, float]) -> None:
     """Peak percentage and ratios vs the baseline in ``baseline_mode`` at the same target/img/batch.
 
     ``baseline``: a model name, or ``"peer"`` = each cspwrc model against its cs3darknet peer (:func:`peer_of`).
+    ``peak``: GFLOP/s by precision (each row against its own precision's), or one number for all rows.
     """
     ref = {(r.model, r.target, r.img, r.batch): r for r in rows if r.mode == baseline_mode and r.status == "ok"}
     for r in rows:
         if r.status != "ok":
             continue
-        r.peak_pct = 100.0 * r.achieved_gflop_s / peak if peak > 0 else 0.0
+        row_peak = peak.get(r.precision, 0.0) if isinstance(peak, dict) else peak
+        r.peak_pct = 100.0 * r.achieved_gflop_s / row_peak if row_peak > 0 else 0.0
         base_model = peer_of(r.model) if baseline == "peer" else baseline
         base = ref.get((base_model, r.target, r.img, r.batch))
         if base is not None:
@@ -424,12 +521,15 @@ def _load_avg() -> list[float] | None:
 def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure everything in ``settings``; the returned dict is what the CLI writes as JSON."""
     for mode in settings.modes:
-        parse_mode(mode)  # fail fast on a typo before minutes of measuring
+        parse_mode(mode)  # fail fast on a typo before minutes of measuring (a GPU-only mode on CPU: skipped rows)
     device = resolve_device(settings.device)  # a CUDA device on a machine without CUDA is an InputError (exit 2)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes per configuration: cuDNN tunes once, in the warm-up
     threads = set_threads(settings.threads)
     report: dict[str, Any] = {"env": environment(settings, threads), "settings": asdict_settings(settings)}
-    peaks = [matmul_peak_gflops(device, settings.peak_size)]
-    log(f"fp32 matmul peak ({settings.peak_size}^3, {threads} threads): {peaks[0]:.1f} GFLOP/s")
+    precisions = base_precisions(settings.modes, device)
+    runs = {p: [matmul_peak_gflops(device, settings.peak_size, precision=p)] for p in precisions}
+    log(f"{precisions[0]} matmul peak ({settings.peak_size}^3, {threads} threads): {runs[precisions[0]][0]:.1f} GFLOP/s")
     rows: list[BenchRow] = []
     for target in settings.targets:
         built, failed = build_all(target, settings, device, log)
@@ -437,16 +537,21 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = print) -
         with torch.inference_mode():
             for img in settings.img:
                 for batch in settings.batch:
-                    group, peak = bench_group(built, target, img, batch, settings, device, log)
+                    group, peaks = bench_group(built, target, img, batch, settings, device, log)
                     rows += group
-                    peaks.append(peak)
+                    for p, value in peaks.items():
+                        runs[p].append(value)
     # Best of start, every timing round and end: the load of a shared machine drifts, a peak is a best case.
-    peaks.append(matmul_peak_gflops(device, settings.peak_size))
-    peak = max(peaks)
-    add_ratios(rows, settings.baseline, settings.baseline_mode, peak)
+    for p in precisions:
+        runs[p].append(matmul_peak_gflops(device, settings.peak_size, precision=p))
+    best = {p: max(values) for p, values in runs.items()}
+    add_ratios(rows, settings.baseline, settings.baseline_mode, best)
     report["env"]["load_avg_end"] = _load_avg()
-    report["matmul_peak_gflop_s"] = peak
-    report["matmul_peak_runs"] = peaks
+    report["env"]["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32 if device.type == "cuda" else None
+    report["matmul_peak_gflop_s"] = best[precisions[0]]  # the fp32 (CPU) or tf32/fp32 (CUDA) peak
+    report["matmul_peak_precision"] = precisions[0]
+    report["matmul_peak_runs"] = runs[precisions[0]]
+    report["matmul_peaks_gflop_s"] = best
     report["results"] = [asdict(r) for r in rows]
     return report
 
@@ -474,6 +579,7 @@ TABLE_COLUMNS = (
     ("img/s", "{:.1f}"),
     ("GFLOP/s", "{:.1f}"),
     ("% peak", "{:.0f}"),
+    ("peak of", "{}"),
     ("x base", "{:.2f}"),
     ("FLOPs x base", "{:.2f}"),
 )
@@ -492,6 +598,7 @@ def _cells(r: dict[str, Any]) -> list[Any]:
         r["throughput_img_s"],
         r["achieved_gflop_s"],
         r["peak_pct"],
+        r.get("precision", "fp32"),
         r["ratio_vs_baseline"],
         r["flops_ratio_vs_baseline"],
     ]

@@ -79,6 +79,27 @@ def export_onnx(module: nn.Module, path: str | Path, img: int, opset: int = ONNX
     return path
 
 
+def half_onnx(path: str | Path) -> Path:
+    """Rewrite an exported ONNX file in fp16: weights and compute in half precision, input and output stay fp32.
+
+    Uses onnxruntime's own converter (``onnxruntime.transformers.float16``, shipped in the onnxruntime wheel):
+    it keeps the graph's ``images``/``raw`` in fp32 (``keep_io_types``) and the ops ONNX or the runtimes cannot
+    run in fp16 (its default block list: ``Range`` of the anchor points among them) in fp32 behind casts. The
+    file halves in size; the callers' pre- and post-processing do not change. Exporting a ``.half()`` torch
+    model instead fails: ONNX ``Range`` has no fp16 version.
+    """
+    # Optional extra (pip install -e ".[export]"): imported here so the rest of the module works without it.
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    path = Path(path)
+    model = OnnxModel(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True))
+    model.topological_sort()  # the converter appends the input casts last; the ONNX checker wants them first
+    onnx.save(model.model, str(path))
+    return path
+
+
 def export_torchscript(module: nn.Module, path: str | Path, img: int) -> Path:
     """Write ``module`` as a traced TorchScript file (load with ``torch.jit.load``); any batch size works."""
     path = Path(path)

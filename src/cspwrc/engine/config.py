@@ -40,7 +40,8 @@ class RunDataConfig:
     """The run config's ``data:`` section (the data YAML it points to is :class:`cspwrc.data.config.DataConfig`)."""
 
     path: str | None = None  # data YAML (train/val annotation files and image dirs); None = embedded shapes
-    workers: int = 2  # DataLoader worker processes (0 = load in the main process)
+    workers: int | Literal["auto"] = "auto"  # loader processes (0 = in the main process); auto: data.loader.auto_workers
+    cache: Literal["none", "ram"] = "none"  # ram: keep the letterboxed images in memory (size-checked, docs/training.md)
 
 
 @dataclass
@@ -78,7 +79,8 @@ class TrainConfig:
     grad_clip: float = 10.0  # max global grad norm; 0 disables clipping
     nan_policy: Literal["stop", "skip"] = "stop"  # non-finite loss: stop the run, or skip the step and count
     max_nan_skips: int = 100  # with nan_policy skip: stop anyway after this many skipped steps
-    amp: bool = True  # mixed precision, only ever used on CUDA
+    amp: bool | Literal["auto", "bf16", "fp16", "off"] = "auto"  # CUDA only; auto (= true): bf16 where supported
+    channels_last: bool = True  # NHWC model and batches, CUDA only (tensor-core convs want it)
     eval_interval: int = 1  # evaluate every N epochs (and always after the last one)
     patience: int = 0  # >0: stop when val mAP has not improved for this many epochs (checked when evaluated)
     tensorboard: bool = True  # TensorBoard scalars in OUT/tb when the package is installed (extra [tb])
@@ -188,6 +190,11 @@ FLAG_KEYS: dict[str, str] = {
 }
 
 
+def workers_arg(text: str) -> int | str:
+    """``--workers``: a number or ``auto``."""
+    return text if text == "auto" else int(text)
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="run config YAML or a packaged recipe name (default: "
                         "default, or real with --data; also sgd, ...)")
@@ -199,7 +206,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="initialise from a local checkpoint (cspwrc .safetensors or backbone-only)")
     parser.add_argument("--resume", help="continue a run: its run dir or its last.state.pt")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--workers", type=int)
+    parser.add_argument("--workers", type=workers_arg, help="loader processes, or auto (sized to the machine)")
     parser.add_argument("--out", help="run directory")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--patience", type=int, help="early stopping: epochs without a val mAP gain (0 = off)")
@@ -263,7 +270,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.patience: must be >= 0 (0 = no early stopping), got {t.patience}")
     if not 0 <= t.close_mosaic:
         raise ConfigError(f"train.close_mosaic: must be >= 0, got {t.close_mosaic}")
-    if cfg.data.workers < 0:
+    if isinstance(cfg.data.workers, int) and cfg.data.workers < 0:
         raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")
     if t.time is not None and t.time <= 0:
         raise ConfigError(f"train.time: must be > 0 hours, got {t.time}")

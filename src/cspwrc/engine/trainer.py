@@ -13,6 +13,11 @@ the run after the current step (a second one stops at once) with the last finish
 a DDP peer that dies stops the others (:func:`cspwrc.engine.distributed.peer_lost`); ``RUN/run.lock`` keeps a
 second process out of a live run's directory (:mod:`cspwrc.engine.lock`). All of these are exit 3 (stopped)
 or exit 2 (refused before training) through :mod:`cspwrc.errors`.
+
+No host sync per step under ``stop``: a :class:`FiniteGuard` records the first non-finite step on the device
+and is read every :attr:`Trainer.finite_check_steps` steps and at the end of every epoch, before evaluation
+and before any checkpoint is written; the losses are summed on the device too. (``skip`` must decide before
+each optimizer step, so it reads the flag every step.)
 """
 
 from __future__ import annotations
@@ -47,6 +52,44 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class TrainingStopped(RunStopped, RuntimeError):
     """The run stopped on purpose (non-finite loss, unwritable checkpoint, a signal, a lost DDP peer); the message
     says why and what was kept."""
+
+
+class FiniteGuard:
+    """The first non-finite step since the last :meth:`first`, recorded on the device (no host sync).
+
+    ``record`` is a few tiny kernels queued behind the step; ``first`` reads them (one sync, and one
+    all-reduce so that every DDP rank stops together) and returns ``(global step, what, losses)`` or None.
+    """
+
+    WHAT = ("loss", "gradient")
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.what = torch.zeros((), dtype=torch.int64, device=device)
+        self.losses = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=device)
+
+    def record(self, step: int, what: str, value: torch.Tensor, losses: torch.Tensor) -> None:
+        """``value``: the tensor that must be finite; ``losses`` ``float64 [len(LOSS_KEYS)]`` of that step."""
+        new = ~torch.isfinite(value).all() & (self.step < 0)
+        self.step = torch.where(new, step, self.step)
+        self.what = torch.where(new, self.WHAT.index(what), self.what)
+        self.losses = torch.where(new, losses, self.losses)
+
+    def first(self) -> tuple[int, str, list[float]] | None:
+        if float(dist.all_reduce_mean((self.step >= 0).double())) == 0.0:
+            return None
+        return int(self.step), self.WHAT[int(self.what)], self.losses.tolist()
+
+
+def resolve_amp(setting: bool | str, device: torch.device) -> torch.dtype | None:
+    """``train.amp`` -> the autocast dtype on this device, or None (fp32). auto/true: bf16 where the GPU has it."""
+    if device.type != "cuda" or setting in (False, "off"):
+        return None
+    if setting in (True, "auto"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if setting == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.amp: bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or auto")
+    return torch.bfloat16 if setting == "bf16" else torch.float16
 
 
 def seed_everything(seed: int) -> None:
@@ -195,9 +238,13 @@ def load_resume(path: str | Path, overrides: dict[str, Any] | None = None) -> tu
 class Trainer:
     """One training run. ``Trainer(cfg).fit()`` or ``Trainer(cfg, resume_state=state).fit()``."""
 
+    #: steps between two reads of the device-side finite flag (see the module doc); each read is one host sync
+    finite_check_steps = 50
+
     def __init__(self, cfg: RunConfig, resume_state: dict[str, Any] | None = None, progress: bool = True,
                  new_run_dir: bool = False) -> None:
         """``new_run_dir``: when ``train.out`` already holds a run, use the next free numbered folder instead."""
+        self._started = time.perf_counter()
         self.cfg = cfg
         self.device = dist.resolve_device(cfg.train.device)
         dist.init_distributed(self.device)
@@ -240,14 +287,18 @@ class Trainer:
     # -------------------------------------------------------------------------------------- setup
     def _build_data(self) -> None:
         from cspwrc.data import build_datasets, build_loader, ensure_shapes_dataset
+        from cspwrc.data.loader import auto_workers
 
         cfg = self.cfg
         data_path = cfg.data.path or str(ensure_shapes_dataset())
         self.data_path = data_path
         self.train_set, self.val_set = build_datasets(data_path, img=cfg.train.img, augment=cfg.augment,
-                                                      seed=cfg.train.seed, progress=self.progress)
-        common = dict(workers=cfg.data.workers, seed=cfg.train.seed, distributed=dist.is_dist(),
-                      rank=dist.rank(), world_size=dist.world_size())
+                                                      seed=cfg.train.seed, progress=self.progress,
+                                                      cache=cfg.data.cache)
+        workers = cfg.data.workers
+        self.workers = auto_workers(self.device.type, dist.world_size()) if workers == "auto" else workers
+        common = dict(workers=self.workers, seed=cfg.train.seed, distributed=dist.is_dist(),
+                      rank=dist.rank(), world_size=dist.world_size(), pin_memory=self.device.type == "cuda")
         self.train_loader = build_loader(self.train_set, cfg.train.batch, train=True, **common)
         self.val_loader = build_loader(self.val_set, cfg.train.batch, train=False, **common)
         self.coco_gt = self.val_set.coco_gt() if dist.is_main() else None
@@ -267,11 +318,18 @@ class Trainer:
         if cfg.train.weights and init_weights:
             self._log(init_from_weights(model, cfg.train.weights))
         self.model = model.to(self.device)
+        self.channels_last = cfg.train.channels_last and self.device.type == "cuda"
+        if self.channels_last:  # before the EMA copy and the optimizer: both see NHWC weights
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest conv kernels once
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = WarmupScheduler(self.optimizer, cfg, self.steps_per_epoch)
         self.ema = self._build_ema() if cfg.ema.enabled else None
-        self.use_amp = cfg.train.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = resolve_amp(cfg.train.amp, self.device)
+        self.use_amp = self.amp_dtype is not None
+        # bf16 has fp32's range: only fp16 needs loss scaling (whose skip decision is a host sync per step).
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.ddp_model: nn.Module = self.model  # wrapped in DDP by __init__ once every rank has set up
 
     def _build_ema(self) -> nn.Module:
@@ -369,6 +427,8 @@ class Trainer:
                   f"{len(self.val_set)} val images, {self.train_set.num_classes} classes, img {cfg.img}, "
                   f"{cfg.epochs} epochs x {self.steps_per_epoch} steps, device {self.device}, "
                   f"world size {dist.world_size()}, run dir {self.out}")
+        self._log(f"{self.workers} loader workers, data cache {self.cfg.data.cache}, amp {self.amp_dtype or 'off'}, "
+                  f"channels_last {self.channels_last}; set-up took {start - self._started:.1f} s")
         result: EvalResult | None = None
         previous = self._catch_stop_signals()
         try:
@@ -441,8 +501,10 @@ class Trainer:
         prepare_epoch(self.train_loader, epoch, mosaic=epoch < cfg.epochs - cfg.close_mosaic)
         self.model.set_epoch(epoch)
         t0 = time.perf_counter()
-        means = self._train_one_epoch(epoch)
-        self.state.train_time_s += time.perf_counter() - t0
+        means, images = self._train_one_epoch(epoch)
+        seconds = time.perf_counter() - t0
+        self.state.train_time_s += seconds
+        self._speed = (images, seconds)  # for the epoch's log line (not in the history: it is not reproducible)
         if cfg.time is not None:
             self._fit_epochs_to_time(epoch)
         result = None
@@ -480,56 +542,73 @@ class Trainer:
             yield i, images, targets
             bar.set_postfix_str(self._postfix)
 
-    def _train_one_epoch(self, epoch: int) -> dict[str, float]:
+    def _train_one_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
+        """Mean losses of the epoch's taken steps (all ranks) and the number of images stepped on (all ranks)."""
         from cspwrc.data import count_skipped
 
         self.ddp_model.train()
-        sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64)
+        sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=self.device)  # no host sync per step
         done, self._postfix, skipped = 0, "", 0
-        for _, images, targets in self._batches(epoch):
+        self.guard = FiniteGuard(self.device)
+        for i, images, targets in self._batches(epoch):
             skipped += count_skipped(targets)
             self.scheduler.step(self.state.global_step)
             losses = self._step(images, targets, epoch)
             self.state.global_step += 1
             self._check_stop(epoch)
-            if losses is None:
-                continue
-            vals = torch.tensor([float(losses.get(k, math.nan)) for k in LOSS_KEYS], dtype=torch.float64)
-            sums += vals
-            done += 1
-            self._postfix = " ".join(f"{k.removeprefix('loss_') if k != 'loss' else 'loss'}={v:.3f}"
-                                     for k, v in zip(LOSS_KEYS, vals.tolist())) + f" lr={self.scheduler.lr():.2e}"
+            if losses is not None:
+                sums += losses
+                done += 1
+            if (i + 1) % self.finite_check_steps == 0:
+                self._check_guard(epoch)
+                self._postfix = " ".join(f"{k.removeprefix('loss_') if k != 'loss' else 'loss'}={v:.3f}"
+                                         for k, v in zip(LOSS_KEYS, (sums / max(done, 1)).tolist())
+                                         ) + f" lr={self.scheduler.lr():.2e}"
+        self._check_guard(epoch)  # before evaluation and before this epoch's checkpoint
         means = dist.all_reduce_mean(sums / max(done, 1))
         self.state.read_skipped += dist.all_reduce_sum_int(skipped)  # every rank's substitutions, not rank 0's
-        return dict(zip(LOSS_KEYS, means.tolist()))
+        return dict(zip(LOSS_KEYS, means.tolist())), dist.all_reduce_sum_int(done * self.cfg.train.batch)
 
     def _to_device(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        images = images.to(self.device, non_blocking=True).float().div_(255.0)
-        targets = [{"boxes": t["boxes"].to(self.device), "labels": t["labels"].to(self.device)} for t in targets]
+        # Pinned batches (CUDA) copy asynchronously; uint8 travels, the float conversion runs on the device.
+        images = images.to(self.device, non_blocking=True)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        images = images.to(dtype=torch.float32, memory_format=fmt).div_(255.0)
+        targets = [{"boxes": t["boxes"].to(self.device, non_blocking=True),
+                    "labels": t["labels"].to(self.device, non_blocking=True)} for t in targets]
         return images, targets
 
-    def _step(self, images: torch.Tensor, targets: list[dict[str, Any]], epoch: int) -> dict[str, float] | None:
-        """One optimizer step; None when a non-finite step was skipped (policy 'skip')."""
+    def _step(self, images: torch.Tensor, targets: list[dict[str, Any]], epoch: int) -> torch.Tensor | None:
+        """One optimizer step: its losses ``float64 [len(LOSS_KEYS)]`` on the device; None when a non-finite step
+        was skipped (policy 'skip'). Under 'stop' a non-finite step is recorded in ``self.guard``, not checked."""
         images, targets = self._to_device(images, targets)
-        with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
             losses = self.ddp_model(images, targets)
         loss = losses["loss"]
-        if not self._finite_everywhere(loss.detach(), epoch, losses, "loss"):
+        values = torch.stack([losses[k].detach().to(torch.float64) if k in losses else
+                              torch.tensor(math.nan, dtype=torch.float64, device=self.device) for k in LOSS_KEYS])
+        skip_policy = self.cfg.train.nan_policy == "skip"
+        if not skip_policy:
+            self.guard.record(self.state.global_step, "loss", loss.detach(), values)
+        elif not self._finite_everywhere(loss.detach(), epoch, losses, "loss"):
             return None
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.train.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-            # Under AMP the scaler skips inf steps by design; in fp32 a non-finite norm is a real failure.
-            if not self.use_amp and not self._finite_everywhere(norm.detach(), epoch, {"grad_norm": norm}, "gradient"):
-                self.optimizer.zero_grad(set_to_none=True)
-                return None
+            # The fp16 scaler skips inf steps by design; in fp32/bf16 a non-finite norm is a real failure.
+            if not self.scaler.is_enabled():
+                if not skip_policy:
+                    self.guard.record(self.state.global_step, "gradient", norm.detach(), values)
+                elif not self._finite_everywhere(norm.detach(), epoch, {"grad_norm": norm}, "gradient"):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    return None
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
             self.ema.update(self.model, step=self.state.global_step)
-        return {k: float(v.detach()) for k, v in losses.items()}
+        return values
 
     def _finite_everywhere(self, value: torch.Tensor, epoch: int, losses: dict[str, Any], what: str) -> bool:
         """All ranks agree whether the step is finite (DDP must take or skip a step together)."""
@@ -543,11 +622,21 @@ class Trainer:
             self._log(f"warning: non-finite {what} at epoch {epoch + 1} step {self.state.global_step} ({detail}); "
                       f"step skipped ({self.state.nan_skipped} so far)")
             return False
+        raise self._nonfinite_stop(what, epoch, self.state.global_step, detail)
+
+    def _check_guard(self, epoch: int) -> None:
+        """Stop if the device recorded a non-finite step since the last check (policy 'stop')."""
+        found = self.guard.first()
+        if found is not None:
+            step, what, losses = found
+            raise self._nonfinite_stop(what, epoch, step, ", ".join(f"{k}={v}" for k, v in zip(LOSS_KEYS, losses)))
+
+    def _nonfinite_stop(self, what: str, epoch: int, step: int, detail: str) -> TrainingStopped:
         kept = self.out / "last.safetensors"
         where = f"last good checkpoint kept: {kept} (epoch {self.state.epoch})" if kept.exists() else \
             "no checkpoint had been written yet"
-        raise TrainingStopped(
-            f"non-finite {what} at epoch {epoch + 1}, step {self.state.global_step}: {detail}. Stopping "
+        return TrainingStopped(
+            f"non-finite {what} at epoch {epoch + 1}, step {step}: {detail}. Stopping "
             f"(train.nan_policy={self.cfg.train.nan_policy}, {self.state.nan_skipped} skipped); {where}. "
             f"Try a lower optim.lr, train.grad_clip, or check the data.")
 
@@ -581,8 +670,9 @@ class Trainer:
         took = row["time_s"] - (self.state.history[-2]["time_s"] if len(self.state.history) > 1 else 0.0)
         losses = " ".join(f"{k.removeprefix('loss_')}={row[k]:.4f}" for k in LOSS_KEYS if k in row)
         evaluated = "" if math.isnan(row["map"]) else f" mAP={row['map']:.4f} mAP50={row['map50']:.4f}"
+        images, seconds = self._speed
         self._log(f"epoch {row['epoch']}/{self.cfg.train.epochs}: {losses} lr={row['lr']:.3e} "
-                  f"time={took:.1f}s{evaluated}")
+                  f"time={took:.1f}s{evaluated} train={seconds:.1f}s {images / seconds:.1f} img/s")
         if self.tb is not None:
             for key, value in row.items():
                 if key != "epoch" and isinstance(value, float) and math.isfinite(value):
