@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""``cspwrc benchmark`` from a source checkout: the command lives in :mod:`cspwrc.cli.benchmark` (``--help`` for its flags)."""
+"""``cspwrc benchmark`` from a source checkout: see :mod:`cspwrc.cli.benchmark` (``--help`` for its flags)."""
 
 import sys
 

@@ -130,12 +130,13 @@ def model_cost(run_dir: str) -> tuple[float, float]:
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    lines = ["| backbone | seed | epochs | mAP@[.5:.95] | mAP50 | params (M) | GFLOPs | train time (s) | CPU time (s) |",
+    lines = ["| backbone | seed | epochs | mAP@[.5:.95] | mAP50 | params (M) | GFLOPs | train time (s) "
+             "| CPU time (s) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         params, gflops = model_cost(str(r["run_dir"]))
-        lines.append(f"| {r['variant']} | {r['seed']} | {r['epochs']} | {r['map']:.4f} | {r['map50']:.4f} | {params:.2f} | "
-                     f"{gflops:.2f} | {r['train_time_s']:.0f} | {r['cpu_time_s']:.0f} |")
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['epochs']} | {r['map']:.4f} | {r['map50']:.4f} "
+                     f"| {params:.2f} | {gflops:.2f} | {r['train_time_s']:.0f} | {r['cpu_time_s']:.0f} |")
     return "\n".join(lines)
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""``cspwrc convert`` from a source checkout: the command lives in :mod:`cspwrc.cli.convert` (``--help`` for its flags)."""
+"""``cspwrc convert`` from a source checkout: see :mod:`cspwrc.cli.convert` (``--help`` for its flags)."""
 
 import sys
 

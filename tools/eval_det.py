@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""``cspwrc val`` from a source checkout: the command lives in :mod:`cspwrc.cli.val` (``--help`` for its flags)."""
+"""``cspwrc val`` from a source checkout: see :mod:`cspwrc.cli.val` (``--help`` for its flags)."""
 
 import sys
 

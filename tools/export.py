@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""``cspwrc export`` from a source checkout: the command lives in :mod:`cspwrc.cli.export` (``--help`` for its flags)."""
+"""``cspwrc export`` from a source checkout: see :mod:`cspwrc.cli.export` (``--help`` for its flags)."""
 
 import sys
 

@@ -326,7 +326,8 @@ def startup_profile(run: Run, data: Path, work: Path, out: Path, log: Any) -> di
         f"pstats.Stats(profile, stream=open('{out}', 'w')).sort_stats('cumulative').print_stats(60)\n"
     )
     rc, lines = stream([sys.executable, "-c", code], log, run.limits["startup_profile"])
-    return {"status": "ok" if rc == 0 else "failed", "rc": rc, "timing": [ln for ln in lines if ln.startswith("imports")]}
+    timing = [ln for ln in lines if ln.startswith("imports")]
+    return {"status": "ok" if rc == 0 else "failed", "rc": rc, "timing": timing}
 
 
 def targets(steps: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""``cspwrc merge`` from a source checkout: the command lives in :mod:`cspwrc.cli.merge` (``--help`` for its flags)."""
+"""``cspwrc merge`` from a source checkout: see :mod:`cspwrc.cli.merge` (``--help`` for its flags)."""
 
 import sys
 

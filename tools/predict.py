@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""``cspwrc predict`` from a source checkout: the command lives in :mod:`cspwrc.cli.predict` (``--help`` for its flags)."""
+"""``cspwrc predict`` from a source checkout: see :mod:`cspwrc.cli.predict` (``--help`` for its flags)."""
 
 import sys
 

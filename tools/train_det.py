@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""``cspwrc train`` from a source checkout: the command lives in :mod:`cspwrc.cli.train` (``--help`` for its flags)."""
+"""``cspwrc train`` from a source checkout: see :mod:`cspwrc.cli.train` (``--help`` for its flags)."""
 
 import sys
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""``cspwrc wrc-weights`` from a source checkout: the command lives in :mod:`cspwrc.cli.wrc_weights` (``--help`` for its flags)."""
+"""``cspwrc wrc-weights`` from a source checkout: see :mod:`cspwrc.cli.wrc_weights` (``--help`` for its flags)."""
 
 import sys
 

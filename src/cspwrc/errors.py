@@ -32,11 +32,6 @@ class ConfigError(InputError, ValueError):
     the fault. (Also importable from :mod:`cspwrc.engine.config`, where it used to live.)"""
 
 
-class CheckpointError(InputError, RuntimeError):
-    """A file is not a checkpoint this library will load (writes fail with :class:`cspwrc.atomic.WriteError`).
-    (Also importable from :mod:`cspwrc.engine.checkpoint`, where it used to live.)"""
-
-
 class RunStopped(CspwrcError):
     """A run stopped on purpose; the message says why and what was kept. Exit 3."""
 

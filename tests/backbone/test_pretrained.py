@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 import cspwrc  # noqa: F401
-from cspwrc.backbone import checkpoint_filter_fn
+from cspwrc.backbone import checkpoint_filter_fn, cspwrcnet
+from cspwrc.errors import CheckpointError
 from randomize import randomize_norm_and_wrc_
 
 X = torch.randn(2, 3, 64, 64)
@@ -80,9 +81,6 @@ def test_timm_pretrained_contract_offline(tmp_path: Path) -> None:
 
 def test_offline_pretrained_fails_fast_naming_the_fix(monkeypatch) -> None:
     """No cached copy and no network: one clear CheckpointError (exit 2 in the tools), not minutes of hub retries."""
-    from cspwrc.backbone import cspwrcnet
-    from cspwrc.errors import CheckpointError
-
     monkeypatch.setattr(cspwrcnet, "try_to_load_from_cache", lambda *a, **k: None)
     monkeypatch.setattr(cspwrcnet, "_hub_reachable", lambda timeout_s=3.0: False)
 

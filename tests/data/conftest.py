@@ -6,8 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from cocofiles import write_coco
+
+from cspwrc.data.shapes import ensure_shapes_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -25,6 +26,4 @@ def coco_builder(tmp_path: Path) -> Callable[..., tuple[Path, Path]]:
 @pytest.fixture(scope="session")
 def shapes_yaml(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small embedded shapes data set (24 train / 8 val images), generated once per session."""
-    from cspwrc.data.shapes import ensure_shapes_dataset
-
     return ensure_shapes_dataset(tmp_path_factory.mktemp("shapes") / "s", num_train=24, num_val=8)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cocofiles import ann_rec, image_rec
 from PIL import Image
 
-from cocofiles import ann_rec, image_rec
 from cspwrc.data import checks
 from cspwrc.data.checks import DataError, load_image, verify_coco
 from cspwrc.data.coco import CocoDetection
@@ -38,9 +38,12 @@ def test_malformed_json_names_file_and_position(tmp_path):
     (lambda d: d["images"][0].pop("file_name"), r"images\[0\] \(id=1\)", "missing key 'file_name'"),
     (lambda d: d["images"][1].update(width="64"), r"images\[1\] \(id=2\)\.width", "expected int, got str"),
     (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"annotations\[0\] \(id=1\)\.bbox", "expected 4 numbers"),
-    (lambda d: d["annotations"][0].update(bbox=[1, "2", 3, 4]), r"annotations\[0\] \(id=1\)\.bbox", "expected int or float"),
-    (lambda d: d["annotations"][0].update(category_id=True), r"annotations\[0\] \(id=1\)\.category_id", "expected int, got bool"),
-    (lambda d: d["categories"].append({"id": 1, "name": "c"}), r"categories\[2\] \(id=1\)", r"duplicate id 1 \(first at categories\[0\]\)"),
+    (lambda d: d["annotations"][0].update(bbox=[1, "2", 3, 4]), r"annotations\[0\] \(id=1\)\.bbox",
+     "expected int or float"),
+    (lambda d: d["annotations"][0].update(category_id=True), r"annotations\[0\] \(id=1\)\.category_id",
+     "expected int, got bool"),
+    (lambda d: d["categories"].append({"id": 1, "name": "c"}), r"categories\[2\] \(id=1\)",
+     r"duplicate id 1 \(first at categories\[0\]\)"),
     (lambda d: d["images"].append(image_rec(1)), r"images\[2\] \(id=1\)", "duplicate id 1"),
     (lambda d: d["annotations"].append(ann_rec(1, 1, 1, [0, 0, 5, 5])), r"annotations\[1\] \(id=1\)", "duplicate id 1"),
     (lambda d: d.update(images={}), "images", "expected list, got dict"),

@@ -6,8 +6,10 @@ import pytest
 import torch
 from cocofiles import ann_rec, image_rec
 
+from cspwrc.data import coco
 from cspwrc.data.checks import DataError
 from cspwrc.data.coco import CocoDetection
+from cspwrc.data.config import build_datasets
 from shared_data import shared_dataset
 
 # COCO ids are not contiguous: the labels must be 0..3 in id order.
@@ -120,9 +122,6 @@ def test_real_coco_subsets(name):
 
 
 def test_ram_cache_gives_the_same_items_and_falls_back_when_memory_is_short(shapes_yaml, monkeypatch, caplog):
-    from cspwrc.data import coco
-    from cspwrc.data.config import build_datasets
-
     plain, _ = build_datasets(shapes_yaml, img=64, seed=1, progress=False)
     cached, _ = build_datasets(shapes_yaml, img=64, seed=1, progress=False, cache="ram")
     assert cached._ram is not None and all(item is not None for item in cached._ram)

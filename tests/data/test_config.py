@@ -26,7 +26,8 @@ def test_relative_paths_resolve_against_the_yaml_folder(tmp_path):
 
 
 @pytest.mark.parametrize("text, where, fault", [
-    ("trian: {ann: a, images: b}\nval: {ann: a, images: b}\n", "top level", "unknown key 'trian'; did you mean 'train'"),
+    ("trian: {ann: a, images: b}\nval: {ann: a, images: b}\n", "top level",
+     "unknown key 'trian'; did you mean 'train'"),
     ("train: {ann: a, image: b}\nval: {ann: a, images: b}\n", "train", "unknown key 'image'; did you mean 'images'"),
     ("train: {ann: a, images: b, num_images: ten}\nval: {ann: a, images: b}\n", r"train\.num_images",
      "expected int, got str"),

@@ -49,7 +49,8 @@ def test_yolo_boxes_background_and_skip_policy(tmp_path):
     assert report.box_categories[1].tolist() == [0, 1] and train.class_names == ["a", "b"]
     assert len(report.boxes[3]) == 0 and sorted(report.images) == [1, 2, 3]  # no label file: background
     assert report.counts["annotation unknown category"] == 1 and report.counts["bbox degenerate"] == 1
-    assert {p.file for p in report.skipped} == {f"{tmp_path / 'labels' / '2.txt'}:1", f"{tmp_path / 'labels' / '2.txt'}:2"}
+    label = tmp_path / "labels" / "2.txt"
+    assert {p.file for p in report.skipped} == {f"{label}:1", f"{label}:2"}
 
 
 def test_yolo_unreadable_image_is_skipped_and_counted(tmp_path):
@@ -120,8 +121,8 @@ def test_yolo_route_gives_the_coco_route_boxes_on_coco128():
 
 VOC_XML = """<annotation><filename>{id}.jpg</filename>
 <size><width>64</width><height>48</height><depth>3</depth></size>{objects}</annotation>"""
-VOC_OBJ = "<object><name>{name}</name><difficult>{difficult}</difficult><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>" \
-          "<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
+VOC_OBJ = "<object><name>{name}</name><difficult>{difficult}</difficult>" \
+          "<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
 
 
 def _voc_set(root: Path, objects: dict[str, list[tuple[str, int, tuple[int, ...]]]]) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import torch
 
 from cspwrc.data.config import build_datasets
@@ -62,8 +64,6 @@ def test_distributed_sampler_splits_the_data(shapes_yaml):
 
 
 def test_read_failures_in_workers_are_counted_in_the_main_process(shapes_yaml, tmp_path):
-    import shutil
-
     root = tmp_path / "copy"
     shutil.copytree(shapes_yaml.parent, root)
     train, _ = build_datasets(root / shapes_yaml.name, img=64, augment={"mosaic": 0.0}, progress=False)

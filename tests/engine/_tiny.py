@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cspwrc.data import ensure_shapes_dataset
 from cspwrc.engine.config import RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -13,8 +14,6 @@ MODEL = {"name": "cspwrc_n", "options": {"neck_channels": [16, 32, 64], "static_
 
 
 def tiny_data(root: Path) -> Path:
-    from cspwrc.data import ensure_shapes_dataset
-
     return ensure_shapes_dataset(root / "shapes", num_train=16, num_val=8, seed=3)
 
 

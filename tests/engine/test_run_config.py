@@ -6,7 +6,13 @@ from pathlib import Path
 import pytest
 
 from cspwrc.engine.config import (
-    ConfigError, add_cli_arguments, check_kwargs, cli_overrides, load_config, to_dict, from_dict,
+    ConfigError,
+    add_cli_arguments,
+    check_kwargs,
+    cli_overrides,
+    from_dict,
+    load_config,
+    to_dict,
 )
 
 ROOT = Path(__file__).resolve().parents[2]

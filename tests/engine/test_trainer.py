@@ -7,12 +7,23 @@ import math
 
 import pytest
 import torch
-from _tiny import ROOT, tiny_config, tiny_data
+from _tiny import tiny_config, tiny_data
 
 from cspwrc import atomic
 from cspwrc.cli import val as eval_det
+from cspwrc.det import build_detector
 from cspwrc.engine import checkpoint as ck
-from cspwrc.engine.trainer import Trainer, TrainingStopped, WarmupScheduler, load_resume, param_groups
+from cspwrc.engine.config import load_config
+from cspwrc.engine.trainer import (
+    Trainer,
+    TrainingStopped,
+    WarmupScheduler,
+    build_optimizer,
+    load_resume,
+    param_groups,
+    resolve_amp,
+)
+from cspwrc.layers.wrc import WeightedResidual
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +95,8 @@ def test_eval_tool_matches_training_eval(full_run, data, tmp_path):
     out, metrics = full_run
     root = data.parent
     summary_path = tmp_path / "not" / "yet" / "summary.json"  # every output creates its folder
-    rc = eval_det.main(["--weights", str(out / "last.safetensors"), "--ann", str(root / "annotations/instances_val.json"),
+    rc = eval_det.main(["--weights", str(out / "last.safetensors"),
+                        "--ann", str(root / "annotations/instances_val.json"),
                         "--images", str(root / "images/val"), "--out", str(tmp_path / "new" / "res.json"),
                         "--json", str(summary_path), "--no-progress", "--device", "cpu"])
     assert rc == 0
@@ -154,8 +166,6 @@ def test_nan_found_by_a_mid_epoch_check_names_the_bad_step(data, tmp_path, monke
 
 
 def test_epoch_log_shows_throughput_and_gpu_settings_stay_off_on_cpu(data, tmp_path, capsys):
-    from cspwrc.engine.trainer import resolve_amp
-
     trainer = Trainer(tiny_config(data, tmp_path, epochs=1, max_steps_per_epoch=1), progress=False)
     assert trainer.amp_dtype is None and not trainer.channels_last and not trainer.scaler.is_enabled()
     trainer.fit()
@@ -185,8 +195,6 @@ def test_unwritable_output_stops_and_keeps_previous(data, tmp_path, monkeypatch)
 
 
 def test_param_groups_on_a_real_detector():
-    from cspwrc.det import build_detector
-
     model = build_detector(backbone="cspwrc_n", num_classes=3, backbone_kwargs={"wrc_weights": "channel"})
     groups = {g["group"]: g for g in param_groups(model, 0.05)}
     names = {id(p): n for n, p in model.named_parameters()}
@@ -198,8 +206,6 @@ def test_param_groups_on_a_real_detector():
 
 
 def test_param_groups_exclude_norms_biases_and_wrc():
-    from cspwrc.layers.wrc import WeightedResidual
-
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Linear(8, 4))
     model.add_module("wrc", WeightedResidual(8, weights="channel"))  # a [2, C] parameter: not 1-d
     groups = {g["group"]: g for g in param_groups(model, 0.05)}
@@ -212,9 +218,6 @@ def test_param_groups_exclude_norms_biases_and_wrc():
 
 @pytest.mark.parametrize("sched", ["cosine", "linear"])
 def test_warmup_and_bias_warmup(sched, tmp_path):
-    from cspwrc.engine.config import load_config
-    from cspwrc.engine.trainer import build_optimizer
-
     cfg = load_config(None, {"model": {"name": "resnet18"}, "optim": {"opt": "sgd", "lr": 0.01},
                              "schedule": {"sched": sched, "warmup_epochs": 1, "warmup_bias_lr": 0.1,
                                           "min_lr_ratio": 0.1}, "train": {"epochs": 4}})

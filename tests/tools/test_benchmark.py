@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from cspwrc.data.shapes import generate_shapes
 from cspwrc.deploy import benchmark as bm
+from cspwrc.deploy import train_bench as tb
 
 ROOT = Path(__file__).resolve().parents[2]
 ROW_KEYS = {
@@ -119,8 +121,6 @@ def test_peak_and_percentiles() -> None:
 
 def test_train_step_ab_smoke() -> None:
     """Both WRC settings build, step (loss finite, weights move) and are timed round-robin; no speed claim."""
-    from cspwrc.deploy import train_bench as tb
-
     settings = tb.TrainBenchSettings(backbone="resnet18", img=64, batch=2, num_classes=3)
     assert tb.detector_kwargs("cspwrc_s", "none")["backbone_kwargs"] == {"wrc_weights": "none"}
     assert "backbone_kwargs" not in tb.detector_kwargs("resnet18", "none")  # timm peers: neck A/B only
@@ -134,9 +134,6 @@ def test_train_step_ab_smoke() -> None:
 
 def test_data_side_measurements(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Loader throughput and the in-loop wait fraction run on a tiny generated shapes set (no timing claims)."""
-    from cspwrc.data.shapes import generate_shapes
-    from cspwrc.deploy import train_bench as tb
-
     monkeypatch.setenv("CSPWRC_CACHE", str(tmp_path / "cache"))
     data = generate_shapes(tmp_path / "shapes", num_train=6, num_val=2)
     settings = tb.TrainBenchSettings(backbone="cspwrc_n", img=64, batch=2, num_classes=3, data=str(data),

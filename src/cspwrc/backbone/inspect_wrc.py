@@ -66,7 +66,7 @@ def plot_wrc_weights(model_or_rows: Union[nn.Module, Sequence[WrcRow]], path: Un
     """Save a PNG of ``a`` (branch) and ``b`` (shortcut) per block, bars spanning the per-channel min..max."""
     # Imported here, not at module level, because matplotlib costs ~1 s and this module is part of `import cspwrc`;
     # matplotlib.figure, no pyplot: no global state, no GUI backend needed.
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # noqa: PLC0415  (lazy: ~1 s, and this module is in `import cspwrc`)
 
     rows = wrc_weights(model_or_rows) if isinstance(model_or_rows, nn.Module) else list(model_or_rows)
     if not rows:

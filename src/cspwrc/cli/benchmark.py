@@ -30,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(DEFAULT_MODES),
         help="eager, or '+'-joined flags of folded, channels_last, jit (trace+freeze+optimize_for_inference), "
         "compile (torch.compile, opt-in: slow to compile on few cores), ort (onnxruntime CPU); CUDA only: fp16, "
-        "bf16 (half-precision weights and input), cudagraph (CUDA graph replay), e.g. folded+channels_last+fp16+cudagraph",
+        "bf16 (half-precision weights and input), cudagraph (CUDA graph replay), "
+        "e.g. folded+channels_last+fp16+cudagraph",
     )
     p.add_argument("--detector", action="store_true", help="also benchmark the full detector (incl. NMS)")
     p.add_argument("--detector-only", action="store_true", help="benchmark only the full detector")
@@ -41,7 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=20, help="timed runs per configuration (upper bound)")
     p.add_argument("--max-seconds", type=float, default=20.0, help="time budget per configuration")
     p.add_argument("--min-iters", type=int, default=3)
-    p.add_argument("--baseline", default=None, help="model the ratios refer to, e.g. cs3darknet_s; 'peer': each cspwrc_X vs cs3darknet_X (n vs s)")
+    p.add_argument("--baseline", default=None, help="model the ratios refer to, e.g. cs3darknet_s; "
+                   "'peer': each cspwrc_X vs cs3darknet_X (n vs s)")
     p.add_argument("--baseline-mode", default="eager")
     p.add_argument("--peak-size", type=int, default=2048, help="n of the n x n sgemm measuring the peak")
     t = p.add_argument_group("training-side checks (--train-step)")

@@ -26,8 +26,19 @@ import torch
 import cspwrc  # noqa: F401 - registers the cspwrc models with timm
 from cspwrc.atomic import WriteError
 from cspwrc.cli import add_debug_flag, guarded
-from cspwrc.deploy.export import (FORMATS, EndToEnd, check_export, check_export_nms, deploy_model, export,
-                                  export_onnx_nms, half_onnx, load_for_export, onnx_metadata, write_onnx_metadata)
+from cspwrc.deploy.export import (
+    FORMATS,
+    EndToEnd,
+    check_export,
+    check_export_nms,
+    deploy_model,
+    export,
+    export_onnx_nms,
+    half_onnx,
+    load_for_export,
+    onnx_metadata,
+    write_onnx_metadata,
+)
 from cspwrc.engine.config import ConfigError, check_model_name
 
 
@@ -45,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(outputs boxes, scores, labels, batch_index)")
     p.add_argument("--conf", type=float, default=None, help="with --nms: score threshold (default: the detector's)")
     p.add_argument("--iou", type=float, default=None, help="with --nms: NMS IoU threshold (default: the detector's)")
-    p.add_argument("--max-det", type=int, default=None, help="with --nms: detections per image (default: the detector's)")
+    p.add_argument("--max-det", type=int, default=None,
+                   help="with --nms: detections per image (default: the detector's)")
     p.add_argument("--half", action="store_true",
                    help="fp16 weights and compute (ONNX only; input and output stay float32), for GPU runtimes")
     add_debug_flag(p)

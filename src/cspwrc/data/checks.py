@@ -323,7 +323,8 @@ def _write_cache(path: Path, data: dict[str, Any]) -> None:
         log.debug("cannot write check cache %s: %s", path, e)
 
 
-def probe_images(paths: dict[str, Path], image_dir: Path, progress: bool = True, use_cache: bool = True) -> dict[str, Any]:
+def probe_images(paths: dict[str, Path], image_dir: Path, progress: bool = True,
+                 use_cache: bool = True) -> dict[str, Any]:
     """Probe every image (threaded, tqdm bar), reusing cached results whose file stat is unchanged.
 
     The cache is one JSON per image directory; each entry is keyed by ``file_name`` and stores the file's
@@ -368,7 +369,8 @@ def _verify_images(data: dict[str, Any], ann_file: Path, image_dir: Path, report
                    use_cache: bool) -> None:
     paths = {}
     for i, rec in enumerate(data["images"]):
-        paths[rec["file_name"]] = safe_image_path(image_dir, rec["file_name"], ann_file, f"images[{i}] (id={rec['id']})")
+        paths[rec["file_name"]] = safe_image_path(image_dir, rec["file_name"], ann_file,
+                                                  f"images[{i}] (id={rec['id']})")
     probes = probe_images(paths, image_dir, progress, use_cache)
     for rec in data["images"]:
         name, record = rec["file_name"], f"image id={rec['id']}"
@@ -426,7 +428,8 @@ def _verify_annotations(data: dict[str, Any], ann_file: Path, report: CheckRepor
         if box is None:
             continue
         crowd = int(ann.get("iscrowd", 0))
-        report.gt_annotations.append({**ann, "bbox": box, "iscrowd": crowd, "area": float(ann.get("area", box[2] * box[3]))})
+        area = float(ann.get("area", box[2] * box[3]))
+        report.gt_annotations.append({**ann, "bbox": box, "iscrowd": crowd, "area": area})
         if crowd:
             report.counts["crowd boxes (eval only)"] += 1  # ignored in training, COCOeval handles them
         else:

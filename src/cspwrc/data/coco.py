@@ -25,7 +25,13 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from cspwrc.data.checks import CheckReport, DataError, ImageEntry, SampleReadError, load_image, verify_coco
-from cspwrc.data.transforms import apply_train_transform, build_train_transform, check_augment, letterbox, letterbox_boxes
+from cspwrc.data.transforms import (
+    apply_train_transform,
+    build_train_transform,
+    check_augment,
+    letterbox,
+    letterbox_boxes,
+)
 from cspwrc.errors import shorten
 
 log = logging.getLogger("cspwrc.data")
@@ -157,7 +163,8 @@ class CocoDetection(Dataset):
         ids, cats = set(self.ids), set(self.label_to_category_id)
         images = [{"id": e.id, "file_name": e.file_name, "width": e.width, "height": e.height}
                   for e in (self.report.images[i] for i in self.ids)]
-        anns = [copy.deepcopy(a) for a in self.report.gt_annotations if a["image_id"] in ids and a["category_id"] in cats]
+        anns = [copy.deepcopy(a) for a in self.report.gt_annotations
+                if a["image_id"] in ids and a["category_id"] in cats]
         gt = COCO()
         gt.dataset = {"images": images, "annotations": anns,
                       "categories": [c for c in self.report.categories if c["id"] in cats]}

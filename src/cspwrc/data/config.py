@@ -90,7 +90,8 @@ def _names(raw: Any, file: Path) -> tuple[str, ...]:
     """Ultralytics ``names``: a list, or a dict ``{0: name, 1: name, ...}`` with keys ``0..n-1``."""
     if isinstance(raw, dict):
         if sorted(raw) != list(range(len(raw))):
-            raise DataError(file, "names", f"dict keys must be the class indices 0..{len(raw) - 1}, got {list(raw)[:10]}")
+            raise DataError(file, "names",
+                            f"dict keys must be the class indices 0..{len(raw) - 1}, got {list(raw)[:10]}")
         return tuple(check_type(raw[i], str, file, f"names[{i}]") for i in range(len(raw)))
     return _list_of(raw, str, file, "names")
 

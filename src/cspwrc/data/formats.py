@@ -80,7 +80,8 @@ def _parse_yolo_line(line: str, file: Path, lineno: int) -> tuple[int, list[floa
     try:
         values = [float(v) for v in fields]
     except ValueError:
-        raise DataError(file, f"line {lineno}", f"expected numbers 'class cx cy w h', got {line.strip()!r:.80}") from None
+        raise DataError(file, f"line {lineno}",
+                        f"expected numbers 'class cx cy w h', got {line.strip()!r:.80}") from None
     if len(values) != 5 and (len(values) < 7 or len(values) % 2 == 0):
         raise DataError(file, f"line {lineno}", f"expected 'class cx cy w h' (5 numbers) or a polygon "
                         f"'class x1 y1 x2 y2 x3 y3 ...', got {len(values)} numbers")

@@ -2,8 +2,8 @@
 
 Deterministic (image ``i`` of split ``s`` depends only on ``(seed, s, i)``), generated in a few seconds and
 written atomically (temp folder + rename) to ``$CSPWRC_CACHE/shapes-v1`` (default ``~/.cache/cspwrc``).
-Five classes (circle, square, triangle, star, cross), 1-5 objects of 28-100 px (up to 141 px rotated) per 256-320 px image, random
-colours (colour does not give the class away), random rotation, at most a little overlap, on smooth
+Five classes (circle, square, triangle, star, cross), 1-5 objects of 28-100 px (up to 141 px rotated) per 256-320 px
+image, random colours (colour does not give the class away), random rotation, at most a little overlap, on smooth
 coloured noise with pixel noise and distractor lines. Boxes are the exact extent of each drawn shape.
 """
 

@@ -20,8 +20,10 @@ With it timm's ``cs3darknet_s`` features (P3-P5) are 8.9 GFLOPs at 640 px.
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -33,7 +35,13 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from cspwrc import det
+from cspwrc.deploy.export import INPUT_NAME, export_onnx
+from cspwrc.det import RawPredictions
+from cspwrc.det.detector import select_feature_levels
+from cspwrc.det.postprocess import postprocess
 from cspwrc.engine.distributed import resolve_device
+from cspwrc.layers import fuse_model
 
 TARGETS = ("backbone", "detector")
 MODE_FLAGS = ("eager", "folded", "channels_last", "jit", "ort", "compile", "fp16", "bf16", "cudagraph")
@@ -179,8 +187,6 @@ def count_params(model: nn.Module) -> int:
 
 def p3_p5_indices(name: str, **kwargs: Any) -> tuple[int, ...]:
     """Feature indices of strides 8/16/32, chosen exactly as the detector chooses them (any timm CNN)."""
-    from cspwrc.det.detector import select_feature_levels
-
     with torch.device("meta"):  # only feature_info is needed: no memory, no init
         probe = timm.create_model(name, features_only=True, pretrained=False, **kwargs)
     return tuple(select_feature_levels(probe.feature_info.reduction(), name))
@@ -194,9 +200,7 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
 
 def build_detector(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """The full detector (incl. NMS in its eval forward) with ``name`` as backbone."""
-    from cspwrc.det import build_detector as _build  # late import: det is optional for backbone-only runs
-
-    return _build(backbone=name, num_classes=num_classes, **kwargs).eval()
+    return det.build_detector(backbone=name, num_classes=num_classes, **kwargs).eval()
 
 
 def build_target(name: str, target: str, num_classes: int = 80, **kwargs: Any) -> nn.Module:
@@ -212,8 +216,6 @@ def fold_model(model: nn.Module) -> nn.Module:
 
     Folding the peers' BN too keeps "folded" a fair comparison (cs3darknet gets the same conv+BN fold).
     """
-    from cspwrc.layers import fuse_model
-
     return fuse_model(model)
 
 
@@ -228,8 +230,6 @@ def _jit_optimize(model: nn.Module, example: torch.Tensor) -> nn.Module:
 def _with_eager_nms(raw_fn: Callable[[torch.Tensor], torch.Tensor],
                     detector: nn.Module) -> Callable[[torch.Tensor], Any]:
     """Detector output from a compiled/exported ``forward_raw``: NMS has data-dependent shapes and stays eager."""
-    from cspwrc.det.postprocess import postprocess
-
     cfg = detector.cfg
 
     def run(x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -241,19 +241,13 @@ def _with_eager_nms(raw_fn: Callable[[torch.Tensor], torch.Tensor],
 def _static_part(model: nn.Module) -> nn.Module:
     """What tracing/exporting sees: the detector's ``forward_raw`` (no NMS), or the backbone itself."""
     if hasattr(model, "forward_raw"):
-        from cspwrc.det import RawPredictions
-
         return RawPredictions(model)
     return model
 
 
 def _ort_session(module: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], Any]:
     """Export ``module`` to ONNX (a temp file) and run it with onnxruntime on CPU at torch's thread count."""
-    import tempfile
-
-    import onnxruntime as ort
-
-    from cspwrc.deploy.export import INPUT_NAME, export_onnx
+    import onnxruntime as ort  # noqa: PLC0415  (the optional [export] extra, lazy)
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()  # the same threads as every other mode
@@ -511,8 +505,6 @@ def _cpu_name() -> str:
 
 def _load_avg() -> list[float] | None:
     try:
-        import os
-
         return [round(v, 2) for v in os.getloadavg()]
     except (OSError, AttributeError):
         return None
@@ -529,7 +521,8 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = print) -
     report: dict[str, Any] = {"env": environment(settings, threads), "settings": asdict_settings(settings)}
     precisions = base_precisions(settings.modes, device)
     runs = {p: [matmul_peak_gflops(device, settings.peak_size, precision=p)] for p in precisions}
-    log(f"{precisions[0]} matmul peak ({settings.peak_size}^3, {threads} threads): {runs[precisions[0]][0]:.1f} GFLOP/s")
+    log(f"{precisions[0]} matmul peak ({settings.peak_size}^3, {threads} threads): "
+        f"{runs[precisions[0]][0]:.1f} GFLOP/s")
     rows: list[BenchRow] = []
     for target in settings.targets:
         built, failed = build_all(target, settings, device, log)

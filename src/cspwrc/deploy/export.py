@@ -25,7 +25,9 @@ from torchvision.ops import nms
 
 from cspwrc import __version__ as cspwrc_version
 from cspwrc.atomic import write_bytes
+from cspwrc.det import RawPredictions, build_detector
 from cspwrc.det.postprocess import PostprocessCfg, postprocess
+from cspwrc.engine.checkpoint import load_detector
 
 ONNX_OPSET = 17
 INPUT_NAME = "images"
@@ -35,8 +37,6 @@ FORMATS = ("onnx", "torchscript")
 
 def deploy_model(detector: nn.Module) -> nn.Module:
     """A folded (BN + WRC), eval-mode copy of ``detector`` whose ``forward`` is ``forward_raw``; input untouched."""
-    from cspwrc.det.detector import RawPredictions
-
     return RawPredictions(copy.deepcopy(detector).fold()).eval()
 
 
@@ -44,13 +44,9 @@ def load_for_export(weights: str | Path | None = None, model: str | None = None,
                     num_classes: int = 80) -> tuple[nn.Module, dict[str, Any]]:
     """The detector to export: from a cspwrc checkpoint (``weights``) or freshly built (``model`` name)."""
     if weights is not None:
-        from cspwrc.engine.checkpoint import load_detector
-
         return load_detector(weights)
     if model is None:
         raise ValueError("give a checkpoint (weights) or a model name")
-    from cspwrc.det import build_detector
-
     detector = build_detector(backbone=model, num_classes=num_classes).eval()
     return detector, {"model": model, "num_classes": num_classes}
 
@@ -89,9 +85,9 @@ def half_onnx(path: str | Path) -> Path:
     model instead fails: ONNX ``Range`` has no fp16 version.
     """
     # Optional extra (pip install -e ".[export]"): imported here so the rest of the module works without it.
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-    from onnxruntime.transformers.onnx_model import OnnxModel
+    import onnx  # noqa: PLC0415
+    from onnxruntime.transformers.float16 import convert_float_to_float16  # noqa: PLC0415
+    from onnxruntime.transformers.onnx_model import OnnxModel  # noqa: PLC0415
 
     path = Path(path)
     model = OnnxModel(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True))
@@ -121,7 +117,7 @@ def export(module: nn.Module, fmt: str, path: str | Path, img: int) -> Path:
 
 def run_onnx(path: str | Path, images: torch.Tensor) -> torch.Tensor:
     """Run an exported ONNX file with onnxruntime on CPU (used for parity checks)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415  (the optional [export] extra, lazy)
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (raw,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
@@ -228,7 +224,7 @@ def export_onnx_nms(module: nn.Module, path: str | Path, img: int, opset: int = 
 
 def run_onnx_nms(path: str | Path, images: torch.Tensor) -> dict[str, np.ndarray]:
     """Run an end-to-end ONNX file with onnxruntime on CPU: ``{boxes, scores, labels, batch_index}``."""
-    import onnxruntime as ort  # the optional [export] extra, like run_onnx
+    import onnxruntime as ort  # noqa: PLC0415  (the optional [export] extra, like run_onnx)
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return dict(zip(NMS_OUTPUTS, session.run(list(NMS_OUTPUTS), {INPUT_NAME: images.numpy()})))
@@ -292,7 +288,7 @@ def onnx_metadata(meta: dict[str, Any], img: int, stride: int, nms: EndToEnd | N
 def write_onnx_metadata(path: str | Path, metadata: dict[str, str]) -> None:
     """Set ``metadata_props`` of an ONNX file (replacing old ones); read back with onnxruntime's
     ``session.get_modelmeta().custom_metadata_map`` or :func:`cspwrc.deploy.postprocess.onnx_metadata_numpy`."""
-    import onnx  # the optional [export] extra
+    import onnx  # noqa: PLC0415  (the optional [export] extra)
 
     model = onnx.load(str(path))
     del model.metadata_props[:]

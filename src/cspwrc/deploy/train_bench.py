@@ -20,7 +20,10 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 
+from cspwrc.data import build_datasets, build_loader, ensure_shapes_dataset
+from cspwrc.data.loader import measure_throughput
 from cspwrc.deploy.benchmark import p90, round_robin_times
+from cspwrc.det import build_detector
 
 WRC_SETTINGS = ("scalar", "none")  # default WRC (one learnable pair per block) vs plain residual adds
 
@@ -64,8 +67,6 @@ def detector_kwargs(backbone: str, wrc_weights: str) -> dict[str, Any]:
 
 def make_train_step(settings: TrainBenchSettings, wrc_weights: str) -> Callable[[torch.Tensor, list], None]:
     """``step(images, targets)`` = forward (loss) + backward + AdamW step of a fresh detector."""
-    from cspwrc.det import build_detector
-
     torch.manual_seed(0)
     model: nn.Module = build_detector(settings.backbone, settings.num_classes, **detector_kwargs(settings.backbone,
                                                                                                   wrc_weights))
@@ -88,8 +89,6 @@ def make_step(settings: TrainBenchSettings, wrc_weights: str) -> Callable[[], No
 
 
 def train_dataset(settings: TrainBenchSettings) -> Any:
-    from cspwrc.data import build_datasets, ensure_shapes_dataset
-
     yaml_path = Path(settings.data) if settings.data else ensure_shapes_dataset()
     train, _ = build_datasets(yaml_path, img=settings.img, progress=False)
     return train
@@ -97,16 +96,12 @@ def train_dataset(settings: TrainBenchSettings) -> Any:
 
 def data_throughput(settings: TrainBenchSettings) -> float:
     """Images/s of the training loader alone (augmentation incl. mosaic) at the step's ``img`` and ``batch``."""
-    from cspwrc.data.loader import measure_throughput
-
     return measure_throughput(train_dataset(settings), batch_size=settings.batch, workers=settings.workers,
                               batches=settings.data_batches)
 
 
 def loader_wait_fraction(settings: TrainBenchSettings, wrc_weights: str = "scalar", warmup: int = 2) -> float:
     """Fraction of a real training loop (loader workers + step sharing the machine) spent waiting for batches."""
-    from cspwrc.data.loader import build_loader
-
     dataset = train_dataset(settings)
     loader = build_loader(dataset, settings.batch, train=True, workers=settings.workers, seed=0)
     step = make_train_step(replace(settings, num_classes=dataset.num_classes), wrc_weights)

@@ -40,8 +40,8 @@ class RunDataConfig:
     """The run config's ``data:`` section (the data YAML it points to is :class:`cspwrc.data.config.DataConfig`)."""
 
     path: str | None = None  # data YAML (train/val annotation files and image dirs); None = embedded shapes
-    workers: int | Literal["auto"] = "auto"  # loader processes (0 = in the main process); auto: data.loader.auto_workers
-    cache: Literal["none", "ram"] = "none"  # ram: keep the letterboxed images in memory (size-checked, docs/training.md)
+    workers: int | Literal["auto"] = "auto"  # loader processes (0: the main process); auto: data.loader.auto_workers
+    cache: Literal["none", "ram"] = "none"  # ram: keep letterboxed images in memory (size-checked, docs/training.md)
 
 
 @dataclass

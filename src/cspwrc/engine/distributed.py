@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import torch
 import torch.distributed as tdist
 
-from cspwrc.errors import CspwrcError, InputError, RunStopped, shorten
+from cspwrc.errors import ConfigError, CspwrcError, InputError, RunStopped, shorten
 
 T = TypeVar("T")
 TIMEOUT_ENV = "CSPWRC_DDP_TIMEOUT_S"
@@ -52,21 +52,15 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        from cspwrc.engine.config import ConfigError
-
         raise ConfigError(f"device: {name!r} is not a device name (auto, cpu, cuda, cuda:1, ...): {err}") from err
     if device.type == "cuda" and launched_by_torchrun():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            from cspwrc.engine.config import ConfigError
-
-            raise ConfigError(f"device: {name!r} requested but CUDA is not available on this machine "
+                raise ConfigError(f"device: {name!r} requested but CUDA is not available on this machine "
                               f"(torch {torch.__version__}); use --device cpu (or auto)")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            from cspwrc.engine.config import ConfigError
-
-            raise ConfigError(f"device: {name!r} requested but this machine has {torch.cuda.device_count()} "
+                raise ConfigError(f"device: {name!r} requested but this machine has {torch.cuda.device_count()} "
                               f"CUDA device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
         if device.index is not None:  # set_device needs an index; plain "cuda" keeps the current device
             torch.cuda.set_device(device)
@@ -182,7 +176,9 @@ def all_reduce_sum_int(value: int) -> int:
     return int(t.item())
 
 
-def gather_predictions(results: list[dict[str, Any]], image_ids: Sequence[int]) -> tuple[list[dict[str, Any]], list[int]]:
+def gather_predictions(
+    results: list[dict[str, Any]], image_ids: Sequence[int]
+) -> tuple[list[dict[str, Any]], list[int]]:
     """Every rank's COCO results on rank 0 (other ranks get empty lists).
 
     DistributedSampler pads the last shard with repeated images; those would be counted twice by COCOeval,

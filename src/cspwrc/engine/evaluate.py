@@ -21,6 +21,8 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from cspwrc.atomic import write_json
+from cspwrc.det.postprocess import undo_letterbox
+from cspwrc.engine import distributed as dist
 from cspwrc.engine.metrics import DetectionStats, coco_detection_stats
 from cspwrc.errors import shorten
 
@@ -86,8 +88,6 @@ class EvalResult:
 def detections_to_coco(output: dict[str, torch.Tensor], target: dict[str, Any],
                        label_to_cat: Sequence[int]) -> list[dict[str, Any]]:
     """One image's detector output → COCO result dicts in original-image coordinates."""
-    from cspwrc.det.postprocess import undo_letterbox
-
     boxes = output["boxes"].detach().float().cpu()
     if boxes.numel() == 0:
         return []
@@ -191,8 +191,6 @@ def evaluate(model: torch.nn.Module, loader: Iterable, coco_gt: COCO, label_to_c
 
     Non-zero ranks get an EvalResult with the same stats (broadcast), so 'best' is chosen consistently.
     """
-    from cspwrc.engine import distributed as dist
-
     skipped: list[str] = []
     results, image_ids = predict_loader(model, loader, label_to_cat, device, amp, progress=progress, skipped=skipped)
     results, image_ids = dist.gather_predictions(results, image_ids)

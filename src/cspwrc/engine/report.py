@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from matplotlib.figure import Figure
+
 from cspwrc.atomic import write_bytes
 
 LOSS_KEYS = ("loss", "loss_cls", "loss_box", "loss_dfl")
@@ -40,13 +42,9 @@ def plot_curves(path: str | Path, history: Sequence[dict[str, Any]]) -> None:
     """Losses (train) and mAP / mAP50 (val) per epoch; epochs without evaluation are gaps."""
     if not history:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers; must precede pyplot
-    import matplotlib.pyplot as plt
-
     epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))  # matplotlib.figure, no pyplot: no global state, no GUI backend needed
+    ax_loss, ax_map = fig.subplots(1, 2)
     for key in LOSS_KEYS:
         if key in history[0]:
             ax_loss.plot(epochs, [row.get(key, math.nan) for row in history], marker=".", label=key)
@@ -59,6 +57,5 @@ def plot_curves(path: str | Path, history: Sequence[dict[str, Any]]) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     data = buf.getvalue()
     write_bytes(path, data)

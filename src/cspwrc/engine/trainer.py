@@ -33,18 +33,25 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
 from cspwrc.atomic import WriteError, make_dir, write_json
+from cspwrc.data import build_datasets, build_loader, count_skipped, ensure_shapes_dataset, prepare_epoch
+from cspwrc.data.loader import auto_workers
+from cspwrc.det import DetectorConfig, build_detector
 from cspwrc.engine import distributed as dist
 from cspwrc.engine.checkpoint import CheckpointError, init_from_weights, read_state, save_checkpoint
-from cspwrc.engine.config import ConfigError, RunConfig, check_kwargs, from_dict, to_dict
+from cspwrc.engine.config import ConfigError, RunConfig, check_kwargs, from_dict, merge, to_dict, validate
 from cspwrc.engine.eval_plots import write_eval_plots
-from cspwrc.engine.evaluate import EvalResult, evaluate
+from cspwrc.engine.evaluate import STAT_NAMES, EvalResult, evaluate
 from cspwrc.engine.lock import LOCK_NAME, RunLock, is_held
 from cspwrc.engine.report import LOSS_KEYS, plot_curves, write_results_csv
 from cspwrc.errors import RunStopped, shorten
+from cspwrc.layers.wrc import WeightedResidual
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -111,8 +118,6 @@ def _no_decay_names(model: nn.Module) -> set[str]:
     WRC weights are ``[2, C]`` for per-channel WRC, so the 1-d rule alone would miss them; they are found by
     module type and by any submodule's ``no_weight_decay()`` (timm convention, names relative to it).
     """
-    from cspwrc.layers.wrc import WeightedResidual
-
     names: set[str] = set()
     for mod_name, module in model.named_modules():
         prefix = f"{mod_name}." if mod_name else ""
@@ -145,8 +150,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    from timm.optim import create_optimizer_v2
-
     o = cfg.optim
     extra: dict[str, Any] = {"momentum": o.momentum, "nesterov": True} if o.opt == "sgd" else {
         "betas": (o.momentum, o.betas2)}
@@ -164,8 +167,6 @@ class WarmupScheduler:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int) -> None:
-        from timm.scheduler import create_scheduler_v2
-
         s = cfg.schedule
         linear = s.sched == "linear"
         self.optimizer = optimizer
@@ -217,8 +218,6 @@ def _resolve_resume(path: str | Path) -> Path:
 
 def load_resume(path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[RunConfig, dict[str, Any]]:
     """The saved run config (with ``overrides`` applied, e.g. more epochs) and the training state."""
-    from cspwrc.engine.config import merge, validate
-
     file = _resolve_resume(path)
     state = read_state(file)
     if "config" not in state or "model" not in state:
@@ -286,9 +285,6 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- setup
     def _build_data(self) -> None:
-        from cspwrc.data import build_datasets, build_loader, ensure_shapes_dataset
-        from cspwrc.data.loader import auto_workers
-
         cfg = self.cfg
         data_path = cfg.data.path or str(ensure_shapes_dataset())
         self.data_path = data_path
@@ -309,8 +305,6 @@ class Trainer:
         self.steps_per_epoch = min(n, cfg.train.max_steps_per_epoch) if cfg.train.max_steps_per_epoch > 0 else n
 
     def _build_model(self, init_weights: bool) -> None:
-        from cspwrc.det import DetectorConfig, build_detector
-
         cfg = self.cfg
         # build_detector takes **opts; its DetectorConfig dataclass is the schema to check them against.
         check_kwargs(DetectorConfig, cfg.model.options, "model.options", skip=("backbone", "num_classes"))
@@ -333,8 +327,6 @@ class Trainer:
         self.ddp_model: nn.Module = self.model  # wrapped in DDP by __init__ once every rank has set up
 
     def _build_ema(self) -> nn.Module:
-        from timm.utils import ModelEmaV3
-
         e = self.cfg.ema
         return ModelEmaV3(self.model, decay=e.decay, use_warmup=e.warmup, warmup_power=e.warmup_power)
 
@@ -494,8 +486,6 @@ class Trainer:
                 f"{self.cfg.train.epochs}); continue with --resume {shorten(self.out)}")
 
     def _run_epoch(self, epoch: int) -> EvalResult | None:
-        from cspwrc.data import prepare_epoch
-
         cfg = self.cfg.train
         seed_everything(epoch_seed(cfg.seed, epoch))
         prepare_epoch(self.train_loader, epoch, mosaic=epoch < cfg.epochs - cfg.close_mosaic)
@@ -544,8 +534,6 @@ class Trainer:
 
     def _train_one_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
         """Mean losses of the epoch's taken steps (all ranks) and the number of images stepped on (all ranks)."""
-        from cspwrc.data import count_skipped
-
         self.ddp_model.train()
         sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=self.device)  # no host sync per step
         done, self._postfix, skipped = 0, "", 0
@@ -569,7 +557,9 @@ class Trainer:
         self.state.read_skipped += dist.all_reduce_sum_int(skipped)  # every rank's substitutions, not rank 0's
         return dict(zip(LOSS_KEYS, means.tolist())), dist.all_reduce_sum_int(done * self.cfg.train.batch)
 
-    def _to_device(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    def _to_device(
+        self, images: torch.Tensor, targets: list[dict[str, Any]]
+    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         # Pinned batches (CUDA) copy asynchronously; uint8 travels, the float conversion runs on the device.
         images = images.to(self.device, non_blocking=True)
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -733,7 +723,7 @@ def _tensorboard_writer(folder: Path, first_step: int) -> Any:
     """
     try:
         # Imported here: torch.utils.tensorboard needs the optional tensorboard package.
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415  (optional extra, lazy)
     except ImportError:
         return None
     return SummaryWriter(str(folder), purge_step=first_step if first_step > 1 else None)
@@ -746,8 +736,6 @@ def _remove_stale_temp_files(folder: Path) -> None:
 
 
 def _stat_keys() -> list[str]:
-    from cspwrc.engine.evaluate import STAT_NAMES
-
     return list(STAT_NAMES)
 
 
