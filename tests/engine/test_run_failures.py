@@ -1,5 +1,6 @@
 """A run fails cleanly: full disk at any point, a resume that does not fit, two runs in one folder, SIGTERM,
-val images that break after the check. Exit 2 = refused before training, 3 = stopped, the last epoch kept."""
+images that break after the check (substituted; gone for good: exit 3). Exit 2 = refused before training,
+3 = stopped, the last epoch kept."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import pytest
 import torch
 from _tiny import ROOT, cli_args, tiny_config, tiny_data
 
-from cspwrc.cli import train
+from cspwrc.cli import train, val
 from cspwrc.data import CocoDetection, build_loader
 from cspwrc.det import build_detector
 from cspwrc.engine import checkpoint as ck
@@ -226,6 +227,57 @@ def test_val_image_breaking_after_the_check_is_substituted_and_counted(data: Pat
     logged = [r for r in caplog.records if "read failure" in r.getMessage()]
     assert result.read_failures == len(logged) == 1
     assert result.num_images == len(dataset) - 1  # the substitute is scored once, the broken image not at all
+
+
+@pytest.mark.parametrize("split, workers", [("train", 0), ("train", 1), ("val", 1)])
+def test_images_gone_for_good_during_a_run_stop_it_with_exit_3_and_the_epoch_kept(
+        split: str, workers: int, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """All images of a split deleted after epoch 1: the dataset gives up after MAX_SUBSTITUTES failures in a row and
+    the run stops with one line naming the last file and the kept epoch, also when torch re-raises the error from a
+    loader worker (whose message is the worker's whole traceback)."""
+    root = Path(shutil.copytree(data.parent, tmp_path / "shapes"))
+    end_epoch = Trainer._end_epoch
+
+    def end_epoch_then_delete(self: Trainer, epoch: int, *args: object) -> None:
+        end_epoch(self, epoch, *args)
+        for image in (root / "images" / split).iterdir():
+            image.unlink()
+
+    monkeypatch.setattr(Trainer, "_end_epoch", end_epoch_then_delete)
+    out = tmp_path / "run"
+    rc = train.main(cli_args(root / data.name, out) + ["--workers", str(workers), "--set", "train.eval_interval=2",
+                                                        "--set", "train.max_steps_per_epoch=1"])
+    err = capsys.readouterr().err
+    stopped = [line for line in err.splitlines() if line.startswith("stopped: ")]
+    assert rc == 3 and len(stopped) == 1 and "Traceback" not in err, err
+    assert "data broke during epoch 2: 10 consecutive unreadable images; last: image id=" in stopped[0]
+    assert f"image file missing: {root / 'images' / split}" in stopped[0]
+    assert f"kept {out / 'last.state.pt'} (epoch 1 of 2); continue with --resume {out}" in stopped[0]
+    assert _epoch(out) == 1
+
+
+def test_val_images_gone_for_good_stop_the_val_command_with_exit_3(one_epoch_run: Path, data: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    root = Path(shutil.copytree(data.parent, tmp_path / "shapes"))
+    build = val.build_loader
+
+    def build_then_delete(*args: object, **kwargs: object) -> object:  # after the data check, before reading
+        loader = build(*args, **kwargs)
+        for image in (root / "images" / "val").iterdir():
+            image.unlink()
+        return loader
+
+    monkeypatch.setattr(val, "build_loader", build_then_delete)
+    rc = val.main(["--weights", str(one_epoch_run / "last.safetensors"), "--ann",
+                   str(root / "annotations" / "instances_val.json"), "--images", str(root / "images" / "val"),
+                   "--workers", "1", "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    stopped = [line for line in err.splitlines() if line.startswith("stopped: ")]
+    assert rc == 3 and len(stopped) == 1 and "Traceback" not in err, err
+    assert "data broke during evaluation: 10 consecutive unreadable images; last: image id=" in stopped[0]
+    assert f"image file missing: {root / 'images' / 'val'}" in stopped[0]
 
 
 def test_long_file_names_are_shortened_in_messages(data: Path, tmp_path: Path,

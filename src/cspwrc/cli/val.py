@@ -24,12 +24,21 @@ import torch
 
 from cspwrc.atomic import write_json
 from cspwrc.cli import add_debug_flag, guarded
-from cspwrc.data import CheckReport, CocoDetection, DataError, build_loader, verify_coco
+from cspwrc.data import (
+    CheckReport,
+    CocoDetection,
+    DataError,
+    SampleReadError,
+    build_loader,
+    read_error_message,
+    verify_coco,
+)
 from cspwrc.engine.checkpoint import load_detector
 from cspwrc.engine.config import ConfigError
 from cspwrc.engine.distributed import resolve_device
 from cspwrc.engine.eval_plots import write_eval_plots
 from cspwrc.engine.evaluate import coco_evaluate, predict_loader, write_results
+from cspwrc.errors import RunStopped
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -76,8 +85,12 @@ def run(args: argparse.Namespace) -> dict:
     loader = build_loader(dataset, args.batch, train=False, workers=args.workers)
     # Predictions use the model's label -> id map; classes absent from the file are ignored by COCOeval.
     read_failures: list[str] = []
-    results, image_ids = predict_loader(model, loader, model_ids, device, progress=not args.no_progress,
-                                        skipped=read_failures)
+    try:
+        results, image_ids = predict_loader(model, loader, model_ids, device, progress=not args.no_progress,
+                                            skipped=read_failures)
+    except SampleReadError as err:  # an image kept failing after the check (in any loader worker): exit 3
+        raise RunStopped(f"data broke during evaluation: {read_error_message(err)}; restore or remove the "
+                         f"file(s) and run again") from err
     if args.out:
         write_results(args.out, results)
     outcome = coco_evaluate(dataset.coco_gt(), results, image_ids)

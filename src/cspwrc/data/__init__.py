@@ -3,7 +3,7 @@
 See ``docs/data.md``. The failure policy lives in :mod:`cspwrc.data.checks`.
 """
 
-from cspwrc.data.checks import CheckReport, DataError, SampleReadError, verify_coco
+from cspwrc.data.checks import CheckReport, DataError, SampleReadError, read_error_message, verify_coco
 from cspwrc.data.coco import CocoDetection
 from cspwrc.data.config import DataConfig, build_datasets, load_data_config
 from cspwrc.data.loader import build_loader, collate_detection, count_skipped, prepare_epoch
@@ -13,5 +13,5 @@ from cspwrc.data.transforms import AUGMENT_DEFAULTS, letterbox, letterbox_params
 __all__ = [
     "AUGMENT_DEFAULTS", "CheckReport", "CocoDetection", "DataConfig", "DataError", "SampleReadError",
     "build_datasets", "build_loader", "collate_detection", "count_skipped", "ensure_shapes_dataset",
-    "letterbox", "letterbox_params", "load_data_config", "prepare_epoch", "verify_coco",
+    "letterbox", "letterbox_params", "load_data_config", "prepare_epoch", "read_error_message", "verify_coco",
 ]

@@ -70,6 +70,19 @@ class SampleReadError(OSError):
     """A per-sample problem found when reading an image (missing, corrupt, unreadable ...)."""
 
 
+def read_error_message(err: SampleReadError) -> str:
+    """``err``'s own one-line message, also when a DataLoader worker raised it.
+
+    torch re-raises a worker's exception in the main process from one string (``ExceptionWrapper.reraise``):
+    ``SampleReadError("Caught SampleReadError in DataLoader worker process 0.\nOriginal Traceback ...")``, the
+    worker's whole traceback, whose last ``cspwrc.data.checks.SampleReadError: `` line is the message.
+    """
+    text = str(err)
+    marker = f"{SampleReadError.__module__}.{SampleReadError.__qualname__}: "
+    cut = text.rfind(marker)
+    return (text[cut + len(marker):] if cut >= 0 else text).strip()
+
+
 @dataclass(frozen=True)
 class Problem:
     """One skipped record: which file, which record, what was wrong."""

@@ -10,9 +10,10 @@ Failure policy for a run: a non-finite loss (or gradient norm) stops the run wit
 written for the bad step, so ``last``/``best`` stay at the last good epoch. A checkpoint that cannot be
 written (full disk, read-only folder) stops the run loudly, keeping the previous files. SIGTERM/SIGINT stop
 the run after the current step (a second one stops at once) with the last finished epoch's checkpoint kept;
-a DDP peer that dies stops the others (:func:`cspwrc.engine.distributed.peer_lost`); ``RUN/run.lock`` keeps a
-second process out of a live run's directory (:mod:`cspwrc.engine.lock`). All of these are exit 3 (stopped)
-or exit 2 (refused before training) through :mod:`cspwrc.errors`.
+a DDP peer that dies stops the others (:func:`cspwrc.engine.distributed.peer_lost`); an image that keeps failing
+after the data checks (:class:`cspwrc.data.SampleReadError`, also from a loader worker) stops the run naming the
+last file; ``RUN/run.lock`` keeps a second process out of a live run's directory (:mod:`cspwrc.engine.lock`).
+All of these are exit 3 (stopped) or exit 2 (refused before training) through :mod:`cspwrc.errors`.
 
 No host sync per step under ``stop``: a :class:`FiniteGuard` records the first non-finite step on the device
 and is read every :attr:`Trainer.finite_check_steps` steps and at the end of every epoch, before evaluation
@@ -40,7 +41,15 @@ from torch import nn
 from tqdm import tqdm
 
 from cspwrc.atomic import WriteError, make_dir, write_json
-from cspwrc.data import build_datasets, build_loader, count_skipped, ensure_shapes_dataset, prepare_epoch
+from cspwrc.data import (
+    SampleReadError,
+    build_datasets,
+    build_loader,
+    count_skipped,
+    ensure_shapes_dataset,
+    prepare_epoch,
+    read_error_message,
+)
 from cspwrc.data.loader import auto_workers
 from cspwrc.det import DetectorConfig, build_detector
 from cspwrc.engine import distributed as dist
@@ -432,6 +441,9 @@ class Trainer:
             if result is None:  # resumed a finished run: score the saved weights again
                 result = self._evaluate(self.state.epoch - 1)
             return self._finish(result, time.perf_counter() - start)
+        except SampleReadError as err:  # an image kept failing after the checks (train or val, any loader worker)
+            raise TrainingStopped(f"data broke during epoch {self.state.epoch + 1}: {read_error_message(err)}; "
+                                  f"restore or remove the file(s); {self._kept()}") from err
         except RuntimeError as err:
             if isinstance(err, TrainingStopped):
                 raise
