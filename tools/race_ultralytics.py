@@ -42,6 +42,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latency-img", type=int, nargs="*", default=[320, 640])
+    p.add_argument("--nms-conf", type=float, default=0.25, help="NMS score threshold of the latency phase")
+    p.add_argument("--nms-iou", type=float, default=0.7, help="NMS IoU threshold of the latency phase")
     p.add_argument("--out", type=Path, required=True)
     return p.parse_args()
 
@@ -72,7 +74,7 @@ def predict(model: YOLO, args: argparse.Namespace, index: dict) -> list[dict]:
 
 
 @torch.inference_mode()
-def latency_ms(net: torch.nn.Module, img: int, with_nms: bool, repeats: int = 30) -> float:
+def latency_ms(net: torch.nn.Module, img: int, with_nms: bool, conf: float, iou: float, repeats: int = 30) -> float:
     """Median bs1 latency of the fused model (channels_last), optionally with Ultralytics' NMS."""
     x = torch.rand(1, 3, img, img).contiguous(memory_format=torch.channels_last)
     times = []
@@ -80,7 +82,7 @@ def latency_ms(net: torch.nn.Module, img: int, with_nms: bool, repeats: int = 30
         t0 = time.perf_counter()
         out = net(x)
         if with_nms:
-            non_max_suppression(out, conf_thres=0.25, iou_thres=0.7, max_det=300)
+            non_max_suppression(out, conf_thres=conf, iou_thres=iou, max_det=300)
         if i >= 5:
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
@@ -95,7 +97,8 @@ def main() -> int:
         summary = json.loads(summary_file.read_text())
         net = YOLO(str(args.out / "train" / "weights" / "last.pt")).model.float().fuse().eval()
         net = net.to(memory_format=torch.channels_last)
-        summary["latency_ms"] = {str(s): {"forward": latency_ms(net, s, False), "with_nms": latency_ms(net, s, True)}
+        summary["latency_ms"] = {str(s): {"forward": latency_ms(net, s, False, args.nms_conf, args.nms_iou),
+                                          "with_nms": latency_ms(net, s, True, args.nms_conf, args.nms_iou)}
                                  for s in args.latency_img}
     else:
         if not (args.data and args.val_index and args.time_h):
