@@ -13,6 +13,7 @@ import torch
 from cspwrc.data.shapes import generate_shapes
 from cspwrc.deploy import benchmark as bm
 from cspwrc.deploy import train_bench as tb
+from cspwrc.layers import fold_model
 
 ROOT = Path(__file__).resolve().parents[2]
 ROW_KEYS = {
@@ -78,7 +79,7 @@ def test_gpu_modes_on_cpu_are_skipped_with_the_reason(mode: str) -> None:
 
 def test_half_conversion_keeps_the_features() -> None:
     """The fp16/bf16 modes' conversion (run here in bf16, which CPU kernels support) computes the same features."""
-    model = bm.fold_model(bm.build_backbone("cspwrc_n"))
+    model = fold_model(bm.build_backbone("cspwrc_n"))
     x = torch.rand(1, 3, 64, 64)
     with torch.inference_mode():
         expected = model(x)

@@ -41,7 +41,7 @@ from cspwrc.det import RawPredictions
 from cspwrc.det.detector import select_feature_levels
 from cspwrc.det.postprocess import postprocess
 from cspwrc.engine.distributed import resolve_device
-from cspwrc.layers import fuse_model
+from cspwrc.layers import fold_model
 
 TARGETS = ("backbone", "detector")
 MODE_FLAGS = ("eager", "folded", "channels_last", "jit", "ort", "compile", "fp16", "bf16", "cudagraph")
@@ -211,14 +211,6 @@ def build_target(name: str, target: str, num_classes: int = 80, **kwargs: Any) -
     raise ValueError(f"unknown target {target!r}, expected one of {TARGETS}")
 
 
-def fold_model(model: nn.Module) -> nn.Module:
-    """Inference folding for any timm model: cspwrc ``fuse()`` (BN + WRC) plus BN of plain timm ``ConvNormAct``.
-
-    Folding the peers' BN too keeps "folded" a fair comparison (cs3darknet gets the same conv+BN fold).
-    """
-    return fuse_model(model)
-
-
 def _jit_optimize(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """Trace, freeze and ``optimize_for_inference``: folds conv+BN, pre-packs oneDNN conv weights."""
     with torch.no_grad(), warnings.catch_warnings():
@@ -312,7 +304,7 @@ def prepare(model: nn.Module, mode: str, example: torch.Tensor) -> tuple[Callabl
     check_device(flags, example.device)
     model = copy.deepcopy(model).eval()
     if "folded" in flags:
-        model = fold_model(model)
+        model = fold_model(model)  # the peers' conv+BN fold too: "folded" compares like with like
     model, example = to_precision(model, example, flags)
     if "channels_last" in flags:
         model = model.to(memory_format=torch.channels_last)

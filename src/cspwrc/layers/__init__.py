@@ -7,13 +7,12 @@ from .fold import (
     FoldableConvNormAct,
     fold_conv_norm,
     fold_model,
-    fuse_model,
     scale_conv_input_,
 )
 from .wrc import WRC_NORMALIZE, WRC_WEIGHTS, ScaledAdd, WeightedResidual
 
 __all__ = [
     "WeightedResidual", "ScaledAdd", "WRC_WEIGHTS", "WRC_NORMALIZE", "WrcBottleneck", "CspStage", "Sppf",
-    "MIN_PUSHED_SCALE", "Foldable", "ConvAct", "FoldableConvNormAct", "fold_conv_norm", "fold_model", "fuse_model",
+    "MIN_PUSHED_SCALE", "Foldable", "ConvAct", "FoldableConvNormAct", "fold_conv_norm", "fold_model",
     "scale_conv_input_",
 ]

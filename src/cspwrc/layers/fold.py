@@ -18,7 +18,7 @@ from timm.utils import reparameterize_model
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 __all__ = [
-    "Foldable", "ConvAct", "FoldableConvNormAct", "fold_conv_norm", "fold_model", "fuse_model",
+    "Foldable", "ConvAct", "FoldableConvNormAct", "fold_conv_norm", "fold_model",
     "scale_conv_input_", "split_conv_output",
 ]
 
@@ -133,9 +133,6 @@ def fold_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     model = reparameterize_model(model, inplace=inplace)
     _fold_remaining_conv_norm(model)
     return model
-
-
-fuse_model = fold_model  # the old name, kept for existing callers (deploy/benchmark.py); new code uses fold_model
 
 
 def _fold_remaining_conv_norm(module: nn.Module) -> None:
