@@ -122,8 +122,15 @@ def _run_record(run_dir: Path, variant: str, seed: int, cpu_time_s: float) -> di
 
 
 def model_cost(run_dir: str) -> tuple[float, float]:
-    """Params (M) and GFLOPs per image of the trained detector, at the run's image size."""
-    model, meta = load_detector(Path(run_dir) / "last.safetensors")
+    """Params (M) and GFLOPs per image of the trained detector, at the run's image size.
+
+    nan, nan for a run kept as its records only (metrics.json + cpu_time.json, e.g. docs/ablation/): the statistics
+    need no weights.
+    """
+    weights = Path(run_dir) / "last.safetensors"
+    if not weights.is_file():
+        return math.nan, math.nan
+    model, meta = load_detector(weights)
     x = torch.zeros(1, 3, meta["img"], meta["img"])
     with torch.no_grad():
         return count_params(model) / 1e6, count_flops(model.eval(), x) / 1e9

@@ -1,6 +1,7 @@
 """tools/compare_backbones.py: variant parsing (the training runs themselves are the engine's tests)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,16 @@ def test_report_only_trains_nothing_and_unknown_baseline_is_exit_2(tmp_path, mon
     assert "no finished run" in capsys.readouterr().err
     assert compare.main(["--out", str(tmp_path), "--variants", "cspwrc_s", "--baseline", "resnet18"]) == 2
     assert "--baseline 'resnet18'" in capsys.readouterr().err
+
+
+def test_report_from_records_without_weights(tmp_path, capsys):
+    """Runs kept as metrics.json + cpu_time.json only (docs/ablation/) still tabulate; their cost is unknown."""
+    for seed, value in enumerate([0.10, 0.20]):
+        run_dir = compare.run_dir_of(tmp_path, compare.PLAIN, seed)
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text(json.dumps({"map": value, "map50": 0.3, "epochs": 3,
+                                                          "train_time_s": 10.0}))
+        (run_dir / "cpu_time.json").write_text('{"cpu_time_s": 12.5}')
+    assert compare.main(["--out", str(tmp_path), "--report-only", "--seeds", "0", "1", "--variants",
+                         compare.PLAIN]) == 0
+    assert f"| {compare.PLAIN} | 1 | 3 | 0.2000 | 0.3000 | nan | nan |" in (tmp_path / "table.md").read_text()
