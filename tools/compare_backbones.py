@@ -43,13 +43,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend needed
 
 from cspwrc.atomic import write_bytes, write_json
 from cspwrc.cli import add_debug_flag, guarded
-from cspwrc.deploy.benchmark import count_flops, count_params
+from cspwrc.deploy.benchmark import model_cost as detector_cost
 from cspwrc.engine.checkpoint import load_detector
 from cspwrc.errors import InputError
 
@@ -131,9 +130,7 @@ def model_cost(run_dir: str) -> tuple[float, float]:
     if not weights.is_file():
         return math.nan, math.nan
     model, meta = load_detector(weights)
-    x = torch.zeros(1, 3, meta["img"], meta["img"])
-    with torch.no_grad():
-        return count_params(model) / 1e6, count_flops(model.eval(), x) / 1e9
+    return detector_cost(model, meta["img"])
 
 
 def table(rows: list[dict[str, object]]) -> str:

@@ -45,7 +45,7 @@ from pycocotools.coco import COCO
 from cspwrc.atomic import write_bytes, write_json
 from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.data.config import load_data_config
-from cspwrc.deploy.benchmark import count_flops, count_params
+from cspwrc.deploy.benchmark import model_cost
 from cspwrc.engine.checkpoint import load_detector
 from cspwrc.engine.evaluate import coco_evaluate
 from cspwrc.errors import InputError
@@ -153,7 +153,7 @@ def yolo_view(data_yaml: str, folder: Path) -> tuple[Path, Path]:
             (folder / "labels" / split / f"{link.stem}.txt").write_text("".join(f"{line}\n" for line in lines))
             if split == "val":
                 val_files[str(link)] = int(image["id"])
-    names = [c["name"] for c in quiet_coco(cfg.val.ann).loadCats(category_ids)]
+    names = [c["name"] for c in coco.loadCats(category_ids)]  # coco: val's, the loop's last split
     data = folder / "data.yaml"
     data.write_text(json.dumps({"path": str(folder.resolve()), "train": "images/train", "val": "images/val",
                                 "names": names}))  # JSON is YAML
@@ -209,11 +209,8 @@ def finish_ours(contestant: str, args: argparse.Namespace, wall_s: float) -> Non
            "--ann", str(cfg.val.ann), "--images", str(cfg.val.images), "--out", str(out / "detections.json"),
            "--no-progress"]
     subprocess.run(cmd, check=True, env=thread_env(args.threads), stdout=subprocess.DEVNULL)
-    model, meta = load_detector(out / "train" / "last.safetensors")
-    x = torch.zeros(1, 3, args.img, args.img)
-    with torch.no_grad():
-        gflops = count_flops(model.eval(), x) / 1e9
-    write_json(out / "summary.json", {"model": contestant, "params_m": count_params(model) / 1e6,
+    params_m, gflops = model_cost(load_detector(out / "train" / "last.safetensors")[0], args.img)
+    write_json(out / "summary.json", {"model": contestant, "params_m": params_m,
                                       "gflops_at_img": gflops, "img": args.img, "epochs": metrics["epochs"],
                                       "train_wall_s": wall_s, "train_time_s": metrics["train_time_s"]})
 

@@ -185,6 +185,11 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def model_cost(model: nn.Module, img: int) -> tuple[float, float]:
+    """Params (M) and GFLOPs of one ``img`` x ``img`` image through ``model`` (put in eval mode)."""
+    return count_params(model) / 1e6, count_flops(model.eval(), torch.zeros(1, 3, img, img)) / 1e9
+
+
 def p3_p5_indices(name: str, **kwargs: Any) -> tuple[int, ...]:
     """Feature indices of strides 8/16/32, chosen exactly as the detector chooses them (any timm CNN)."""
     with torch.device("meta"):  # only feature_info is needed: no memory, no init
