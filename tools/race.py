@@ -4,7 +4,8 @@
 Every contestant trains from scratch on the train split of a COCO data YAML for the same wall-clock budget
 (``--minutes``; ours with ``train.time``, Ultralytics with its own ``time=``), with the same image size, batch,
 thread count and loader workers, and is scored by the same pycocotools COCOeval on the val split. Then each one's
-bs1 latency is measured at ``--latency-img`` sizes in one quiet phase, one contestant at a time, by the same timing
+bs1 latency is measured at ``--latency-img`` sizes with ``--latency-threads`` threads (2, the issue's deployment
+case, whatever the training threads) in one quiet phase, one contestant at a time, by the same timing
 loop, with and without NMS (deployment thresholds for both: score 0.25, IoU 0.7): ours folded + channels_last,
 Ultralytics fused + channels_last.
 
@@ -73,7 +74,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ours-args", default="", help="extra cspwrc train flags for all of ours, e.g. \"--set ...\"")
     p.add_argument("--ultralytics-python", default=None, help="python of a venv with ultralytics installed")
-    p.add_argument("--latency-img", type=int, nargs="*", default=[320, 640])
+    p.add_argument("--latency-img", type=int, nargs="*", default=[320, 640],
+                   help="bs1 latency sizes; none (a bare --latency-img) skips the phase, to time later in quiet")
+    p.add_argument("--latency-threads", type=int, default=2,
+                   help="threads of the latency phase (a latency timed with other threads is timed again)")
     p.add_argument("--parallel", action="store_true", help="train all contestants at the same time")
     p.add_argument("--report-only", action="store_true", help="train and time nothing: tabulate finished results")
     p.add_argument("--out", type=Path, default=Path("runs/race"))
@@ -85,7 +89,7 @@ def check_args(args: argparse.Namespace) -> None:
     """Everything that can be wrong with the flags, found before anything trains (InputError, exit 2)."""
     if args.img <= 0 or args.img % 32:
         raise InputError(f"--img {args.img}: must be a positive multiple of 32")
-    for flag in ("minutes", "threads", "batch"):
+    for flag in ("minutes", "threads", "latency_threads", "batch"):
         if getattr(args, flag) <= 0:
             raise InputError(f"--{flag} {getattr(args, flag)}: must be positive")
     if args.workers < 0:
@@ -250,18 +254,21 @@ def latency_ms(fn: Any, x: torch.Tensor, repeats: int = 30, warmup: int = 5) -> 
 
 def measure_latency(args: argparse.Namespace) -> None:
     """Quiet phase, one contestant at a time: ours here; Ultralytics' in its venv (the child's --latency-only)."""
-    torch.set_num_threads(args.threads)
+    if not args.latency_img:
+        return
+    torch.set_num_threads(args.latency_threads)
     for contestant in args.contestants:
         out = args.out / run_name(contestant)
         summary = json.loads((out / "summary.json").read_text())
-        if "latency_ms" in summary:
+        if summary.get("latency_threads") == args.latency_threads and \
+                set(map(str, args.latency_img)) <= set(summary.get("latency_ms", {})):
             continue
         if contestant.startswith(ULTRA):
             cmd = [args.ultralytics_python, str(ROOT / "tools" / "race_ultralytics.py"), "--latency-only",
-                   "--model", contestant[len(ULTRA):], "--threads", str(args.threads),
+                   "--model", contestant[len(ULTRA):], "--threads", str(args.latency_threads),
                    "--nms-conf", str(LATENCY_CONF), "--nms-iou", str(LATENCY_IOU),
                    "--latency-img", *map(str, args.latency_img), "--out", str(out)]
-            subprocess.run(cmd, check=True, env=thread_env(args.threads))
+            subprocess.run(cmd, check=True, env=thread_env(args.latency_threads))
             continue
         model, _ = load_detector(out / "train" / "last.safetensors")
         net = fold_model(model.eval()).to(memory_format=torch.channels_last)
@@ -269,6 +276,7 @@ def measure_latency(args: argparse.Namespace) -> None:
         inputs = {s: torch.rand(1, 3, s, s).contiguous(memory_format=torch.channels_last) for s in args.latency_img}
         summary["latency_ms"] = {str(s): {"forward": latency_ms(net.forward_raw, x), "with_nms": latency_ms(net, x)}
                                  for s, x in inputs.items()}
+        summary["latency_threads"] = args.latency_threads
         write_json(out / "summary.json", summary)
 
 
@@ -291,8 +299,8 @@ def score(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def race_table(rows: list[dict[str, Any]], latency_img: list[int]) -> str:
     head = " | ".join(f"bs1@{s} ms" for s in latency_img)
-    lines = [f"| contestant | params (M) | GFLOPs@img | epochs | train wall (s) | mAP@[.5:.95] | AP50 | {head} |",
-             "|---|---|---|---|---|---|---|" + "---|" * len(latency_img)]
+    lines = [f"| contestant | params (M) | GFLOPs@img | epochs | train wall (s) | mAP@[.5:.95] | AP50 | {head} | "
+             "latency threads |", "|---|---|---|---|---|---|---|" + "---|" * (len(latency_img) + 1)]
     for r in rows:
         lat = r.get("latency_ms", {})
         cells = []
@@ -301,7 +309,8 @@ def race_table(rows: list[dict[str, Any]], latency_img: list[int]) -> str:
             cells.append(f"{entry['with_nms']:.1f}" + (f" ({entry['forward']:.1f} w/o NMS)" if "forward" in entry
                                                          else "") if entry else "–")
         lines.append(f"| {r['contestant']} | {r['params_m']:.2f} | {r['gflops_at_img']:.2f} | {r['epochs']} | "
-                     f"{r['train_wall_s']:.0f} | {r['map']:.4f} | {r['map50']:.4f} | {' | '.join(cells)} |")
+                     f"{r['train_wall_s']:.0f} | {r['map']:.4f} | {r['map50']:.4f} | {' | '.join(cells)} | "
+                     f"{r.get('latency_threads', '–')} |")
     return "\n".join(lines)
 
 

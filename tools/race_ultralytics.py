@@ -100,6 +100,7 @@ def main() -> int:
         summary["latency_ms"] = {str(s): {"forward": latency_ms(net, s, False, args.nms_conf, args.nms_iou),
                                           "with_nms": latency_ms(net, s, True, args.nms_conf, args.nms_iou)}
                                  for s in args.latency_img}
+        summary["latency_threads"] = args.threads
     else:
         if not (args.data and args.val_index and args.time_h):
             raise SystemExit("training needs --data, --val-index and --time-h")

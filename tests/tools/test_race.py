@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from cspwrc.data import ensure_shapes_dataset
+from cspwrc.det import build_detector
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "race.py"
 spec = importlib.util.spec_from_file_location("cspwrc_tool_race", TOOL)
@@ -100,10 +101,34 @@ def test_report_scores_every_contestant_with_pycocotools(data_yaml, tmp_path, ca
         run.mkdir(parents=True)
         (run / "detections.json").write_text(json.dumps(dets))
         (run / "summary.json").write_text(json.dumps({"params_m": 1.0, "gflops_at_img": 2.0, "epochs": 3,
-                                                      "train_wall_s": 60.0, "latency_ms": {"320": {"with_nms": 9.5}}}))
+                                                      "train_wall_s": 60.0, "latency_ms": {"320": {"with_nms": 9.5}},
+                                                      "latency_threads": 2}))
     rc = race.main(["--data", str(data_yaml), "--out", str(tmp_path / "race"), "--report-only",
                     "--contestants", "cspwrc_n", "ultralytics:yolov8n", "--latency-img", "320"])
     assert rc == 0
     rows = {r["contestant"]: r for r in json.loads((tmp_path / "race" / "race.json").read_text())}
     assert rows["cspwrc_n"]["map"] == pytest.approx(1.0) and rows["ultralytics:yolov8n"]["map"] == 0.0
-    assert "| cspwrc_n | 1.00 | 2.00 | 3 | 60 | 1.0000 | 1.0000 | 9.5 |" in (tmp_path / "race" / "race.md").read_text()
+    table = (tmp_path / "race" / "race.md").read_text()
+    assert "| cspwrc_n | 1.00 | 2.00 | 3 | 60 | 1.0000 | 1.0000 | 9.5 | 2 |" in table
+
+
+def test_latency_phase_uses_its_own_threads_and_times_once(data_yaml, tmp_path, monkeypatch):
+    """Latency timed with other threads (e.g. the training's 1) is timed again with --latency-threads; a latency
+    already timed with them is kept; a bare --latency-img leaves the phase for later."""
+    run = tmp_path / "race" / "cspwrc_n"
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"epochs": 3, "latency_ms": {"64": {"with_nms": 9.5}},
+                                                  "latency_threads": 1}))
+    threads, loads = [], []
+    monkeypatch.setattr(race.torch, "set_num_threads", threads.append)
+    monkeypatch.setattr(race, "latency_ms", lambda fn, x: 1.0)  # the timing loop itself is not under test
+    monkeypatch.setattr(race, "load_detector", lambda path: loads.append(path) or (build_detector(
+        "cspwrc_n", num_classes=2, pretrained=False), {}))
+    args = _args(data_yaml, tmp_path, "--contestants", "cspwrc_n", "--latency-img", "64", "--latency-threads", "2")
+    race.measure_latency(args)
+    summary = json.loads((run / "summary.json").read_text())
+    assert threads == [2] and len(loads) == 1 and summary["epochs"] == 3
+    assert summary["latency_threads"] == 2 and summary["latency_ms"] == {"64": {"forward": 1.0, "with_nms": 1.0}}
+    race.measure_latency(args)
+    race.measure_latency(_args(data_yaml, tmp_path, "--contestants", "cspwrc_n", "--latency-img"))
+    assert len(loads) == 1
