@@ -298,9 +298,9 @@ def score(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def race_table(rows: list[dict[str, Any]], latency_img: list[int]) -> str:
-    head = " | ".join(f"bs1@{s} ms" for s in latency_img)
-    lines = [f"| contestant | params (M) | GFLOPs@img | epochs | train wall (s) | mAP@[.5:.95] | AP50 | {head} | "
-             "latency threads |", "|---|---|---|---|---|---|---|" + "---|" * (len(latency_img) + 1)]
+    head = ["contestant", "params (M)", "GFLOPs@img", "epochs", "train wall (s)", "mAP@[.5:.95]", "AP50",
+            *(f"bs1@{s} ms" for s in latency_img), "latency threads"]  # no empty column when latency is skipped
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lat = r.get("latency_ms", {})
         cells = []
@@ -308,9 +308,10 @@ def race_table(rows: list[dict[str, Any]], latency_img: list[int]) -> str:
             entry = lat.get(str(s), {})
             cells.append(f"{entry['with_nms']:.1f}" + (f" ({entry['forward']:.1f} w/o NMS)" if "forward" in entry
                                                          else "") if entry else "–")
-        lines.append(f"| {r['contestant']} | {r['params_m']:.2f} | {r['gflops_at_img']:.2f} | {r['epochs']} | "
-                     f"{r['train_wall_s']:.0f} | {r['map']:.4f} | {r['map50']:.4f} | {' | '.join(cells)} | "
-                     f"{r.get('latency_threads', '–')} |")
+        row = [r["contestant"], f"{r['params_m']:.2f}", f"{r['gflops_at_img']:.2f}", str(r["epochs"]),
+               f"{r['train_wall_s']:.0f}", f"{r['map']:.4f}", f"{r['map50']:.4f}", *cells,
+               str(r.get("latency_threads", "–"))]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
