@@ -33,7 +33,7 @@ def test_rows_are_effective_weights() -> None:
     rows = wrc_weights(model)
     assert [r.block for r in rows] == [n.removesuffix(".wrc.weight") for n in sorted(model.no_weight_decay())]
     a, b = torch.softmax(model.stages[2].blocks[1].wrc.weight, dim=0)
-    row = rows[3]
+    row = rows[4]  # blocks per stage: 1, 2, 3, 1
     assert row.block == "stages.2.blocks.1"
     assert row.a_mean == pytest.approx(a.mean().item()) and row.b_max == pytest.approx(b.max().item())
     assert row.a_min == pytest.approx(a.min().item()) and row.a_max == pytest.approx(a.max().item())

@@ -46,9 +46,14 @@ def test_feature_info(size: str) -> None:
     assert p3p5.feature_info.channels() == [base * 2, base * 4, base * 8]
 
 
-def test_n_depths_never_zero() -> None:
+def test_n_is_yolov5n_backbone() -> None:
+    """cspwrc_n: YOLOv5n's depths (round, not int: 1, 2, 3, 1), a 16-channel one-conv stem, stride-2 convs that
+    widen to the stage (no cs3darknet peer to stay loadable from), PyTorch's default conv init."""
     model = _meta_model("cspwrc_n")
-    assert [len(s.blocks) for s in model.stages] == [1, 1, 2, 1]
+    assert [len(s.blocks) for s in model.stages] == [1, 2, 3, 1]
+    assert [m.conv.out_channels for m in model.stem] == [16]
+    assert [s.conv_down.conv.out_channels for s in model.stages] == [32, 64, 128, 256]
+    assert model.cfg.conv_init == "default" and not model.cfg.zero_init_last
 
 
 @pytest.mark.parametrize("name", ["cspwrc_n", "cspwrc_s"])
@@ -100,7 +105,7 @@ def test_grad_checkpointing_checkpoints_and_matches() -> None:
 def test_no_weight_decay_and_optimizer_groups() -> None:
     model = timm.create_model("cspwrc_n", wrc_weights="channel")
     wrc_names = {n for n, p in model.named_parameters() if n.endswith("wrc.weight")}
-    assert len(wrc_names) == 5 and model.no_weight_decay() == wrc_names
+    assert len(wrc_names) == 7 and model.no_weight_decay() == wrc_names
     opt = create_optimizer_v2(model, "sgd", lr=0.1, weight_decay=0.05)
     no_decay = {id(p) for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     assert all(id(p) in no_decay for n, p in model.named_parameters() if n in wrc_names)
@@ -140,7 +145,7 @@ def test_layer_overrides_drop_path_dtype() -> None:
     assert not any(isinstance(m, nn.SiLU) for m in model.modules())
     assert any(isinstance(m, nn.ReLU) for m in model.modules())
     rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
-    assert len(rates) == 4 and rates == sorted(rates) and rates[-1] == pytest.approx(0.1)  # first block: rate 0
+    assert len(rates) == 6 and rates == sorted(rates) and rates[-1] == pytest.approx(0.1)  # first block: rate 0
     assert all(p.dtype == torch.float64 for p in model.parameters())
     layer_norm = _meta_model("cspwrc_n", norm_layer="layernorm2d")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in layer_norm.modules())

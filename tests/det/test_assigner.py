@@ -20,6 +20,29 @@ def test_points_in_boxes_is_strict():
     assert points_in_boxes(points, boxes).tolist() == [[[True, False, False]]]
 
 
+def test_points_in_boxes_widens_small_boxes_about_their_centre():
+    """A 4x4 box between the stride-8 points holds none of them; widened to 16 px it holds the four around it."""
+    points, _ = _grid_4x4()
+    box = torch.tensor([[[13.0, 13.0, 17.0, 17.0]]])
+    assert not points_in_boxes(points, box).any()
+    inside = points_in_boxes(points, box, min_side=16.0)[0, 0].nonzero().flatten().tolist()
+    assert inside == [5, 6, 9, 10]  # (12, 12), (20, 12), (12, 20), (20, 20)
+    wide = torch.tensor([[[0.0, 13.0, 32.0, 17.0]]])  # only the short side is widened
+    assert points_in_boxes(points, wide, min_side=16.0)[0, 0].nonzero().flatten().tolist() == [4, 5, 6, 7, 8, 9, 10, 11]
+
+
+@pytest.mark.parametrize("min_box_side, positives", [(16.0, 2), (0.0, 0)])
+def test_small_box_gets_positives_only_when_widened(min_box_side, positives):
+    points, strides = _grid_4x4()
+    gt_boxes, gt_labels, mask = torch.tensor([[[13.0, 13.0, 17.0, 17.0]]]), torch.tensor([[0]]), torch.tensor([[True]])
+    pred_boxes = gt_boxes.expand(1, 16, 4).clone()
+    pred_scores = torch.full((1, 16, 1), 0.5)
+    tal = TaskAlignedAssigner(num_classes=1, topk=2, min_box_side=min_box_side)
+    assert int(tal(pred_scores, pred_boxes, points, gt_labels, gt_boxes, mask).fg_mask.sum()) == positives
+    atss = AtssAssigner(num_classes=1, topk=4, min_box_side=min_box_side)
+    assert bool(atss(points, strides, [16], gt_labels, gt_boxes, mask).fg_mask.any()) == (positives > 0)
+
+
 def test_tal_picks_topk_aligned_points_inside_the_box():
     points, _ = _grid_4x4()
     gt_boxes = torch.tensor([[[0.0, 0.0, 16.0, 16.0]]])  # contains points 0, 1, 4, 5

@@ -1,4 +1,4 @@
-"""Training loop: exact resume, NaN policy, unwritable checkpoints, optimizer groups, lr warmup, eval tool."""
+"""Training loop: exact resume, NaN policy, unwritable checkpoints, time budget, batch pictures, eval tool."""
 
 from __future__ import annotations
 
@@ -7,23 +7,14 @@ import math
 
 import pytest
 import torch
-from _tiny import tiny_config, tiny_data
+from _tiny import tiny_config, tiny_data, tiny_overrides
+from PIL import Image
 
 from cspwrc import atomic
 from cspwrc.cli import val as eval_det
-from cspwrc.det import build_detector
 from cspwrc.engine import checkpoint as ck
 from cspwrc.engine.config import load_config
-from cspwrc.engine.trainer import (
-    Trainer,
-    TrainingStopped,
-    WarmupScheduler,
-    build_optimizer,
-    load_resume,
-    param_groups,
-    resolve_amp,
-)
-from cspwrc.layers.wrc import WeightedResidual
+from cspwrc.engine.trainer import Trainer, TrainingStopped, load_resume, resolve_amp
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +109,14 @@ def _nan_at(monkeypatch, step: int):
     """Make the detector's real loss NaN at global step ``step`` (one bad batch)."""
     original = Trainer._step
 
-    def poisoned(self, images, targets, epoch):
+    def poisoned(self, *args):
         if self.state.global_step != step:
-            return original(self, images, targets, epoch)
+            return original(self, *args)
         real = self.ddp_model.forward
         monkeypatch.setattr(self.ddp_model, "forward",
                             lambda *a, **k: {n: v * float("nan") for n, v in real(*a, **k).items()})
         try:
-            return original(self, images, targets, epoch)
+            return original(self, *args)
         finally:
             monkeypatch.setattr(self.ddp_model, "forward", real)
 
@@ -194,49 +185,6 @@ def test_unwritable_output_stops_and_keeps_previous(data, tmp_path, monkeypatch)
     assert ck.read_weights(tmp_path / "last.safetensors")[1]["epoch"] == 1
 
 
-def test_param_groups_on_a_real_detector():
-    model = build_detector(backbone="cspwrc_n", num_classes=3, backbone_kwargs={"wrc_weights": "channel"})
-    groups = {g["group"]: g for g in param_groups(model, 0.05)}
-    names = {id(p): n for n, p in model.named_parameters()}
-    decayed = [names[id(p)] for p in groups["decay"]["params"]]
-    undecayed = [names[id(p)] for p in groups["no_decay"]["params"] + groups["bias"]["params"]]
-    assert decayed and all(model.get_parameter(n).ndim > 1 and "wrc" not in n for n in decayed)
-    assert any(n.endswith("wrc.weight") and model.get_parameter(n).ndim == 2 for n in undecayed)
-    assert len(decayed) + len(undecayed) == len(names)
-
-
-def test_param_groups_exclude_norms_biases_and_wrc():
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Linear(8, 4))
-    model.add_module("wrc", WeightedResidual(8, weights="channel"))  # a [2, C] parameter: not 1-d
-    groups = {g["group"]: g for g in param_groups(model, 0.05)}
-    ids = {k: {id(p) for p in g["params"]} for k, g in groups.items()}
-    assert ids["decay"] == {id(model[0].weight), id(model[2].weight)}
-    assert id(model.wrc.weight) in ids["no_decay"] and id(model[1].weight) in ids["no_decay"]
-    assert ids["bias"] == {id(model[0].bias), id(model[1].bias), id(model[2].bias)}
-    assert groups["decay"]["weight_decay"] == 0.05 and groups["no_decay"]["weight_decay"] == 0.0
-
-
-@pytest.mark.parametrize("sched", ["cosine", "linear"])
-def test_warmup_and_bias_warmup(sched, tmp_path):
-    cfg = load_config(None, {"model": {"name": "resnet18"}, "optim": {"opt": "sgd", "lr": 0.01},
-                             "schedule": {"sched": sched, "warmup_epochs": 1, "warmup_bias_lr": 0.1,
-                                          "min_lr_ratio": 0.1}, "train": {"epochs": 4}})
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
-    opt = build_optimizer(model, cfg)
-    sched_ = WarmupScheduler(opt, cfg, steps_per_epoch=10)
-    lrs = {}
-    for step in (0, 5, 10, 20, 39, 40):
-        sched_.step(step)
-        lrs[step] = {g["group"]: g["lr"] for g in opt.param_groups}
-    assert lrs[0]["decay"] == pytest.approx(0.0) and lrs[0]["bias"] == pytest.approx(0.1)
-    assert lrs[5]["decay"] == pytest.approx(0.005) and lrs[5]["bias"] == pytest.approx(0.055)
-    assert lrs[10]["bias"] == pytest.approx(lrs[10]["decay"]) and lrs[10]["decay"] <= 0.01
-    assert lrs[20]["decay"] < lrs[10]["decay"]
-    assert lrs[40]["decay"] == pytest.approx(0.001, rel=0.05)  # decays to min_lr_ratio * lr
-    if sched == "linear":
-        assert lrs[20]["decay"] == pytest.approx(0.001 + 0.009 * 20 / 40, rel=0.05)
-
-
 def test_time_budget_refits_epochs_and_schedule(data, tmp_path):
     """train.time: 10 s spent on 2 epochs (5 s each) with a 100 s budget -> 20 epochs, schedule stretched."""
     trainer = Trainer(tiny_config(data, tmp_path, time=100 / 3600), progress=False)
@@ -257,3 +205,19 @@ def test_time_budget_run_stops_and_saves_fitted_epochs(data, tmp_path):
     assert metrics["epochs"] == 1 and math.isfinite(metrics["map"])
     cfg, _ = load_resume(tmp_path)
     assert cfg.train.epochs == 1 and cfg.train.time == 1e-7
+
+
+def test_nominal_batch_accumulates_and_batch_pictures_are_saved(data, tmp_path):
+    """Nominal batch 16 of batches of 8: two batches a step once the warmup ramp is over, the last batch of an
+    epoch always steps; the first batches of the run and of the close-mosaic epoch are saved as pictures."""
+    over = tiny_overrides(data, tmp_path)
+    over["optim"] = {"opt": "sgd", "lr": 0.01, "nominal_batch": 16}
+    trainer = Trainer(load_config(None, over), progress=False)
+    assert trainer.accumulate == 2 and trainer.loss_scale == 8.0
+    trainer.fit()
+    # warmup: 1 step, so batch 0 steps alone; batch 1 ends epoch 1; batches 2 + 3 make one step in epoch 2
+    assert (trainer.state.global_step, trainer.state.optimizer_steps) == (4, 3)
+    pictures = sorted(p.name for p in tmp_path.glob("train_batch*.jpg"))
+    assert pictures == ["train_batch0.jpg", "train_batch1.jpg", "train_batch2.jpg", "train_batch3.jpg"]
+    with Image.open(tmp_path / "train_batch0.jpg") as picture:
+        assert picture.size == (3 * 64, 3 * 64)  # 8 images in a 3 x 3 grid

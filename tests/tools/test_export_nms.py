@@ -66,7 +66,11 @@ def test_nms_graph_matches_the_detector_on_real_images(tmp_path):
     data = CocoDetection(root / "annotations" / "instances_val.json", root / "images", img=128, progress=False)
     images = torch.stack([data[i][0] for i in range(4)]).float() / 255
     torch.manual_seed(0)
-    detector = randomize_norm_and_wrc_(build_detector("cspwrc_n", num_classes=80)).eval()
+    # A random detector whose scores have no near ties at the score / top-k cuts on these images (checked): the
+    # session-4 cspwrc_n layout. Today's cspwrc_n gives many identical image-sized boxes with scores 1e-7 apart, which
+    # onnxruntime and PyTorch may cut differently.
+    old_n = {"stem_chs": [8, 16], "depths": [1, 1, 2, 1], "down_growth": False, "conv_init": "fan_out"}
+    detector = randomize_norm_and_wrc_(build_detector("cspwrc_n", num_classes=80, backbone_kwargs=old_n)).eval()
     with torch.no_grad():  # untrained heads score every point alike (the prior): spread them, ties are arbitrary
         for branch in (*detector.head.cls_branches, *detector.head.box_branches):
             nn.init.normal_(branch[-1].weight, std=0.3)

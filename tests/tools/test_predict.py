@@ -13,6 +13,7 @@ from PIL import Image
 from test_det_tools import _checkpoint
 
 from cspwrc.cli import predict
+from cspwrc.draw import PALETTE, draw_boxes
 
 NAMES = ["cat", "dog"]
 
@@ -98,11 +99,10 @@ def test_bad_flags_are_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_labels_scale_with_the_image() -> None:
     """The label is as legible on a 4000 px photo as on a thumbnail: its text grows with the image."""
-    det = [{"box": [10.0, 40.0, 12.0, 42.0], "score": 0.9, "label": 1, "class_name": "dog"}]
-    color = np.array(predict.PALETTE[1], dtype=np.uint8)
+    color = np.array(PALETTE[1], dtype=np.uint8)
 
     def label_pixels(side: int) -> int:
-        drawn = predict.draw(np.zeros((side, side, 3), np.uint8), det)
+        drawn = draw_boxes(np.zeros((side, side, 3), np.uint8), [[10.0, 40.0, 12.0, 42.0]], [1], ["cat", "dog"], [0.9])
         return int((drawn == color).all(-1).sum())
 
     small, large = label_pixels(120), label_pixels(2400)

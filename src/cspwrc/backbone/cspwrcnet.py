@@ -5,8 +5,9 @@ WRC ``H(x) = a * F(x) + b * x`` on every bottleneck shortcut. Module names match
 checkpoint loads (see :func:`checkpoint_filter_fn`) and, with the WRC weights at their initial value and
 ``wrc_normalize="none"``, gives identical outputs.
 
-Sizes (width / depth multipliers, as YOLOv5): n 0.25/0.33, s 0.5/0.5, m 0.75/0.67, l 1.0/1.0, x 1.25/1.33;
-s/m/l/x have exactly the channels and depths of ``cs3darknet_s/m/l/x``.
+Sizes (width / depth multipliers, as YOLOv5): s 0.5/0.5, m 0.75/0.67, l 1.0/1.0, x 1.25/1.33 have exactly the
+channels and depths of ``cs3darknet_s/m/l/x``. ``n`` has no cs3darknet peer and is YOLOv5n's backbone instead
+(one-conv stem of 16, stride-2 convs that widen, depths ``round(d * 0.33)`` = 1/2/3/1, PyTorch's default init).
 """
 
 import socket
@@ -41,9 +42,13 @@ class CspWrcCfg:
         depths: Bottlenecks per stage.
         expand_ratio: CSP expansion (``conv_exp`` channels / stage channels), split in two halves.
         bottle_ratio: Bottleneck hidden channels / bottleneck channels.
+        down_growth: The stride-2 conv of a stage goes to the stage's width (YOLOv5) instead of keeping its input
+            width (cs3darknet).
         wrc_weights: ``"scalar" | "channel" | "none"`` (``"none"``: plain residual, the A/B baseline).
         wrc_normalize: ``"none" | "relu" | "softmax"``.
         act_layer / norm_layer: timm layer names or classes.
+        conv_init: ``"fan_out"``: Kaiming-normal fan-out conv weights (timm's cspnet); ``"default"``: PyTorch's own
+            (YOLO's), about 2.4x smaller, so the same lr moves them relatively further.
         zero_init_last: Zero-init the last BN of each bottleneck branch (as timm's cspnet).
     """
 
@@ -52,10 +57,12 @@ class CspWrcCfg:
     depths: Tuple[int, ...] = (3, 6, 9, 3)
     expand_ratio: float = 1.0
     bottle_ratio: float = 1.0
+    down_growth: bool = False
     wrc_weights: str = "scalar"
     wrc_normalize: str = "none"
     act_layer: LayerType = "silu"
     norm_layer: LayerType = "batchnorm"
+    conv_init: str = "fan_out"
     zero_init_last: bool = True
 
     @classmethod
@@ -137,7 +144,7 @@ class CspWrcNet(nn.Module):
 
         self.num_features = self.head_hidden_size = cfg.stage_chs[-1]
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
-        self._init_weights(cfg.zero_init_last)
+        self._init_weights(cfg.conv_init, cfg.zero_init_last)
 
     def _create_stages(
             self, cfg: CspWrcCfg, output_stride: int, drop_path_rate: float,
@@ -155,17 +162,21 @@ class CspWrcNet(nn.Module):
             stages.append(CspStage(
                 prev_chs, chs, depth, stride=stride, dilation=dilation,
                 first_dilation=1 if dilation in (1, 2) else 2, expand_ratio=cfg.expand_ratio,
-                bottle_ratio=cfg.bottle_ratio, wrc_weights=cfg.wrc_weights, wrc_normalize=cfg.wrc_normalize,
+                bottle_ratio=cfg.bottle_ratio, down_growth=cfg.down_growth, wrc_weights=cfg.wrc_weights,
+                wrc_normalize=cfg.wrc_normalize,
                 act_layer=cfg.act_layer, norm_layer=cfg.norm_layer, drop_path=dpr[i], device=device, dtype=dtype,
             ))
             prev_chs = chs
             self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=f"stages.{i}"))
         return nn.Sequential(*stages)
 
-    def _init_weights(self, zero_init_last: bool) -> None:
-        """timm cspnet init: Kaiming-normal (fan-out) convs, small-normal classifier, zero last branch BN."""
+    def _init_weights(self, conv_init: str, zero_init_last: bool) -> None:
+        """timm cspnet init: Kaiming-normal (fan-out) convs (``conv_init="fan_out"``; ``"default"`` keeps PyTorch's),
+        small-normal classifier, zero last branch BN (``zero_init_last``)."""
+        if conv_init not in ("fan_out", "default"):
+            raise ValueError(f"conv_init must be 'fan_out' or 'default', got {conv_init!r}")
         for module in self.modules():
-            if isinstance(module, nn.Conv2d):
+            if isinstance(module, nn.Conv2d) and conv_init == "fan_out":
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
@@ -355,7 +366,10 @@ def _create_cspwrc(variant: str, pretrained: bool = False, **kwargs: Any) -> Csp
 
 
 model_cfgs = dict(
-    cspwrc_n=CspWrcCfg.scaled(width=0.25, depth=0.33),
+    # YOLOv5n's backbone: CspWrcCfg.scaled(0.25, 0.33) would give an 8-channel stem, stride-2 convs that keep
+    # their input width and int()-rounded depths (1, 1, 2, 1): half YOLOv5n's parameters, and measurably worse.
+    cspwrc_n=CspWrcCfg(stem_chs=(16,), stage_chs=(32, 64, 128, 256), depths=(1, 2, 3, 1), down_growth=True,
+                       conv_init="default", zero_init_last=False),
     cspwrc_s=CspWrcCfg.scaled(width=0.5, depth=0.5),
     cspwrc_m=CspWrcCfg.scaled(width=0.75, depth=0.67),
     cspwrc_l=CspWrcCfg.scaled(width=1.0, depth=1.0),

@@ -25,13 +25,14 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cspwrc.atomic import WriteError, make_dir, write_bytes, write_json
 from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.data.checks import to_rgb
-from cspwrc.data.transforms import letterbox
+from cspwrc.data.letterbox import letterbox
 from cspwrc.det.postprocess import undo_letterbox
+from cspwrc.draw import draw_boxes
 from cspwrc.engine.checkpoint import load_detector
 from cspwrc.engine.distributed import resolve_device
 from cspwrc.errors import InputError, shorten
@@ -39,10 +40,6 @@ from cspwrc.errors import InputError, shorten
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv"}
 # Distinct colours per class (tab10), RGB.
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True)
@@ -134,26 +131,6 @@ def describe(det: dict[str, torch.Tensor], meta: dict[str, Any]) -> list[dict[st
 
 def class_names(meta: dict[str, Any]) -> list[str]:
     return list(meta.get("class_names") or [str(i) for i in range(int(meta["num_classes"]))])
-
-
-def draw(image: np.ndarray, dets: list[dict[str, Any]]) -> np.ndarray:
-    """``image`` (RGB [H, W, 3]) with boxes and ``name score`` labels; line width and text scale with the image."""
-    canvas = Image.fromarray(image)
-    pen = ImageDraw.Draw(canvas)
-    side = max(image.shape[:2])
-    width = max(1, round(side / 320))
-    font = ImageFont.load_default(size=max(10, round(side / 45)))
-    for d in dets:
-        color = PALETTE[d["label"] % len(PALETTE)]
-        x1, y1, x2, y2 = d["box"]
-        pen.rectangle((x1, y1, x2, y2), outline=color, width=width)
-        text = f"{d['class_name']} {d['score']:.2f}"
-        left, top, right, bottom = pen.textbbox((0, 0), text, font=font)
-        tw, th = right - left, bottom - top + 2 * width
-        ty = y1 - th if y1 - th >= 0 else y1  # above the box, or inside it at the top edge
-        pen.rectangle((x1, ty, x1 + tw + 2 * width, ty + th), fill=color)
-        pen.text((x1 + width, ty + width - top), text, fill=(255, 255, 255), font=font)
-    return np.asarray(canvas)
 
 
 def yolo_lines(dets: list[dict[str, Any]], height: int, width: int, with_score: bool) -> str:
@@ -256,7 +233,8 @@ def run(args: argparse.Namespace) -> int:
         det = detect(model, image, img, device)
         dets = describe(select(det, args.conf, classes, args.max_det), meta)
         writer.add(path, frame, image, det, dets)
-        return draw(image, dets)
+        return draw_boxes(image, [d["box"] for d in dets], [d["label"] for d in dets], names,
+                          [d["score"] for d in dets])
 
     for path in sources:
         if path.suffix.lower() in VIDEO_SUFFIXES:

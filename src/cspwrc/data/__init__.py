@@ -6,9 +6,10 @@ See ``docs/data.md``. The failure policy lives in :mod:`cspwrc.data.checks`.
 from cspwrc.data.checks import CheckReport, DataError, SampleReadError, read_error_message, verify_coco
 from cspwrc.data.coco import CocoDetection
 from cspwrc.data.config import DataConfig, build_datasets, load_data_config
+from cspwrc.data.letterbox import letterbox, letterbox_params
 from cspwrc.data.loader import build_loader, collate_detection, count_skipped, prepare_epoch
 from cspwrc.data.shapes import ensure_shapes_dataset
-from cspwrc.data.transforms import AUGMENT_DEFAULTS, letterbox, letterbox_params
+from cspwrc.data.transforms import AUGMENT_DEFAULTS
 
 __all__ = [
     "AUGMENT_DEFAULTS", "CheckReport", "CocoDetection", "DataConfig", "DataError", "SampleReadError",

@@ -25,13 +25,9 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from cspwrc.data.checks import CheckReport, DataError, ImageEntry, SampleReadError, load_image, verify_coco
-from cspwrc.data.transforms import (
-    apply_train_transform,
-    build_train_transform,
-    check_augment,
-    letterbox,
-    letterbox_boxes,
-)
+from cspwrc.data.letterbox import letterbox, letterbox_params, resize_longest
+from cspwrc.data.mosaic import Tile
+from cspwrc.data.transforms import TrainAugment, check_augment
 from cspwrc.errors import shorten
 
 log = logging.getLogger("cspwrc.data")
@@ -40,6 +36,7 @@ MAX_SUBSTITUTES = 10  # consecutive unreadable files tolerated for one item befo
 RAM_CACHE_SHARE = 0.5  # data.cache: ram may take at most this share of the available memory
 CACHE_MODES = ("none", "ram")
 Target = dict[str, Any]
+Resized = tuple[np.ndarray, np.ndarray, np.ndarray, float]  # (image [h, w, 3], boxes [N, 4], labels [N], scale)
 Letterboxed = tuple[np.ndarray, np.ndarray, np.ndarray, float, tuple[float, float]]
 
 
@@ -109,9 +106,9 @@ class CocoDetection(Dataset):
         seed: augmentation seed; item ``i`` of epoch ``e`` is augmented with seed ``(seed, e, i)``, so runs
             are reproducible whatever the number of workers.
         report: a precomputed :func:`verify_coco` report (else it is computed here, cached).
-        cache: ``"ram"`` decodes and letterboxes every image once, here, and keeps the ``uint8 [img, img, 3]``
-            canvases with their boxes (``N * img * img * 3`` bytes; see :meth:`_fill_ram_cache`); ``"none"``
-            reads the files for every item.
+        cache: ``"ram"`` decodes and resizes every image once, here, and keeps the resized ``uint8`` images
+            (longer side ``img``) with their boxes (at most ``N * img * img * 3`` bytes; see
+            :meth:`_fill_ram_cache`); ``"none"`` reads the files for every item.
 
     Epoch and mosaic switch live in a shared-memory tensor, so ``set_epoch``/``set_mosaic`` reach loader
     workers that were started earlier (persistent workers; see :mod:`cspwrc.data.loader`).
@@ -137,8 +134,8 @@ class CocoDetection(Dataset):
         self.augment = check_augment(augment)
         self._shared = torch.zeros(2, dtype=torch.int64).share_memory_()  # [epoch, mosaic on]
         self.mosaic = self.augment["mosaic"] > 0
-        self._transforms: dict[bool, Any] = {}
-        self._ram: list[Letterboxed | None] | None = None
+        self._augment = TrainAugment(img, **self.augment)
+        self._ram: list[Resized | None] | None = None
         if cache not in CACHE_MODES:
             raise DataError(str(ann_file), "data.cache", f"{cache!r} is not one of {CACHE_MODES}")
         if cache == "ram":
@@ -174,12 +171,13 @@ class CocoDetection(Dataset):
 
     # ------------------------------------------------------------------------------------------ RAM cache
     def _fill_ram_cache(self, progress: bool) -> None:
-        """Decode + letterbox every image once (threads: PIL and cv2 release the GIL) if it fits in memory.
+        """Decode + resize every image once (threads: PIL and cv2 release the GIL) if it fits in memory.
 
-        The size check: ``N * img * img * 3`` bytes must be at most :data:`RAM_CACHE_SHARE` of the available
-        memory; otherwise a warning says so and items are read from disk as without a cache (same data). The
-        cache is filled in the main process before the loader forks its workers, which then share its pages
-        copy-on-write (never written, so never copied; a ``spawn`` start method would copy it per worker).
+        The size check: ``N * img * img * 3`` bytes (the most the resized images can take) must be at most
+        :data:`RAM_CACHE_SHARE` of the available memory; otherwise a warning says so and items are read from disk
+        as without a cache (same data). The cache is filled in the main process before the loader forks its
+        workers, which then share its pages copy-on-write (never written, so never copied; a ``spawn`` start method
+        would copy it per worker).
         Unreadable files stay uncached and fail at read time as usual (substituted, counted).
         """
         need, free = len(self) * self.img * self.img * 3, available_memory()
@@ -189,9 +187,9 @@ class CocoDetection(Dataset):
                         self.img, free / 1e9, RAM_CACHE_SHARE * 100)
             return
 
-        def read(index: int) -> Letterboxed | None:
+        def read(index: int) -> Resized | None:
             try:
-                return self._read_letterboxed(index)
+                return self._read_resized(index)
             except SampleReadError:
                 return None
 
@@ -227,69 +225,76 @@ class CocoDetection(Dataset):
     def _entry(self, index: int) -> ImageEntry:
         return self.report.images[self.ids[index]]
 
-    def load_letterboxed(self, index: int) -> Letterboxed:
-        """Read item ``index`` letterboxed to ``img``: ``(image uint8 [img, img, 3], boxes float32 [N, 4],
-        labels int64 [N], scale, pad)``, from the RAM cache when there is one. Raises :class:`SampleReadError`
-        if the file is unreadable."""
+    def load_resized(self, index: int) -> Resized:
+        """Item ``index`` resized so its longer side is ``img``, unpadded: ``(image uint8 [h, w, 3], boxes float32
+        [N, 4], labels int64 [N], scale)``, from the RAM cache when there is one. Raises :class:`SampleReadError` if
+        the file is unreadable."""
         cached = self._ram[index] if self._ram is not None else None
         if cached is None:
-            return self._read_letterboxed(index)
-        image, boxes, labels, scale, pad = cached
+            return self._read_resized(index)
+        image, boxes, labels, scale = cached
         # Copies: an in-place transform must never change the cache (nor un-share a forked worker's pages).
-        return image.copy(), boxes.copy(), labels.copy(), scale, pad
+        return image.copy(), boxes.copy(), labels.copy(), scale
 
-    def _read_letterboxed(self, index: int) -> Letterboxed:
+    def load_letterboxed(self, index: int) -> Letterboxed:
+        """Item ``index`` letterboxed to ``img`` (the val/predict input): ``(image uint8 [img, img, 3], boxes, labels,
+        scale, pad)``."""
+        image, boxes, labels, _ = self.load_resized(index)
         entry = self._entry(index)
-        image = load_image(entry, draft_size=self.img)
         canvas, scale, pad = letterbox(image, self.img, (entry.height, entry.width))
+        return canvas, boxes + np.asarray(pad * 2, dtype=np.float32), labels, scale, pad
+
+    def _read_resized(self, index: int) -> Resized:
+        entry = self._entry(index)
+        image, scale = resize_longest(load_image(entry, draft_size=self.img), self.img, (entry.height, entry.width))
         cats = self.report.box_categories[entry.id]
         keep = np.asarray([c in self.category_id_to_label for c in cats], dtype=bool)
-        boxes = letterbox_boxes(self.report.boxes[entry.id][keep], scale, pad)
+        boxes = (self.report.boxes[entry.id][keep].astype(np.float32) * np.float32(scale)).reshape(-1, 4)
         labels = np.asarray([self.category_id_to_label[int(c)] for c in cats[keep]], dtype=np.int64)
-        return canvas, boxes, labels, scale, pad
+        return image, boxes, labels, scale
 
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index])
 
-    def _read_with_substitutes(self, index: int, rng: np.random.Generator, skipped: list[str]
-                               ) -> tuple[int, tuple[Any, ...]]:
+    def _read_with_substitutes(self, index: int, rng: np.random.Generator, skipped: list[str]) -> tuple[int, Resized]:
         """Read ``index``; on a read failure record it and try random other indices instead."""
         for _ in range(MAX_SUBSTITUTES):
             try:
-                return index, self.load_letterboxed(index)
+                return index, self.load_resized(index)
             except SampleReadError as e:
                 skipped.append(f"image id={self.ids[index]}: {shorten(e, 300)}")
                 log.warning("read failure, substituting another sample: %s", skipped[-1])
                 index = int(rng.integers(len(self)))
         raise SampleReadError(f"{MAX_SUBSTITUTES} consecutive unreadable images; last: {skipped[-1]}")
 
-    def _mosaic_partners(self, rng: np.random.Generator, skipped: list[str]) -> list[dict[str, Any]]:
-        """Three other letterboxed samples for ``A.Mosaic`` (fewer if reads fail: Mosaic reuses the primary)."""
+    def _mosaic_partners(self, primary: Tile, rng: np.random.Generator, skipped: list[str]) -> list[Tile]:
+        """Three other resized samples for the mosaic; an unreadable one is replaced by the primary tile."""
         partners = []
         for index in rng.integers(len(self), size=3):
             try:
-                image, boxes, labels, _, _ = self.load_letterboxed(int(index))
+                image, boxes, labels, _ = self.load_resized(int(index))
             except SampleReadError as e:
                 skipped.append(f"image id={self.ids[int(index)]}: {shorten(e, 300)}")
                 log.warning("read failure, mosaic uses another tile: %s", skipped[-1])  # logged as it is counted
-                continue
-            partners.append({"image": image, "bboxes": boxes, "labels": labels})
+                image, boxes, labels = primary
+            partners.append((image, boxes, labels))
         return partners
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         """``(image uint8 [3, img, img], target)``; see the module doc. In train mode ``scale``/``pad`` are
         those of the primary image's letterbox (not meaningful after augmentation)."""
         rng, skipped = self._rng(index), []
-        index, (image, boxes, labels, scale, pad) = self._read_with_substitutes(index, rng, skipped)
-        if self.train:
-            use_mosaic = self.mosaic
-            transform = self._transforms.get(use_mosaic)
-            if transform is None:
-                transform = self._transforms[use_mosaic] = build_train_transform(self.img, use_mosaic, **self.augment)
-            transform.set_random_seed(int(rng.integers(2**31)))
-            others = self._mosaic_partners(rng, skipped) if use_mosaic else None
-            image, boxes, labels = apply_train_transform(transform, image, boxes, labels, others)
+        index, (image, boxes, labels, scale) = self._read_with_substitutes(index, rng, skipped)
         entry = self._entry(index)
+        if self.train:
+            tiles = [(image, boxes, labels)]
+            if self.mosaic and rng.random() < self._augment.mosaic:
+                tiles += self._mosaic_partners(tiles[0], rng, skipped)
+            image, boxes, labels = self._augment(tiles, rng)
+            pad = letterbox_params(entry.height, entry.width, self.img)[2]
+        else:
+            canvas, scale, pad = letterbox(image, self.img, (entry.height, entry.width))
+            image, boxes = canvas, boxes + np.asarray(pad * 2, dtype=np.float32)
         target: Target = {
             "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32)).reshape(-1, 4),
             "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)).reshape(-1),

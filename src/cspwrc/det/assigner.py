@@ -34,6 +34,10 @@ class AssignerCfg:
         static_epochs: epochs ``< this`` use :class:`AtssAssigner`, later ones :class:`TaskAlignedAssigner`.
         tal_topk / tal_alpha / tal_beta: TAL's ``topk`` and alignment exponents.
         atss_topk: ATSS candidates per level.
+        min_box_side: when choosing the candidate points of a box (both assigners), a side shorter than this many
+            pixels counts as this long, about the box's centre. A box under the stride-8 grid's spacing may hold no
+            anchor point at all and would never get a positive; 16 (the middle stride) is what Ultralytics 8.4's
+            TAL uses. 0 keeps the strict "point inside the box" rule. The loss still regresses the true box.
     """
 
     static_epochs: int = 4
@@ -41,6 +45,7 @@ class AssignerCfg:
     tal_alpha: float = 0.5
     tal_beta: float = 6.0
     atss_topk: int = 9
+    min_box_side: float = 16.0
 
 
 class Assignment(NamedTuple):
@@ -61,8 +66,12 @@ class Assignment(NamedTuple):
     scores: Tensor
 
 
-def points_in_boxes(points: Tensor, boxes: Tensor, eps: float = 1e-9) -> Tensor:
-    """``[B, M, A]`` bool: point ``a`` lies strictly inside box ``m`` (``points [A, 2]``, ``boxes [B, M, 4]``)."""
+def points_in_boxes(points: Tensor, boxes: Tensor, min_side: float = 0.0, eps: float = 1e-9) -> Tensor:
+    """``[B, M, A]`` bool: point ``a`` lies strictly inside box ``m`` (``points [A, 2]``, ``boxes [B, M, 4]``),
+    each box side first widened to at least ``min_side`` about its centre (:attr:`AssignerCfg.min_box_side`)."""
+    if min_side > 0:
+        centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]).clamp(min=min_side) / 2
+        boxes = torch.cat((centre - half, centre + half), -1)
     lt = points[None, None] - boxes[..., None, :2]
     rb = boxes[..., None, 2:] - points[None, None]
     return torch.cat((lt, rb), -1).amin(-1) > eps
@@ -104,7 +113,8 @@ class AtssAssigner(nn.Module):
 
     For each ground truth: take the ``topk`` points per level closest to its centre as candidates, measure the
     IoU of each candidate's square pseudo-anchor (side ``anchor_scale * stride``) with the box, and keep the
-    candidates whose IoU is at least ``mean + std`` of the candidates' IoUs and whose centre lies inside the box.
+    candidates whose IoU is at least ``mean + std`` of the candidates' IoUs and whose centre lies inside the box
+    (small boxes widened, :attr:`AssignerCfg.min_box_side`).
     A point claimed by several boxes goes to the one with the highest IoU. Class targets are one-hot (1.0).
 
     One addition to the paper: a ground truth whose candidates all fall below the threshold (e.g. a box placed
@@ -112,11 +122,13 @@ class AtssAssigner(nn.Module):
     is silently left without a positive.
     """
 
-    def __init__(self, num_classes: int, topk: int = AssignerCfg.atss_topk, anchor_scale: float = 5.0) -> None:
+    def __init__(self, num_classes: int, topk: int = AssignerCfg.atss_topk, anchor_scale: float = 5.0,
+                 min_box_side: float = AssignerCfg.min_box_side) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.topk = topk
         self.anchor_scale = anchor_scale
+        self.min_box_side = min_box_side
 
     @torch.no_grad()
     def forward(
@@ -156,7 +168,7 @@ class AtssAssigner(nn.Module):
         var = torch.where(candidate, (ious - mean) ** 2, torch.zeros_like(ious)).sum(-1, keepdim=True)
         std = (var / (n_cand - 1).clamp(min=1)).sqrt()
 
-        inside = points_in_boxes(points, gt_boxes) & gt_mask[..., None]
+        inside = points_in_boxes(points, gt_boxes, self.min_box_side) & gt_mask[..., None]
         pos = candidate & inside & (ious >= mean + std)
         # Fallback for ground truths with no positive: their best candidate inside the box.
         usable = candidate & inside
@@ -172,9 +184,10 @@ class AtssAssigner(nn.Module):
 class TaskAlignedAssigner(nn.Module):
     """Task-aligned assigner (TOOD, Feng et al. 2021; YOLOv8 flavour).
 
-    For each ground truth, among the points inside the box, the ``topk`` with the largest alignment
-    ``t = s**alpha * u**beta`` are positive, where ``s`` is the predicted probability of the box's class and
-    ``u`` the IoU of the predicted box with it. A point claimed by several boxes goes to the highest IoU.
+    For each ground truth, among the points inside the box (small boxes widened, :attr:`AssignerCfg.min_box_side`),
+    the ``topk`` with the largest alignment ``t = s**alpha * u**beta`` are positive, where ``s`` is the predicted
+    probability of the box's class and ``u`` the IoU of the predicted box with it. A point claimed by several boxes
+    goes to the highest IoU.
     The class target of a positive is ``t / max_t * max_u`` per ground truth (its best point gets that
     ground truth's best IoU), so the classifier learns to rank by localisation quality.
     """
@@ -185,6 +198,7 @@ class TaskAlignedAssigner(nn.Module):
         topk: int = AssignerCfg.tal_topk,
         alpha: float = AssignerCfg.tal_alpha,
         beta: float = AssignerCfg.tal_beta,
+        min_box_side: float = AssignerCfg.min_box_side,
         eps: float = 1e-9,
     ) -> None:
         super().__init__()
@@ -192,6 +206,7 @@ class TaskAlignedAssigner(nn.Module):
         self.topk = topk
         self.alpha = alpha
         self.beta = beta
+        self.min_box_side = min_box_side
         self.eps = eps
 
     @torch.no_grad()
@@ -212,7 +227,7 @@ class TaskAlignedAssigner(nn.Module):
             points: ``[A, 2]`` anchor points (pixels).
             gt_labels: ``[B, M]`` int64; gt_boxes ``[B, M, 4]``; gt_mask ``[B, M]`` bool.
         """
-        inside = points_in_boxes(points, gt_boxes) & gt_mask[..., None]  # [B, M, A]
+        inside = points_in_boxes(points, gt_boxes, self.min_box_side) & gt_mask[..., None]  # [B, M, A]
         ious = _batched_box_iou(gt_boxes, pred_boxes).clamp(min=0) * inside
         # Probability of each ground truth's class at every point: [B, M, A].
         cls_prob = pred_scores.transpose(1, 2).gather(1, gt_labels[..., None].expand(-1, -1, pred_scores.shape[1]))

@@ -105,6 +105,7 @@ FLAT_KEYS: dict[str, tuple[str, ...]] = {
     "tal_alpha": ("loss.assigner.tal_alpha",),
     "tal_beta": ("loss.assigner.tal_beta",),
     "atss_topk": ("loss.assigner.atss_topk",),
+    "min_box_side": ("loss.assigner.min_box_side",),
     "score_thresh": ("post.score_thresh",),
     "nms_iou": ("post.nms_iou",),
     "max_det": ("post.max_det",),

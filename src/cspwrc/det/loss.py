@@ -112,8 +112,9 @@ class DetectionLoss(nn.Module):
         self.cfg = cfg
         self.epoch = 0
         a = cfg.assigner
-        self.tal = TaskAlignedAssigner(num_classes, topk=a.tal_topk, alpha=a.tal_alpha, beta=a.tal_beta)
-        self.atss = AtssAssigner(num_classes, topk=a.atss_topk)
+        self.tal = TaskAlignedAssigner(num_classes, topk=a.tal_topk, alpha=a.tal_alpha, beta=a.tal_beta,
+                                       min_box_side=a.min_box_side)
+        self.atss = AtssAssigner(num_classes, topk=a.atss_topk, min_box_side=a.min_box_side)
 
     @property
     def uses_static_assigner(self) -> bool:

@@ -46,11 +46,12 @@ class RunDataConfig:
 
 @dataclass
 class OptimConfig:
-    opt: Literal["sgd", "adamw"] = "adamw"
+    opt: Literal["sgd", "adamw", "musgd"] = "adamw"  # musgd: SGD + Muon on conv weights (cspwrc.engine.optim)
     lr: float = 0.002  # base lr for the whole batch (not scaled by batch size)
     weight_decay: float = 0.05  # applied to conv/linear weights only (never to 1-d params or WRC weights)
     momentum: float = 0.937  # SGD momentum (YOLO value); AdamW uses it as beta1
     betas2: float = 0.999  # AdamW beta2
+    nominal_batch: int = 0  # >0: YOLO's nbs: accumulate to this many images, loss x batch, decay scaled (engine.optim)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class ScheduleConfig:
     warmup_epochs: float = 1.0  # linear lr warmup, counted in optimizer steps (fractions allowed)
     warmup_lr: float = 0.0  # lr at the first step of warmup for weights
     warmup_bias_lr: float = 0.1  # YOLO's bias warmup: biases start high and decay to their lr
+    warmup_momentum: float | None = None  # YOLO's 0.8: momentum (Adam beta1) rises from this to optim.momentum
     min_lr_ratio: float = 0.05  # final lr = lr * min_lr_ratio
 
 
@@ -276,6 +278,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.time: must be > 0 hours, got {t.time}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
+    if cfg.optim.nominal_batch < 0:
+        raise ConfigError(f"optim.nominal_batch: must be >= 0 (0 = one step per batch), got {cfg.optim.nominal_batch}")
     if not 0.0 <= cfg.ema.decay < 1.0:
         raise ConfigError(f"ema.decay: must be in [0, 1), got {cfg.ema.decay}")
     check_model_name(cfg.model.name)

@@ -23,6 +23,7 @@ each optimizer step, so it reads the flag every step.)
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import signal
@@ -32,15 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+import cv2
 import numpy as np
 import torch
-from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
-from cspwrc.atomic import WriteError, make_dir, write_json
+from cspwrc.atomic import WriteError, make_dir, write_bytes, write_json
 from cspwrc.data import (
     SampleReadError,
     build_datasets,
@@ -52,17 +52,19 @@ from cspwrc.data import (
 )
 from cspwrc.data.loader import auto_workers
 from cspwrc.det import DetectorConfig, build_detector
+from cspwrc.draw import batch_grid
 from cspwrc.engine import distributed as dist
 from cspwrc.engine.checkpoint import CheckpointError, init_from_weights, read_state, save_checkpoint
 from cspwrc.engine.config import ConfigError, RunConfig, check_kwargs, from_dict, merge, to_dict, validate
 from cspwrc.engine.eval_plots import write_eval_plots
 from cspwrc.engine.evaluate import STAT_NAMES, EvalResult, evaluate
 from cspwrc.engine.lock import LOCK_NAME, RunLock, is_held
+from cspwrc.engine.optim import WarmupScheduler, accumulate_steps, build_optimizer
 from cspwrc.engine.report import LOSS_KEYS, plot_curves, write_results_csv
 from cspwrc.errors import RunStopped, shorten
-from cspwrc.layers.wrc import WeightedResidual
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PLOT_BATCHES = 3  # train_batch*.jpg pictures at the start of the run and of the close-mosaic epochs
 
 
 class TrainingStopped(RunStopped, RuntimeError):
@@ -118,99 +120,14 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, 0x7E]).generate_state(1)[0])
 
 
-# ------------------------------------------------------------------------------------------ optimizer
-
-
-def _no_decay_names(model: nn.Module) -> set[str]:
-    """Parameters that get no weight decay: 1-d (norms, biases), WRC weights, and no_weight_decay() lists.
-
-    WRC weights are ``[2, C]`` for per-channel WRC, so the 1-d rule alone would miss them; they are found by
-    module type and by any submodule's ``no_weight_decay()`` (timm convention, names relative to it).
-    """
-    names: set[str] = set()
-    for mod_name, module in model.named_modules():
-        prefix = f"{mod_name}." if mod_name else ""
-        if isinstance(module, WeightedResidual):
-            names.update(prefix + n for n, _ in module.named_parameters())
-        listed = getattr(module, "no_weight_decay", None)
-        if callable(listed):
-            for n in listed():
-                names.update(p for p, _ in module.named_parameters(prefix=mod_name) if p == prefix + n
-                             or p.startswith(prefix + n + "."))
-    names.update(n for n, p in model.named_parameters() if p.ndim <= 1)
-    return names
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Three groups: decayed weights, undecayed weights (norms, WRC), biases (own group for bias warmup)."""
-    no_decay = _no_decay_names(model)
-    groups: dict[str, list[nn.Parameter]] = {"decay": [], "no_decay": [], "bias": []}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if name.endswith(".bias"):
-            groups["bias"].append(param)
-        elif name in no_decay:
-            groups["no_decay"].append(param)
-        else:
-            groups["decay"].append(param)
-    wd = {"decay": weight_decay, "no_decay": 0.0, "bias": 0.0}
-    return [{"params": ps, "weight_decay": wd[k], "group": k} for k, ps in groups.items() if ps]
-
-
-def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    o = cfg.optim
-    extra: dict[str, Any] = {"momentum": o.momentum, "nesterov": True} if o.opt == "sgd" else {
-        "betas": (o.momentum, o.betas2)}
-    # Groups carry their own weight_decay; timm's own filtering is bypassed because groups are given.
-    return create_optimizer_v2(param_groups(model, o.weight_decay), opt=o.opt, lr=o.lr,
-                               weight_decay=o.weight_decay, **extra)
-
-
-class WarmupScheduler:
-    """timm scheduler stepped per optimizer update, plus YOLO's bias lr warmup on top.
-
-    timm warms every group from ``warmup_lr`` up to its lr; YOLO instead starts the biases high
-    (``warmup_bias_lr``) and brings them *down* to the scheduled lr over the same warmup steps, which
-    timm has no option for, so it is applied here after timm sets the lrs.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, cfg: RunConfig, steps_per_epoch: int) -> None:
-        s = cfg.schedule
-        linear = s.sched == "linear"
-        self.optimizer = optimizer
-        self.warmup_steps = max(1, round(s.warmup_epochs * steps_per_epoch)) if s.warmup_epochs > 0 else 0
-        self.bias_lr = s.warmup_bias_lr
-        # timm has no 'linear' decay; 'poly' with power (decay_rate) 1 is exactly linear.
-        self.timm, _ = create_scheduler_v2(
-            optimizer, sched="poly" if linear else "cosine", num_epochs=cfg.train.epochs,
-            decay_rate=1.0 if linear else 0.1, min_lr=cfg.optim.lr * s.min_lr_ratio,
-            warmup_lr=s.warmup_lr, warmup_epochs=self.warmup_steps / steps_per_epoch,
-            step_on_epochs=False, updates_per_epoch=steps_per_epoch)
-
-    def step(self, global_step: int) -> None:
-        self.timm.step_update(global_step)
-        if global_step < self.warmup_steps:
-            frac = global_step / self.warmup_steps
-            for group in self.optimizer.param_groups:
-                if group.get("group") == "bias":
-                    group["lr"] = self.bias_lr + (group["initial_lr"] - self.bias_lr) * frac
-
-    def lr(self) -> float:
-        groups = [g for g in self.optimizer.param_groups if g.get("group") == "decay"] or self.optimizer.param_groups
-        return float(groups[0]["lr"])
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.timm.state_dict()
-
-
 # ------------------------------------------------------------------------------------------ run state
 
 
 @dataclass
 class RunState:
     epoch: int = 0  # epochs completed
-    global_step: int = 0
+    global_step: int = 0  # batches trained on
+    optimizer_steps: int = 0  # fewer than batches with a nominal batch (gradient accumulation); the EMA counts these
     best_map: float = -1.0
     best_epoch: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -326,8 +243,12 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest conv kernels once
-        self.optimizer = build_optimizer(self.model, cfg)
+        self.optimizer = build_optimizer(self.model, cfg, dist.world_size())
         self.scheduler = WarmupScheduler(self.optimizer, cfg, self.steps_per_epoch)
+        # A nominal batch sums the loss over the images of all ranks (DDP averages gradients over ranks).
+        nominal = cfg.optim.nominal_batch
+        self.accumulate = accumulate_steps(cfg.train.batch, dist.world_size(), nominal)
+        self.loss_scale = float(cfg.train.batch * dist.world_size()) if nominal > 0 else 1.0
         self.ema = self._build_ema() if cfg.ema.enabled else None
         self.amp_dtype = resolve_amp(cfg.train.amp, self.device)
         self.use_amp = self.amp_dtype is not None
@@ -354,7 +275,8 @@ class Trainer:
     # -------------------------------------------------------------------------------------- checkpoints
     def _training_state(self) -> dict[str, Any]:
         s = self.state
-        return {"epoch": s.epoch, "global_step": s.global_step, "best_map": s.best_map, "best_epoch": s.best_epoch,
+        return {"epoch": s.epoch, "global_step": s.global_step, "optimizer_steps": s.optimizer_steps,
+                "best_map": s.best_map, "best_epoch": s.best_epoch,
                 "history": s.history, "nan_skipped": s.nan_skipped, "read_skipped": s.read_skipped,
                 "train_time_s": s.train_time_s, "eval_time_s": s.eval_time_s,
                 "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -377,6 +299,8 @@ class Trainer:
             self.ema.module.load_state_dict(st["ema"])
         fields = RunState.__dataclass_fields__
         self.state = RunState(**{k: st[k] for k in fields if k in st})
+        if "optimizer_steps" not in st:  # a state from before gradient accumulation: one step per batch
+            self.state.optimizer_steps = self.state.global_step
         self._log(f"resumed from {self.out} after epoch {self.state.epoch} (step {self.state.global_step})")
         planned = int(st.get("config", {}).get("train", {}).get("epochs", self.cfg.train.epochs))
         if planned != self.cfg.train.epochs:
@@ -500,10 +424,13 @@ class Trainer:
     def _run_epoch(self, epoch: int) -> EvalResult | None:
         cfg = self.cfg.train
         seed_everything(epoch_seed(cfg.seed, epoch))
-        prepare_epoch(self.train_loader, epoch, mosaic=epoch < cfg.epochs - cfg.close_mosaic)
+        mosaic = epoch < cfg.epochs - cfg.close_mosaic
+        prepare_epoch(self.train_loader, epoch, mosaic=mosaic)
         self.model.set_epoch(epoch)
+        # Pictures of what the model is fed: the first batches of the run and of the close-mosaic epochs.
+        closing = not mosaic and epoch - 1 < cfg.epochs - cfg.close_mosaic
         t0 = time.perf_counter()
-        means, images = self._train_one_epoch(epoch)
+        means, images = self._train_one_epoch(epoch, PLOT_BATCHES if epoch == 0 or closing else 0)
         seconds = time.perf_counter() - t0
         self.state.train_time_s += seconds
         self._speed = (images, seconds)  # for the epoch's log line (not in the history: it is not reproducible)
@@ -544,16 +471,26 @@ class Trainer:
             yield i, images, targets
             bar.set_postfix_str(self._postfix)
 
-    def _train_one_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
-        """Mean losses of the epoch's taken steps (all ranks) and the number of images stepped on (all ranks)."""
+    def _train_one_epoch(self, epoch: int, plot_batches: int = 0) -> tuple[dict[str, float], int]:
+        """Mean losses of the epoch's taken steps (all ranks) and the number of images stepped on (all ranks); the
+        first ``plot_batches`` batches are also saved as pictures."""
         self.ddp_model.train()
         sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=self.device)  # no host sync per step
         done, self._postfix, skipped = 0, "", 0
         self.guard = FiniteGuard(self.device)
+        pending = 0  # batches whose gradients wait for the next optimizer step (nominal batch)
         for i, images, targets in self._batches(epoch):
             skipped += count_skipped(targets)
+            if i < plot_batches and dist.is_main():
+                self._save_batch_picture(images, targets)
             self.scheduler.step(self.state.global_step)
-            losses = self._step(images, targets, epoch)
+            pending += 1
+            # An epoch ends on an optimizer step, so a resumed run continues exactly (no gradients in flight).
+            step_now = pending >= self.scheduler.accumulate(self.state.global_step, self.accumulate) or \
+                i + 1 == self.steps_per_epoch
+            losses = self._step(images, targets, epoch, step_now)
+            if step_now:
+                pending = 0
             self.state.global_step += 1
             self._check_stop(epoch)
             if losses is not None:
@@ -569,6 +506,16 @@ class Trainer:
         self.state.read_skipped += dist.all_reduce_sum_int(skipped)  # every rank's substitutions, not rank 0's
         return dict(zip(LOSS_KEYS, means.tolist())), dist.all_reduce_sum_int(done * self.cfg.train.batch)
 
+    def _save_batch_picture(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> None:
+        """``OUT/train_batch{step}.jpg``: the batch as the model gets it, boxes and class names drawn."""
+        grid = batch_grid(images, targets, self.train_set.class_names)
+        ok, data = cv2.imencode(".jpg", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if ok:
+            try:
+                write_bytes(self.out / f"train_batch{self.state.global_step}.jpg", data.tobytes())
+            except WriteError as err:
+                raise TrainingStopped(f"{err}\nstopping: a run that cannot save would lose its work") from err
+
     def _to_device(
         self, images: torch.Tensor, targets: list[dict[str, Any]]
     ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
@@ -580,37 +527,51 @@ class Trainer:
                     "labels": t["labels"].to(self.device, non_blocking=True)} for t in targets]
         return images, targets
 
-    def _step(self, images: torch.Tensor, targets: list[dict[str, Any]], epoch: int) -> torch.Tensor | None:
-        """One optimizer step: its losses ``float64 [len(LOSS_KEYS)]`` on the device; None when a non-finite step
-        was skipped (policy 'skip'). Under 'stop' a non-finite step is recorded in ``self.guard``, not checked."""
+    def _step(self, images: torch.Tensor, targets: list[dict[str, Any]], epoch: int, step_now: bool
+              ) -> torch.Tensor | None:
+        """Forward and backward of one batch, then the optimizer step when ``step_now`` (else the gradients
+        accumulate, :mod:`cspwrc.engine.optim`). Returns the batch's losses ``float64 [len(LOSS_KEYS)]`` on the
+        device; None when a non-finite loss or gradient was skipped (policy 'skip'). Under 'stop' a non-finite value
+        is recorded in ``self.guard``, not checked."""
         images, targets = self._to_device(images, targets)
-        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            losses = self.ddp_model(images, targets)
-        loss = losses["loss"]
-        values = torch.stack([losses[k].detach().to(torch.float64) if k in losses else
-                              torch.tensor(math.nan, dtype=torch.float64, device=self.device) for k in LOSS_KEYS])
-        skip_policy = self.cfg.train.nan_policy == "skip"
-        if not skip_policy:
-            self.guard.record(self.state.global_step, "loss", loss.detach(), values)
-        elif not self._finite_everywhere(loss.detach(), epoch, losses, "loss"):
+        # DDP all-reduces gradients only on the batch that steps; the others accumulate locally.
+        sync = contextlib.nullcontext() if step_now or not dist.is_dist() else self.ddp_model.no_sync()
+        with sync:
+            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                losses = self.ddp_model(images, targets)
+            loss = losses["loss"]
+            values = torch.stack([losses[k].detach().to(torch.float64) if k in losses else
+                                  torch.tensor(math.nan, dtype=torch.float64, device=self.device) for k in LOSS_KEYS])
+            skip_policy = self.cfg.train.nan_policy == "skip"
+            if not skip_policy:
+                self.guard.record(self.state.global_step, "loss", loss.detach(), values)
+            elif not self._finite_everywhere(loss.detach(), epoch, losses, "loss"):
+                return None
+            self.scaler.scale(loss * self.loss_scale).backward()
+        if step_now and not self._optimizer_step(epoch, values):
             return None
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        return values
+
+    def _optimizer_step(self, epoch: int, values: torch.Tensor) -> bool:
+        """Clip, step, clear the gradients and update the EMA; False when policy 'skip' dropped a non-finite
+        gradient (the accumulated gradients are cleared either way)."""
         if self.cfg.train.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
             # The fp16 scaler skips inf steps by design; in fp32/bf16 a non-finite norm is a real failure.
             if not self.scaler.is_enabled():
-                if not skip_policy:
+                if self.cfg.train.nan_policy != "skip":
                     self.guard.record(self.state.global_step, "gradient", norm.detach(), values)
                 elif not self._finite_everywhere(norm.detach(), epoch, {"grad_norm": norm}, "gradient"):
                     self.optimizer.zero_grad(set_to_none=True)
-                    return None
+                    return False
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.update(self.model, step=self.state.global_step)
-        return values
+            self.ema.update(self.model, step=self.state.optimizer_steps)
+        self.state.optimizer_steps += 1
+        return True
 
     def _finite_everywhere(self, value: torch.Tensor, epoch: int, losses: dict[str, Any], what: str) -> bool:
         """All ranks agree whether the step is finite (DDP must take or skip a step together)."""

@@ -116,6 +116,9 @@ class CspStage(Foldable, nn.Module):
     ``conv_exp`` to ``round(out_chs * expand_ratio)`` channels split into two halves, the first half through ``depth``
     :class:`WrcBottleneck`, concat ``[blocks(x1), x2]``, 1x1 ``conv_transition`` to ``out_chs``.
 
+    ``conv_down`` keeps ``in_chs`` (cs3darknet, timm's ``down_growth=False``) or, with ``down_growth``, goes to
+    ``out_chs`` (YOLOv5's ``Conv(c1, c2, 3, 2)`` before its C3).
+
     With ``stride=1, shortcut=False`` it is the C3 block of a YOLO PAN neck.
 
     Shapes: ``[B, in_chs, H, W]`` -> ``[B, out_chs, H / stride, W / stride]``.
@@ -131,6 +134,7 @@ class CspStage(Foldable, nn.Module):
             first_dilation: Optional[int] = None,
             expand_ratio: float = 1.0,
             bottle_ratio: float = 1.0,
+            down_growth: bool = False,
             shortcut: bool = True,
             wrc_weights: str = "scalar",
             wrc_normalize: str = "none",
@@ -146,12 +150,14 @@ class CspStage(Foldable, nn.Module):
         first_dilation = first_dilation or dilation
         # cs3darknet keeps the channels in the down conv (down_growth=False); it is also there when a dilated
         # model (output_stride < 32) replaced the stride by dilation, so the state dict stays the same
+        has_down = stride != 1 or first_dilation != dilation
+        down_chs = out_chs if down_growth and has_down else in_chs
         self.conv_down = FoldableConvNormAct(
-            in_chs, in_chs, 3, stride=stride, dilation=first_dilation, **ckw,
-        ) if stride != 1 or first_dilation != dilation else nn.Identity()
+            in_chs, down_chs, 3, stride=stride, dilation=first_dilation, **ckw,
+        ) if has_down else nn.Identity()
         self.expand_chs = exp_chs = int(round(out_chs * expand_ratio))
         half = exp_chs // 2
-        self.conv_exp = FoldableConvNormAct(in_chs, exp_chs, 1, **ckw)
+        self.conv_exp = FoldableConvNormAct(down_chs, exp_chs, 1, **ckw)
         dpr = list(drop_path) if isinstance(drop_path, Sequence) else [drop_path] * depth
         self.blocks = nn.Sequential(*[
             WrcBottleneck(
