@@ -48,7 +48,7 @@ from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backe
 
 from cspwrc.atomic import write_bytes, write_json
 from cspwrc.cli import add_debug_flag, guarded
-from cspwrc.deploy.benchmark import model_cost as detector_cost
+from cspwrc.deploy.cost import model_cost as detector_cost
 from cspwrc.engine.checkpoint import load_detector
 from cspwrc.errors import InputError
 

@@ -46,7 +46,7 @@ from pycocotools.coco import COCO
 from cspwrc.atomic import write_bytes, write_json
 from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.data.config import load_data_config
-from cspwrc.deploy.benchmark import model_cost
+from cspwrc.deploy.cost import model_cost
 from cspwrc.engine.checkpoint import load_detector
 from cspwrc.engine.evaluate import coco_evaluate
 from cspwrc.errors import InputError
