@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 15's GPU measurement in one command (< 8 min on one H200); the steps are in tools/gpu_check.py.
+# Issue 15's GPU measurement in one command (< 8 min on one H200); the steps are in cspwrc.experiments.gpu_check
+# (src/cspwrc/experiments/gpu_check.py; tools/gpu_check.py is its entry point).
 #
 # Here, once per session:   tools/gpu_carry.sh          (wheels + a coco128 copy into the git-ignored .gpu_carry/)
 # On the GPU machine:       device run  command="bash tools/gpu_check.sh"  carry=[".gpu_carry"]  timeout_s=540

@@ -8,8 +8,13 @@ Never imported by cspwrc: `tools/race.py` starts it with ``--ultralytics-python`
     python tools/race_ultralytics.py --latency-only --model yolov8n --threads 2 --latency-img 320 640 --out RUN/yolov8n
 
 Training writes OUT/detections.json (COCO results: val image ids and category ids from val_index.json) and
-OUT/summary.json (params, GFLOPs, epochs, train wall time); ``--latency-only`` adds the bs1 latency of the trained
-model, with and without Ultralytics' NMS, at each ``--latency-img`` (tools/race.py runs it in a quiet phase).
+OUT/summary.json (params, GFLOPs, epochs, train wall time; tools/race.py adds the optimizer, read from this run's
+log and args.yaml); ``--latency-only`` adds the bs1 latency of the trained model at each ``--latency-img``
+(tools/race.py runs it in a quiet phase): in PyTorch (fused, channels_last), with and without Ultralytics' NMS,
+and in ONNX Runtime where onnx and onnxruntime are importable (its own ONNX export: the raw graph, and with
+``nms=True`` the graph with NMS inside). An end-to-end NMS-free head (YOLO26: ``model.model[-1].end2end``, output
+``[B, 300, 6]``, already the detections) is timed without NMS in both runtimes (ONNX: ``nms=False``, the NMS-free
+graph) and recorded as ``end2end``; ``latency_timed`` says what each runtime timed.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,19 +80,90 @@ def predict(model: YOLO, args: argparse.Namespace, index: dict) -> list[dict]:
     return results
 
 
-@torch.inference_mode()
-def latency_ms(net: torch.nn.Module, img: int, with_nms: bool, conf: float, iou: float, repeats: int = 30) -> float:
-    """Median bs1 latency of the fused model (channels_last), optionally with Ultralytics' NMS."""
-    x = torch.rand(1, 3, img, img).contiguous(memory_format=torch.channels_last)
+def latency_ms(call, repeats: int = 30, warmup: int = 5) -> float:
+    """Median wall time (ms) of ``call()`` over ``repeats`` runs after ``warmup`` untimed ones.
+
+    The twin of cspwrc.deploy.timing.latency_ms, which times our contestants: this script runs in Ultralytics' venv
+    without cspwrc, so it keeps a copy; keep the two the same (warm-up, runs, median).
+    """
+    for _ in range(warmup):
+        call()
     times = []
-    for i in range(repeats + 5):
+    for _ in range(repeats):
         t0 = time.perf_counter()
-        out = net(x)
-        if with_nms:
-            non_max_suppression(out, conf_thres=conf, iou_thres=iou, max_det=300)
-        if i >= 5:
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        call()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+@torch.inference_mode()
+def time_pytorch(net: torch.nn.Module, args: argparse.Namespace, end2end: bool) -> dict:
+    """bs1 latency of the fused model (channels_last): forward, and with Ultralytics' NMS; an end-to-end head's
+    output is the detections already, so it is timed once, as ``with_nms``, without an NMS call."""
+    timed = {}
+    for s in args.latency_img:
+        x = torch.rand(1, 3, s, s).contiguous(memory_format=torch.channels_last)
+        if end2end:
+            timed[str(s)] = {"with_nms": latency_ms(lambda: net(x))}
+        else:
+            timed[str(s)] = {"forward": latency_ms(lambda: net(x)), "with_nms": latency_ms(
+                lambda: non_max_suppression(net(x), conf_thres=args.nms_conf, iou_thres=args.nms_iou, max_det=300))}
+    return timed
+
+
+def time_onnxruntime(weights: Path, args: argparse.Namespace, end2end: bool) -> dict | str:
+    """bs1 latency of Ultralytics' ONNX exports under onnxruntime (``--threads`` intra-op threads, as cspwrc's
+    ort_session): ``forward`` = ``nms=None`` (raw graph), ``with_nms`` = ``nms=True`` (NMS in the graph); an
+    end-to-end head: ``with_nms`` = ``nms=False`` (its NMS-free graph). A reason string when it cannot run."""
+    try:
+        import onnx  # noqa: F401, PLC0415 - optional in this venv: the export needs it
+        import onnxruntime as ort  # noqa: PLC0415
+    except ImportError as exc:
+        return f"skipped: {exc}"
+    graphs = {"with_nms": {"nms": False}} if end2end else {
+        "forward": {}, "with_nms": {"nms": True, "conf": args.nms_conf, "iou": args.nms_iou}}
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
+    timed: dict = {}
+    with tempfile.TemporaryDirectory(prefix="race_onnx_") as tmp:
+        model = YOLO(shutil.copy(weights, Path(tmp) / "last.pt"))  # the export lands beside it, in tmp
+        for s in args.latency_img:
+            x = torch.rand(1, 3, s, s).numpy()
+            for key, kwargs in graphs.items():
+                path = model.export(format="onnx", imgsz=s, batch=1, simplify=False, dynamic=False, device="cpu",
+                                    verbose=False, **kwargs)
+                session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                feed = {session.get_inputs()[0].name: x}
+                timed.setdefault(str(s), {})[key] = latency_ms(lambda: session.run(None, feed))
+    return timed
+
+
+def measure_latency(args: argparse.Namespace, summary: dict) -> dict:
+    """The latency entries of the summary (the same keys as cspwrc's contestants get)."""
+    weights = args.out / "train" / "weights" / "last.pt"
+    model = YOLO(str(weights)).model.float()
+    # One-to-one (NMS-free) head present but not selected: Ultralytics' default nms=None predicts with the
+    # one-to-many head + NMS (so did the scored val detections); fuse() then drops the unused head.
+    unused_nms_free = getattr(model.model[-1], "one2one_cv2", None) is not None and not model.model[-1].end2end
+    net = model.fuse().eval().to(memory_format=torch.channels_last)
+    end2end = bool(getattr(net.model[-1], "end2end", False))
+    nms = f"score {args.nms_conf}, IoU {args.nms_iou}"
+    summary.pop("latency_ort_ms", None)
+    summary.update(end2end=end2end, latency_threads=args.threads, latency_ms=time_pytorch(net, args, end2end),
+                   latency_timed={"pytorch": "PyTorch, fused + channels_last; " + (
+                       "end-to-end NMS-free head: with_nms = forward ([1, 300, 6] detections), no NMS run" if end2end
+                       else f"forward = model, with_nms = + ultralytics non_max_suppression ({nms})") + (
+                       "; the model's NMS-free one-to-one head is not selected (nms=None, as for the scored "
+                       "detections): the one-to-many head + NMS is timed" if unused_nms_free else "")})
+    ort_timed = time_onnxruntime(weights, args, end2end)
+    if isinstance(ort_timed, str):
+        summary["latency_timed"]["onnxruntime"] = ort_timed
+    else:
+        summary["latency_ort_ms"] = ort_timed
+        summary["latency_timed"]["onnxruntime"] = "onnxruntime CPU, Ultralytics ONNX export (simplify=False); " + (
+            "end-to-end NMS-free head: with_nms = export nms=False ([1, 300, 6] detections)" if end2end
+            else f"forward = export nms=None (raw), with_nms = export nms=True ({nms}, NMS in the graph)")
+    return summary
 
 
 def main() -> int:
@@ -94,13 +172,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     summary_file = args.out / "summary.json"
     if args.latency_only:
-        summary = json.loads(summary_file.read_text())
-        net = YOLO(str(args.out / "train" / "weights" / "last.pt")).model.float().fuse().eval()
-        net = net.to(memory_format=torch.channels_last)
-        summary["latency_ms"] = {str(s): {"forward": latency_ms(net, s, False, args.nms_conf, args.nms_iou),
-                                          "with_nms": latency_ms(net, s, True, args.nms_conf, args.nms_iou)}
-                                 for s in args.latency_img}
-        summary["latency_threads"] = args.threads
+        summary = measure_latency(args, json.loads(summary_file.read_text()))
     else:
         if not (args.data and args.val_index and args.time_h):
             raise SystemExit("training needs --data, --val-index and --time-h")

@@ -1,4 +1,5 @@
-"""Smoke tests of tools/benchmark.py: runs on tiny inputs and writes the documented JSON (no timing claims)."""
+"""Smoke tests of tools/benchmark.py and its modules (cspwrc.deploy.benchmark, modes, runtimes, cost, timing, peak;
+cspwrc.experiments.train_bench): runs on tiny inputs and writes the documented JSON (no timing claims)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import torch
 
 from cspwrc.data.shapes import generate_shapes
 from cspwrc.deploy import benchmark as bm
-from cspwrc.deploy import train_bench as tb
+from cspwrc.deploy import cost, modes, peak, timing
+from cspwrc.det import build_detector
+from cspwrc.experiments import train_bench as tb
 from cspwrc.layers import fold_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,30 +49,53 @@ def test_cli_writes_json_with_expected_keys(tmp_path: Path) -> None:
 
 def test_flop_convention_matches_reference() -> None:
     """The issue's reference: cs3darknet_s P3-P5 features are 8.9 GFLOPs at 640 (multiply-add = 2 FLOPs)."""
-    model = bm.build_backbone("cs3darknet_s")
-    assert bm.p3_p5_indices("cs3darknet_s") == (2, 3, 4)
+    model = bm.build_target("cs3darknet_s", "backbone")
+    assert model.feature_info.out_indices == (2, 3, 4) and model.feature_info.reduction() == [8, 16, 32]
     # FLOPs of convs scale with the pixel count, so 160 px (1/16 of the pixels) keeps the test fast.
-    gflops_640 = bm.count_flops(model, torch.rand(1, 3, 160, 160)) * 16 / 1e9
+    gflops_640 = cost.count_flops(model, torch.rand(1, 3, 160, 160)) * 16 / 1e9
     assert gflops_640 == pytest.approx(8.9, abs=0.05)
+    params_m, gflops = cost.model_cost(model, 160)
+    assert params_m == pytest.approx(cost.count_params(model) / 1e6) and gflops * 16 == pytest.approx(gflops_640)
+
+
+def test_targets_are_built_by_the_detectors_own_builders() -> None:
+    """The benchmarked backbone is exactly the detector's (same levels, same modules), and the detector target is
+    build_detector's: one builder, not a second P3-P5 path."""
+    detector = build_detector("cspwrc_n", num_classes=80)
+    backbone = bm.build_target("cspwrc_n", "backbone")
+    assert list(backbone.state_dict()) == list(detector.backbone.state_dict())
+    assert not backbone.training
+    target = bm.build_target("cspwrc_n", "detector", num_classes=3)
+    assert type(target) is type(detector) and target.num_classes == 3 and not target.training
+    with pytest.raises(ValueError, match="unknown target"):
+        bm.build_target("cspwrc_n", "neck")
+
+
+def test_latency_is_the_median_of_the_one_timing_loop() -> None:
+    calls = []
+    assert timing.latency_ms(lambda: calls.append(1), repeats=4, warmup=2) >= 0.0
+    assert len(calls) == 6  # warm-up runs are run, not timed
+    times = timing.round_robin_times([lambda: None, lambda: None], iters=3, max_seconds=60, min_iters=1)
+    assert [len(t) for t in times] == [3, 3]
 
 
 def test_modes_parse_and_unknown_mode_fails() -> None:
-    assert bm.parse_mode("eager") == frozenset()
-    assert bm.parse_mode("folded+channels_last") == {"folded", "channels_last"}
+    assert modes.parse_mode("eager") == frozenset()
+    assert modes.parse_mode("folded+channels_last") == {"folded", "channels_last"}
     with pytest.raises(ValueError, match="unknown mode"):
-        bm.parse_mode("fast")
+        modes.parse_mode("fast")
     with pytest.raises(ValueError, match="one runtime"):
-        bm.parse_mode("folded+jit+compile")
+        modes.parse_mode("folded+jit+compile")
     with pytest.raises(ValueError, match="one precision"):
-        bm.parse_mode("fp16+bf16")
-    assert bm.parse_mode("folded+channels_last+fp16+cudagraph") == {"folded", "channels_last", "fp16", "cudagraph"}
+        modes.parse_mode("fp16+bf16")
+    assert modes.parse_mode("folded+channels_last+fp16+cudagraph") == {"folded", "channels_last", "fp16", "cudagraph"}
 
 
 @pytest.mark.parametrize("mode", ["fp16", "folded+bf16", "cudagraph", "folded+channels_last+fp16+cudagraph"])
 def test_gpu_modes_on_cpu_are_skipped_with_the_reason(mode: str) -> None:
     settings = bm.BenchSettings(models=["m"], img=[8], modes=["eager", mode], warmup=1, iters=1, min_iters=1,
                                 peak_size=64)
-    built = {"m": bm._Built(torch.nn.Conv2d(3, 4, 1), 0.0, {8: 10})}
+    built = {"m": bm.Built(torch.nn.Conv2d(3, 4, 1), 0.0, {8: 10})}
     with torch.inference_mode():
         rows, peaks = bm.bench_group(built, "backbone", 8, 1, settings, torch.device("cpu"), log=lambda s: None)
     assert [r.status for r in rows] == ["ok", "skipped"] and list(peaks) == ["fp32"]  # no half probe on CPU
@@ -79,11 +105,11 @@ def test_gpu_modes_on_cpu_are_skipped_with_the_reason(mode: str) -> None:
 
 def test_half_conversion_keeps_the_features() -> None:
     """The fp16/bf16 modes' conversion (run here in bf16, which CPU kernels support) computes the same features."""
-    model = fold_model(bm.build_backbone("cspwrc_n"))
+    model = fold_model(bm.build_target("cspwrc_n", "backbone"))
     x = torch.rand(1, 3, 64, 64)
     with torch.inference_mode():
         expected = model(x)
-        half, x_half = bm.to_precision(model, x, frozenset({"bf16"}))  # in place, as on prepare()'s copy
+        half, x_half = modes.to_precision(model, x, frozenset({"bf16"}))  # in place, as on prepare()'s copy
         actual = half(x_half)
     assert x_half.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in half.parameters())
     for a, e in zip(actual, expected, strict=True):
@@ -93,8 +119,9 @@ def test_half_conversion_keeps_the_features() -> None:
 
 def test_peak_precision_follows_the_mode() -> None:
     cpu = torch.device("cpu")
-    assert bm.row_precision("folded+channels_last", cpu) == "fp32" and bm.row_precision("fp16+cudagraph", cpu) == "fp16"
-    assert bm.base_precisions(["eager", "fp16", "bf16"], cpu) == ["fp32"]
+    assert modes.row_precision("folded+channels_last", cpu) == "fp32"
+    assert modes.row_precision("fp16+cudagraph", cpu) == "fp16"
+    assert peak.base_precisions(["eager", "fp16", "bf16"], cpu) == ["fp32"]
     rows = [bm.BenchRow("m", "backbone", m, 64, 1, achieved_gflop_s=50.0, precision=p)
             for m, p in (("eager", "fp32"), ("fp16", "fp16"))]
     bm.add_ratios(rows, None, "eager", {"fp32": 100.0, "fp16": 500.0})
@@ -104,8 +131,8 @@ def test_peak_precision_follows_the_mode() -> None:
 def test_failing_mode_is_skipped_not_fatal() -> None:
     settings = bm.BenchSettings(models=["ok", "broken"], img=[8], modes=["eager", "folded"], warmup=1, iters=2,
                                 min_iters=1, peak_size=64)
-    built = {"ok": bm._Built(torch.nn.Conv2d(3, 4, 1), 0.0, {8: 10}),
-             "broken": bm._Built(torch.nn.Conv2d(4, 4, 1), 0.0, {8: 10})}  # wrong input channels: forward raises
+    built = {"ok": bm.Built(torch.nn.Conv2d(3, 4, 1), 0.0, {8: 10}),
+             "broken": bm.Built(torch.nn.Conv2d(4, 4, 1), 0.0, {8: 10})}  # wrong input channels: forward raises
     with torch.inference_mode():
         rows, peaks = bm.bench_group(built, "backbone", 8, 1, settings, torch.device("cpu"), log=lambda s: None)
     assert list(peaks) == ["fp32"] and peaks["fp32"] > 0
@@ -115,9 +142,9 @@ def test_failing_mode_is_skipped_not_fatal() -> None:
 
 
 def test_peak_and_percentiles() -> None:
-    assert bm.matmul_peak_gflops("cpu", n=128, repeats=2) > 0
-    assert bm.p90([1.0]) == 1.0
-    assert bm.p90([float(i) for i in range(1, 11)]) == pytest.approx(9.1)
+    assert peak.matmul_peak_gflops("cpu", n=128, repeats=2) > 0
+    assert timing.p90([1.0]) == 1.0
+    assert timing.p90([float(i) for i in range(1, 11)]) == pytest.approx(9.1)
 
 
 def test_train_step_ab_smoke() -> None:
@@ -126,7 +153,7 @@ def test_train_step_ab_smoke() -> None:
     assert tb.detector_kwargs("cspwrc_s", "none")["backbone_kwargs"] == {"wrc_weights": "none"}
     assert "backbone_kwargs" not in tb.detector_kwargs("resnet18", "none")  # timm peers: neck A/B only
     steps = [tb.make_step(settings, w) for w in tb.WRC_SETTINGS]
-    times = bm.round_robin_times(steps, iters=1, max_seconds=60, min_iters=1)
+    times = timing.round_robin_times(steps, iters=1, max_seconds=60, min_iters=1)
     assert len(times) == 2 and all(len(t) == 1 and t[0] > 0 for t in times)
     images, targets = tb.synthetic_batch(3, 64, 5)
     boxes = torch.cat([t["boxes"] for t in targets])
@@ -159,9 +186,9 @@ def test_deploy_modes_compute_the_same_features(mode: str) -> None:
     """A mode is only a fair speed comparison if it computes the same thing as eager."""
     if "ort" in mode:
         pytest.importorskip("onnxruntime")
-    model = bm.build_backbone("cspwrc_n")
+    model = bm.build_target("cspwrc_n", "backbone")
     x = torch.rand(2, 3, 64, 64)
-    fn, x_mode = bm.prepare(model, mode, x)
+    fn, x_mode = modes.prepare(model, mode, x)
     with torch.inference_mode():
         expected, actual = model(x), fn(x_mode)
     assert len(actual) == len(expected) == 3

@@ -1,15 +1,12 @@
-"""tools/compare_backbones.py: variant parsing (the training runs themselves are the engine's tests)."""
+"""tools/compare_backbones.py (cspwrc.experiments.compare, paired_stats): variants, reuse of finished runs, the
+paired statistics and the report (the training runs themselves are the engine's tests)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "compare_backbones.py"
-spec = importlib.util.spec_from_file_location("cspwrc_tool_compare_backbones", TOOL)
-compare = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compare)
+from cspwrc.errors import InputError
+from cspwrc.experiments import compare, paired_stats
 
 
 def test_variant_with_timm_kwargs_parses_values_as_yaml():
@@ -19,7 +16,7 @@ def test_variant_with_timm_kwargs_parses_values_as_yaml():
 
 
 def test_malformed_variant_is_an_error():
-    with pytest.raises(compare.InputError, match="MODEL:key=value"):
+    with pytest.raises(InputError, match="MODEL:key=value"):
         compare.parse_variant("cspwrc_s:wrc_weights")
 
 
@@ -32,7 +29,7 @@ def test_variant_args_match_variants_that_contain_equals_signs():
 
 
 def test_variant_args_for_a_variant_not_compared_is_an_error():
-    with pytest.raises(compare.InputError, match="bad --variant-args"):
+    with pytest.raises(InputError, match="bad --variant-args"):
         compare._variant_args(["resnet50=--epochs 2"], ["cspwrc_s"])
 
 
@@ -50,35 +47,35 @@ def test_finished_run_is_reused_not_retrained(tmp_path, monkeypatch):
 
 
 def test_t_quantiles_match_the_tables():
-    assert compare.t_quantile_975(1) == 12.706
-    assert compare.t_quantile_975(2) == 4.303
-    assert compare.t_quantile_975(31) == pytest.approx(2.040, abs=2e-3)
-    assert compare.t_quantile_975(60) == pytest.approx(2.000, abs=2e-3)
-    assert compare.t_quantile_975(1000) == pytest.approx(1.962, abs=1e-3)
+    assert paired_stats.t_quantile_975(1) == 12.706
+    assert paired_stats.t_quantile_975(2) == 4.303
+    assert paired_stats.t_quantile_975(31) == pytest.approx(2.040, abs=2e-3)
+    assert paired_stats.t_quantile_975(60) == pytest.approx(2.000, abs=2e-3)
+    assert paired_stats.t_quantile_975(1000) == pytest.approx(1.962, abs=1e-3)
     with pytest.raises(ValueError):
-        compare.t_quantile_975(0)
+        paired_stats.t_quantile_975(0)
 
 
 def test_paired_interval_by_hand():
     """Diffs 0.02, 0.01, 0.03: mean 0.02, sd 0.01, half-width t(0.975, 2) * 0.01 / sqrt(3) = 0.024843."""
     arm = {0: 0.32, 1: 0.41, 2: 0.23, 7: 0.9}      # seed 7 has no partner: ignored
     base = {0: 0.30, 1: 0.40, 2: 0.20}
-    p = compare.paired_interval(arm, base)
+    p = paired_stats.paired_interval(arm, base)
     assert p["n"] == 3
     assert p["mean"] == pytest.approx(0.02)
     assert p["std"] == pytest.approx(0.01)
     assert (p["low"], p["high"]) == (pytest.approx(0.02 - 0.024843, abs=1e-6), pytest.approx(0.02 + 0.024843, abs=1e-6))
-    assert compare.verdict(p) == "no measurable difference"
+    assert paired_stats.verdict(p) == "no measurable difference"
 
 
 def test_pairing_removes_shared_seed_noise():
     """Seeds move both arms together (0.1 .. 0.5): unpaired spreads overlap, the paired interval excludes 0."""
     base = {0: 0.10, 1: 0.30, 2: 0.50, 3: 0.20}
     arm = {s: v + 0.01 + 0.001 * s for s, v in base.items()}
-    p = compare.paired_interval(arm, base)
-    assert p["low"] > 0 and compare.verdict(p) == "better"
-    assert compare.verdict(compare.paired_interval(base, arm)) == "worse"
-    assert compare.verdict(compare.paired_interval({0: 0.2}, {0: 0.1})) == "too few seeds"
+    p = paired_stats.paired_interval(arm, base)
+    assert p["low"] > 0 and paired_stats.verdict(p) == "better"
+    assert paired_stats.verdict(paired_stats.paired_interval(base, arm)) == "worse"
+    assert paired_stats.verdict(paired_stats.paired_interval({0: 0.2}, {0: 0.1})) == "too few seeds"
 
 
 def test_arm_statistics_and_report_from_finished_runs(tmp_path):
@@ -86,12 +83,12 @@ def test_arm_statistics_and_report_from_finished_runs(tmp_path):
     for seed, (plain, wrc) in enumerate([(0.10, 0.12), (0.20, 0.21), (0.15, 0.18)]):
         for variant, value in ((compare.PLAIN, plain), ("cspwrc_s", wrc)):
             rows.append({"variant": variant, "seed": seed, "map": value})
-    stats = {s["arm"]: s for s in compare.arm_statistics(rows, compare.PLAIN)}
+    stats = {s["arm"]: s for s in paired_stats.arm_statistics(rows, compare.PLAIN)}
     assert stats[compare.PLAIN]["mean"] == pytest.approx(0.15) and "paired" not in stats[compare.PLAIN]
     assert stats["cspwrc_s"]["paired"]["mean"] == pytest.approx(0.02)
-    text = compare.stats_table(list(stats.values()), compare.PLAIN)
+    text = paired_stats.stats_table(list(stats.values()), compare.PLAIN)
     assert "| cspwrc_s | 0,1,2 | 0.1700 ± 0.0458 | +0.0200 (n=3) |" in text
-    compare.plot_statistics(list(stats.values()), rows, compare.PLAIN, tmp_path / "stats.png")
+    paired_stats.plot_statistics(list(stats.values()), rows, compare.PLAIN, tmp_path / "stats.png")
     assert (tmp_path / "stats.png").stat().st_size > 1000
 
 
@@ -114,3 +111,32 @@ def test_report_from_records_without_weights(tmp_path, capsys):
     assert compare.main(["--out", str(tmp_path), "--report-only", "--seeds", "0", "1", "--variants",
                          compare.PLAIN]) == 0
     assert f"| {compare.PLAIN} | 1 | 3 | 0.2000 | 0.3000 | nan | nan |" in (tmp_path / "table.md").read_text()
+
+
+def test_report_loads_and_counts_each_checkpoint_once(tmp_path, monkeypatch):
+    """table.md and the printed report share one rendering: one cost count (checkpoint load + FLOPs) per run."""
+    costed = []
+    monkeypatch.setattr(compare, "run_cost", lambda run_dir: costed.append(run_dir) or (1.0, 2.0))
+    rows = [{"variant": compare.PLAIN, "seed": s, "epochs": 3, "map": 0.1 * (s + 1), "map50": 0.3,
+             "train_time_s": 10.0, "cpu_time_s": 12.5, "run_dir": str(tmp_path / f"run{s}")} for s in range(2)]
+    text = compare.write_report(rows, tmp_path, compare.PLAIN)
+    assert sorted(costed) == [str(tmp_path / "run0"), str(tmp_path / "run1")]
+    assert (tmp_path / "table.md").read_text() in text + "\n" and "| 1.00 | 2.00 |" in text
+
+
+def test_runs_train_through_the_cli(tmp_path, monkeypatch):
+    """A variant's run is `cspwrc train` in a child process, with its backbone kwargs as a --set override."""
+    commands = []
+
+    def fake_run(cmd, check):
+        commands.append(cmd)
+        run_dir = tmp_path / "cspwrc_s_wrc_weights-none_seed1"
+        (run_dir / "metrics.json").write_text('{"map": 0.5, "map50": 0.7, "epochs": 3, "train_time_s": 10.0}')
+
+    monkeypatch.setattr(compare.subprocess, "run", fake_run)
+    (tmp_path / "cspwrc_s_wrc_weights-none_seed1").mkdir()
+    row = compare.run_variant(compare.PLAIN, 1, tmp_path, ["--epochs", "2"], retrain=False)
+    (cmd,) = commands
+    assert cmd[1:4] == ["-m", "cspwrc.cli", "train"] and cmd[-2:] == ["--set", 'model.options.backbone_kwargs='
+                                                                      '{"wrc_weights": "none"}']
+    assert row["map"] == 0.5 and (tmp_path / "cspwrc_s_wrc_weights-none_seed1" / "cpu_time.json").is_file()

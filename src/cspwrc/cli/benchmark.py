@@ -1,4 +1,5 @@
-"""Speed benchmark: cspwrc backbones/detectors vs timm peers (logic in cspwrc.deploy.benchmark).
+"""Speed benchmark: cspwrc backbones/detectors vs timm peers (logic in cspwrc.deploy.benchmark and its modules;
+the --train-step checks in cspwrc.experiments.train_bench).
 
 Example (the command behind docs/deploy.md):
     python tools/benchmark.py --models cspwrc_s cs3darknet_s resnet18 --img 640 --batch 1 8 \
@@ -14,9 +15,11 @@ from pathlib import Path
 import cspwrc  # noqa: F401 - registers the cspwrc models with timm
 from cspwrc.atomic import make_dir, write_json
 from cspwrc.cli import add_debug_flag, guarded
-from cspwrc.deploy.benchmark import DEFAULT_MODES, BenchSettings, format_table, run_benchmark
-from cspwrc.deploy.train_bench import TrainBenchSettings, run_train_benchmark
+from cspwrc.deploy.benchmark import BenchSettings, run_benchmark
+from cspwrc.deploy.modes import DEFAULT_MODES
+from cspwrc.deploy.report import format_table
 from cspwrc.engine.config import check_model_name
+from cspwrc.experiments.train_bench import TrainBenchSettings, run_train_benchmark
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,8 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="time detector fwd+bwd+AdamW step with WRC weights vs wrc_weights=none, and the data loader")
     t.add_argument("--skip-inference", action="store_true", help="only the --train-step part")
     t.add_argument("--train-model", default="cspwrc_s")
-    t.add_argument("--train-img", type=int, default=256, help="default recipe's train size")
-    t.add_argument("--train-batch", type=int, default=16)
+    t.add_argument("--train-img", type=int, default=TrainBenchSettings.img,
+                   help="train step size (default: 256, the size of configs/det/default.yaml's step timings; the "
+                   "recipe itself trains at 192)")
+    t.add_argument("--train-batch", type=int, default=TrainBenchSettings.batch,
+                   help="train step batch (default: 16, as those timings; the recipe trains at 8)")
     t.add_argument("--train-iters", type=int, default=10)
     t.add_argument("--data", default=None, help="data YAML for the loader (default: embedded shapes set)")
     t.add_argument("--workers", type=int, default=2)

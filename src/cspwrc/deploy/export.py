@@ -115,12 +115,26 @@ def export(module: nn.Module, fmt: str, path: str | Path, img: int) -> Path:
     raise ValueError(f"unknown format {fmt!r}, expected one of {FORMATS}")
 
 
-def run_onnx(path: str | Path, images: torch.Tensor) -> torch.Tensor:
-    """Run an exported ONNX file with onnxruntime on CPU (used for parity checks)."""
+def ort_session(path: str | Path, threads: int | None = None, spinning: bool = True) -> Any:
+    """An onnxruntime ``InferenceSession`` of an ONNX file on CPU.
+
+    ``threads``: intra-op threads (None: onnxruntime's default, one per core); inter-op work stays on one thread.
+    ``spinning=False`` stops the workers from spinning after a run (they would steal cores from what runs next).
+    """
     import onnxruntime as ort  # noqa: PLC0415  (the optional [export] extra, lazy)
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (raw,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(path: str | Path, images: torch.Tensor) -> torch.Tensor:
+    """Run an exported ONNX file with onnxruntime on CPU (used for parity checks)."""
+    (raw,) = ort_session(path).run([OUTPUT_NAME], {INPUT_NAME: images.numpy()})
     return torch.from_numpy(raw)
 
 
@@ -224,10 +238,7 @@ def export_onnx_nms(module: nn.Module, path: str | Path, img: int, opset: int = 
 
 def run_onnx_nms(path: str | Path, images: torch.Tensor) -> dict[str, np.ndarray]:
     """Run an end-to-end ONNX file with onnxruntime on CPU: ``{boxes, scores, labels, batch_index}``."""
-    import onnxruntime as ort  # noqa: PLC0415  (the optional [export] extra, like run_onnx)
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return dict(zip(NMS_OUTPUTS, session.run(list(NMS_OUTPUTS), {INPUT_NAME: images.numpy()})))
+    return dict(zip(NMS_OUTPUTS, ort_session(path).run(list(NMS_OUTPUTS), {INPUT_NAME: images.numpy()})))
 
 
 def match_detections(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
