@@ -14,11 +14,9 @@ import typing
 from collections.abc import Iterable
 from typing import Any, Literal
 
+from cspwrc.errors import Fault  # re-exported: raised here, defined with the other error classes
+
 __all__ = ["Fault", "nearest", "unknown_key", "check_keys", "check_value", "type_name"]
-
-
-class Fault(ValueError):
-    """A key or value fault without its location; callers re-raise it as their :class:`~cspwrc.errors.InputError`."""
 
 
 def nearest(key: str, valid: Iterable[str]) -> str | None:

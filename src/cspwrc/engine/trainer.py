@@ -61,15 +61,10 @@ from cspwrc.engine.evaluate import STAT_NAMES, EvalResult, evaluate
 from cspwrc.engine.lock import LOCK_NAME, RunLock, is_held
 from cspwrc.engine.optim import WarmupScheduler, accumulate_steps, build_optimizer
 from cspwrc.engine.report import LOSS_KEYS, plot_curves, write_results_csv
-from cspwrc.errors import RunStopped, shorten
+from cspwrc.errors import TrainingStopped, shorten  # TrainingStopped: re-exported (its old home)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PLOT_BATCHES = 3  # train_batch*.jpg pictures at the start of the run and of the close-mosaic epochs
-
-
-class TrainingStopped(RunStopped, RuntimeError):
-    """The run stopped on purpose (non-finite loss, unwritable checkpoint, a signal, a lost DDP peer); the message
-    says why and what was kept."""
 
 
 class FiniteGuard:
