@@ -2,9 +2,9 @@
 
 Two assigners with one output type (:class:`Assignment`):
 
-* :class:`AtssAssigner` – static (prediction independent) ATSS, used for the first ``static_assigner_epochs``
-  epochs. A freshly initialised detector predicts noise, and on a tiny data set a prediction-dependent
-  assigner would keep reinforcing its own early mistakes; ATSS only looks at geometry.
+* :class:`AtssAssigner` – static (prediction independent) ATSS, used for the first
+  :attr:`AssignerCfg.static_epochs` epochs. A freshly initialised detector predicts noise, and on a tiny data set a
+  prediction-dependent assigner would keep reinforcing its own early mistakes; ATSS only looks at geometry.
 * :class:`TaskAlignedAssigner` – TAL (TOOD, YOLOv8, PP-YOLOE): picks the points whose prediction is already
   good for the box (``score**alpha * IoU**beta``) and gives them soft, IoU-scaled class targets.
 

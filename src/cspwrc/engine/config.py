@@ -5,10 +5,12 @@ line is applied on top. Every problem is fatal and reported before training star
 failure policy): an unknown key names the file and suggests the nearest valid key, a wrong type names the
 key, the expected type and the value.
 
-Two sections are open dictionaries because their schema belongs to another package: ``model.options``
-(keyword arguments of ``cspwrc.det.build_detector``) and ``augment`` (keyword arguments of the data side's
-train transforms). They are checked against the signature of the function they are passed to
-(:func:`check_kwargs`), with the same nearest-key suggestion.
+The ``model:`` section is the detector's own :class:`cspwrc.det.DetectorConfig` (``model.backbone.name``,
+``model.neck``, ``model.head``, ``model.loss.assigner``, ``model.post``, ``model.sync_bn``), built by the same
+strict builder (:func:`cspwrc.validate.build_dataclass`). An old section ``model: {name, options: {flat}}`` (recipe
+files and training states of earlier versions) is translated once, where a file's mapping comes in
+(:func:`from_dict`, :func:`cspwrc.det.legacy.upgrade_model_section`); the command line takes only the nested keys.
+``augment`` is an open mapping whose schema belongs to the data side (``AUGMENT_DEFAULTS``).
 """
 
 from __future__ import annotations
@@ -16,23 +18,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import inspect
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import timm
 import yaml
 
+from cspwrc.det import DetectorConfig
+from cspwrc.det.legacy import nested_spelling, upgrade_model_section
 from cspwrc.errors import ConfigError
-from cspwrc.validate import Fault, check_value, unknown_key
-
-
-@dataclass
-class ModelConfig:
-    name: str = "cspwrc_s"  # any timm model name usable as a features_only backbone
-    options: dict[str, Any] = field(default_factory=dict)  # passed to build_detector(**options)
+from cspwrc.validate import Fault, build_dataclass, merge
 
 
 @dataclass
@@ -96,7 +92,7 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: DetectorConfig = field(default_factory=DetectorConfig)  # the detector (backbone, neck, head, loss, ...)
     data: RunDataConfig = field(default_factory=RunDataConfig)
     augment: dict[str, Any] = field(default_factory=dict)  # passed to the data side's train transforms
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -105,43 +101,21 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def _check_value(value: Any, tp: Any, where: str) -> Any:
-    """Return ``value`` converted to ``tp`` (int → float only), or raise ConfigError naming ``where``."""
-    try:
-        return check_value(value, tp)
-    except Fault as fault:
-        raise ConfigError(f"{where}: {fault}") from None
-
-
-def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, strictly: unknown keys and wrong types are errors."""
-    where = f"{source}: {prefix or 'top level'}"
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r} ({type(data).__name__})")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            raise ConfigError(f"{source}: {unknown_key(str(key), names, shown=dotted)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, source, dotted)
-        else:
-            kwargs[key] = _check_value(value, tp, f"{source}: {dotted}")
-    return cls(**kwargs)
-
-
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
     """Plain nested dict (YAML/JSON friendly, loadable with torch.load(weights_only=True))."""
     return dataclasses.asdict(cfg)
 
 
 def from_dict(data: dict[str, Any], source: str = "<config>") -> RunConfig:
-    return _build(RunConfig, data, source, "")
+    """The run config a nested mapping describes (a YAML file, a saved state), strictly: an unknown key names the
+    nearest valid one, a wrong type or range names the dotted key. An old ``model: {name, options}`` section is
+    translated to the nested one first (:func:`cspwrc.det.legacy.upgrade_model_section`)."""
+    try:
+        if isinstance(data, dict) and "model" in data:
+            data = {**data, "model": upgrade_model_section(data["model"])}
+        return build_dataclass(RunConfig, data)
+    except (Fault, ConfigError) as fault:
+        raise ConfigError(f"{source}: {fault}") from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -179,7 +153,7 @@ FLAG_KEYS: dict[str, str] = {
     "epochs": "train.epochs",
     "img": "train.img",
     "batch": "train.batch",
-    "model": "model.name",
+    "model": "model.backbone.name",
     "data": "data.path",
     "weights": "train.weights",
     "device": "train.device",
@@ -215,7 +189,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-interval", type=int, help="evaluate every K epochs (and after the last)")
     parser.add_argument("--time", type=float, help="training budget in hours: refits --epochs to it after each epoch")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="any config key, e.g. --set optim.lr=0.01 --set ema.enabled=false")
+                        help="any config key, e.g. --set optim.lr=0.01 --set model.loss.assigner.static_epochs=2")
 
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -233,19 +207,12 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"command line: --set {item!r}: {err}") from err
-        set_dotted(data, key.strip(), value)
+        key = key.strip()
+        nested = nested_spelling(key)
+        if nested is not None:  # files of earlier versions still load; a command line is written today
+            raise ConfigError(f"command line: --set {key}: the model options are nested now: --set {nested}=...")
+        set_dotted(data, key, value)
     return data
-
-
-def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``over`` wins. Open sections (model.options, augment) merge key by key too."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -282,7 +249,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"optim.nominal_batch: must be >= 0 (0 = one step per batch), got {cfg.optim.nominal_batch}")
     if not 0.0 <= cfg.ema.decay < 1.0:
         raise ConfigError(f"ema.decay: must be in [0, 1), got {cfg.ema.decay}")
-    check_model_name(cfg.model.name)
+    check_model_name(cfg.model.backbone.name)
 
 
 def check_model_name(name: str) -> None:
@@ -292,25 +259,4 @@ def check_model_name(name: str) -> None:
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise ConfigError(f"model.name: unknown model {name!r}{hint}")
-
-
-def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], where: str, skip: typing.Collection[str] = ()) -> None:
-    """Check that ``fn`` accepts every key of ``kwargs`` by name; suggest the nearest parameter otherwise.
-
-    ``skip`` lists parameters the engine fills itself (e.g. ``num_classes``): setting them is an error too.
-    A function that only takes ``**kwargs`` cannot be checked here and is left to raise on its own. A schema
-    whose keyword arguments are not its signature (``DetectorConfig``: flat options over nested parts) lists
-    them with an ``option_names()`` classmethod.
-    """
-    if hasattr(fn, "option_names"):
-        named, open_kwargs = [n for n in fn.option_names() if n not in skip], False
-    else:
-        params = inspect.signature(fn).parameters
-        named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in skip]
-        open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    for key in kwargs:
-        if key in skip:
-            raise ConfigError(f"{where}: {key!r} is set by the engine and cannot be configured here")
-        if key not in named and not open_kwargs:
-            raise ConfigError(f"{where}: {unknown_key(key, named, 'option')}")
+    raise ConfigError(f"model.backbone.name: unknown model {name!r}{hint}")
