@@ -88,6 +88,15 @@ def test_cli_overrides_and_set():
         load_config(None, cli_overrides(parser.parse_args(["--model", "resnet18", "--set", "optim.lrr=1"])))
 
 
+def test_flags_override_only_when_given():
+    """Every flag defaults to None: a recipe's value (or the real recipe's default) stands unless the flag is given."""
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    args = parser.parse_args([])
+    assert all(v in (None, []) for v in vars(args).values()) and cli_overrides(args) == {}
+    assert load_config(ROOT / "configs" / "det" / "default.yaml", cli_overrides(args)).train.img == 192
+
+
 def test_default_recipe_is_valid():
     cfg = load_config(ROOT / "configs" / "det" / "default.yaml")
     assert cfg.model.backbone.name == "cspwrc_s" and cfg.train.img % 32 == 0 and cfg.optim.opt == "adamw"

@@ -40,7 +40,7 @@ class AssignerCfg:
             TAL uses. 0 keeps the strict "point inside the box" rule. The loss still regresses the true box.
     """
 
-    static_epochs: int = 4
+    static_epochs: int = 3  # ATSS while the boxes are still random, then TAL (the real and the demo recipe's)
     tal_topk: int = 10
     tal_alpha: float = 0.5
     tal_beta: float = 6.0

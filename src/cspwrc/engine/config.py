@@ -30,51 +30,64 @@ from cspwrc.det.legacy import nested_spelling, upgrade_model_section
 from cspwrc.errors import ConfigError
 from cspwrc.validate import Fault, build_dataclass, merge
 
+# The defaults below ARE the real-data recipe (what `cspwrc train --data my.yaml` trains; configs/det/real.yaml adds
+# nothing): from scratch on hundreds to tens of thousands of photographs, YOLOv8-style augmentation and schedule with
+# the optimizer that worked best for this detector from scratch (docs/results.md §5-6 measure it on SHWD). Each value
+# is stated once, here (the detector's in its part configs, cspwrc.det), with its reason; a recipe file is an overlay
+# of what differs (configs/det/default.yaml: the embedded demo). Tune the real recipe here.
+
 
 @dataclass
 class RunDataConfig:
     """The run config's ``data:`` section (the data YAML it points to is :class:`cspwrc.data.config.DataConfig`)."""
 
     path: str | None = None  # data YAML (train/val annotation files and image dirs); None = embedded shapes
-    workers: int | Literal["auto"] = "auto"  # loader processes (0: the main process); auto: data.loader.auto_workers
+    # Loader processes (0: the main process). auto (data.loader.auto_workers): 2 on a CPU machine (the step needs the
+    # other cores), CPUs - 1 (at most 8) per rank on CUDA.
+    workers: int | Literal["auto"] = "auto"
     cache: Literal["none", "ram"] = "none"  # ram: keep letterboxed images in memory (size-checked, docs/training.md)
 
 
 @dataclass
 class OptimConfig:
-    opt: Literal["sgd", "adamw", "musgd"] = "adamw"  # musgd: SGD + Muon on conv weights (cspwrc.engine.optim)
-    lr: float = 0.002  # base lr for the whole batch (not scaled by batch size)
-    weight_decay: float = 0.05  # applied to conv/linear weights only (never to 1-d params or WRC weights)
-    momentum: float = 0.937  # SGD momentum (YOLO value); AdamW uses it as beta1
+    # AdamW converges faster than SGD from scratch on schedules of up to ~10k steps (Ultralytics' `optimizer=auto`
+    # makes the same choice); configs/det/sgd.yaml for long runs. musgd: SGD + Muon on conv weights (engine.optim).
+    opt: Literal["sgd", "adamw", "musgd"] = "adamw"
+    lr: float = 0.002  # base lr for the whole batch (not scaled by batch size); a safe AdamW lr from scratch with BN
+    weight_decay: float = 0.05  # decoupled; conv/linear weights only (never norms, biases or WRC weights)
+    momentum: float = 0.9  # AdamW beta1 (SGD momentum with opt sgd: YOLO's 0.937 in configs/det/sgd.yaml)
     betas2: float = 0.999  # AdamW beta2
     nominal_batch: int = 0  # >0: YOLO's nbs: accumulate to this many images, loss x batch, decay scaled (engine.optim)
 
 
 @dataclass
 class ScheduleConfig:
-    sched: Literal["cosine", "linear"] = "cosine"
-    warmup_epochs: float = 1.0  # linear lr warmup, counted in optimizer steps (fractions allowed)
+    sched: Literal["cosine", "linear"] = "cosine"  # smooth decay to min_lr_ratio * lr
+    # YOLO's 3-epoch warmup: from-scratch BN statistics and mosaic make the first steps noisy (counted in optimizer
+    # steps, fractions allowed).
+    warmup_epochs: float = 3.0
     warmup_lr: float = 0.0  # lr at the first step of warmup for weights
-    warmup_bias_lr: float = 0.1  # YOLO's bias warmup: biases start high and decay to their lr
+    # YOLO's bias warmup (biases start high and decay to their lr), scaled for AdamW (0.1 is the SGD value).
+    warmup_bias_lr: float = 0.01
     warmup_momentum: float | None = None  # YOLO's 0.8: momentum (Adam beta1) rises from this to optim.momentum
-    min_lr_ratio: float = 0.05  # final lr = lr * min_lr_ratio
+    min_lr_ratio: float = 0.01  # final lr = lr * min_lr_ratio (YOLO's lrf)
 
 
 @dataclass
 class EmaConfig:
-    enabled: bool = True
-    decay: float = 0.9998
+    enabled: bool = True  # the EMA weights are evaluated and saved: they score better than the raw ones
+    decay: float = 0.9999  # tens of thousands of steps; the warmup lets early EMA follow the model
     warmup: bool = True  # timm ModelEmaV3 warmup: decay grows with steps, so early EMA follows the model
     warmup_power: float = 0.75  # reaches ~0.999 after ~10k steps (timm/crowsonkb guidance for short runs)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch: int = 16
-    img: int = 640  # square letterbox size, a multiple of 32
-    close_mosaic: int = 2  # switch mosaic off for the last N epochs
-    grad_clip: float = 10.0  # max global grad norm; 0 disables clipping
+    epochs: int = 100  # or --time HOURS: the epochs are refitted to a wall-clock budget
+    batch: int = 16  # per process
+    img: int = 640  # square letterbox size, a multiple of 32; SHWD-like small objects need the pixels (320: CPU)
+    close_mosaic: int = 10  # YOLOv8: mosaic off for the last N epochs, so the model finishes on whole images
+    grad_clip: float = 10.0  # max global grad norm (guards the first from-scratch steps); 0 disables clipping
     nan_policy: Literal["stop", "skip"] = "stop"  # non-finite loss: stop the run, or skip the step and count
     max_nan_skips: int = 100  # with nan_policy skip: stop anyway after this many skipped steps
     amp: bool | Literal["auto", "bf16", "fp16", "off"] = "auto"  # CUDA only; auto (= true): bf16 where supported
@@ -92,9 +105,13 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
+    """A training run. Its defaults are the real-data recipe (see the comment above :class:`RunDataConfig`)."""
+
     model: DetectorConfig = field(default_factory=DetectorConfig)  # the detector (backbone, neck, head, loss, ...)
     data: RunDataConfig = field(default_factory=RunDataConfig)
-    augment: dict[str, Any] = field(default_factory=dict)  # passed to the data side's train transforms
+    # Keyword arguments of the data side's train transforms, over its AUGMENT_DEFAULTS (cspwrc.data.transforms):
+    # YOLOv8's mosaic 1.0, scale 0.5, translate 0.1, HSV 0.015/0.7/0.4, fliplr 0.5 -- the real recipe's.
+    augment: dict[str, Any] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
