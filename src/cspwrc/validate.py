@@ -19,7 +19,8 @@ from typing import Any, Literal, TypeVar
 
 from cspwrc.errors import ConfigError, Fault  # Fault re-exported: raised here, defined with the other errors
 
-__all__ = ["Fault", "nearest", "unknown_key", "check_keys", "check_value", "type_name", "build_dataclass", "merge"]
+__all__ = ["Fault", "nearest", "unknown_key", "check_keys", "check_value", "type_name", "build_dataclass", "merge",
+           "require"]
 
 T = TypeVar("T")
 
@@ -102,6 +103,14 @@ def check_value(value: Any, tp: Any) -> Any:
     if isinstance(value, bool) and tp is not bool or not isinstance(value, tp):
         raise _wrong_type(value, tp)
     return value
+
+
+def require(ok: bool, key: str, rule: str, value: Any) -> None:
+    """The range check of a config: :class:`~cspwrc.errors.ConfigError` ``KEY: must be RULE, got VALUE`` unless
+    ``ok``. In a ``__post_init__`` the key is the field's name; :func:`build_dataclass` puts the section's path before
+    it (``model.head.reg_max: must be >= 2 ...``)."""
+    if not ok:
+        raise ConfigError(f"{key}: must be {rule}, got {value!r:.80}")
 
 
 def build_dataclass(cls: type[T], data: Any, prefix: str = "") -> T:

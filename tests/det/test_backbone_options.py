@@ -11,6 +11,7 @@ import torch
 
 from cspwrc.det import build_detector
 from cspwrc.engine.config import load_config
+from cspwrc.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = load_config(ROOT / "configs" / "det" / "default.yaml").model  # the demo's resolved DetectorConfig
@@ -41,5 +42,5 @@ def test_one_training_step_with_the_default_recipe_options(name: str, caplog: py
 
 
 def test_a_typo_is_not_dropped() -> None:
-    with pytest.raises(TypeError, match="unexpected keyword"):
+    with pytest.raises(ConfigError, match="backbone.kwargs: cspwrc_n refuses .*unexpected keyword.*'wrc_normalise'"):
         build_detector({"name": "cspwrc_n", "kwargs": {"wrc_normalise": "relu"}}, num_classes=2, cfg=RECIPE)

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
+from cspwrc.validate import require
+
 __all__ = ["AssignerCfg", "Assignment", "AtssAssigner", "TaskAlignedAssigner", "points_in_boxes"]
 
 
@@ -46,6 +48,13 @@ class AssignerCfg:
     tal_beta: float = 6.0
     atss_topk: int = 9
     min_box_side: float = 16.0
+
+    def __post_init__(self) -> None:
+        require(self.static_epochs >= 0, "static_epochs", ">= 0 (0: TAL from the first epoch)", self.static_epochs)
+        for key in ("tal_topk", "atss_topk"):
+            require(getattr(self, key) >= 1, key, ">= 1", getattr(self, key))
+        for key in ("tal_alpha", "tal_beta", "min_box_side"):
+            require(getattr(self, key) >= 0, key, ">= 0", getattr(self, key))
 
 
 class Assignment(NamedTuple):

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from cspwrc.backbone import CspWrcCfg
 from cspwrc.errors import ConfigError
 from cspwrc.layers import Foldable, fold_model
-from cspwrc.validate import Fault, build_dataclass, check_value, merge
+from cspwrc.validate import Fault, build_dataclass, check_value, merge, require
 from cspwrc.weights import feature_key
 
 from .head import DecoupledHead, HeadCfg, dfl_decode, make_anchor_points
@@ -39,7 +39,8 @@ from .postprocess import PostprocessCfg, postprocess
 
 __all__ = [
     "BackboneCfg", "DetectorConfig", "YoloDetector", "RawPredictions", "build_detector",
-    "create_feature_backbone", "freeze_first_levels", "select_feature_levels", "supported_backbone_kwargs",
+    "check_backbone", "create_feature_backbone", "freeze_first_levels", "select_feature_levels",
+    "supported_backbone_kwargs",
 ]
 
 LEVEL_REDUCTIONS = (8, 16, 32)
@@ -73,6 +74,10 @@ class BackboneCfg:
     kwargs: dict[str, Any] = field(default_factory=dict)
     freeze_bn: bool = False
     freeze_stages: int = 0
+
+    def __post_init__(self) -> None:
+        require(bool(self.name), "name", "a timm model name", self.name)
+        require(self.freeze_stages >= 0, "freeze_stages", ">= 0 (0: nothing frozen)", self.freeze_stages)
 
 
 @dataclass
@@ -114,12 +119,13 @@ def select_feature_levels(
     reductions: Sequence[int], model_name: str = "backbone", wanted: Sequence[int] = LEVEL_REDUCTIONS
 ) -> list[int]:
     """Indices into a timm ``feature_info`` of the levels with the ``wanted`` reductions (the deepest one when
-    several levels share a reduction). Raises ``ValueError`` when a level is missing (e.g. plain ViTs)."""
+    several levels share a reduction). Raises :class:`~cspwrc.errors.ConfigError` (a ``ValueError``) when a level is
+    missing (e.g. plain ViTs)."""
     indices = []
     for r in wanted:
         matches = [i for i, red in enumerate(reductions) if red == r]
         if not matches:
-            raise ValueError(
+            raise ConfigError(
                 f"{model_name} has no feature level with reduction {r} (its reductions: {list(reductions)}); "
                 f"needed: {list(wanted)}"
             )
@@ -127,12 +133,12 @@ def select_feature_levels(
     return indices
 
 
-def _meta_probe(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+def _meta_probe(name: str, kwargs: dict[str, Any], note: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """A ``features_only`` model on the meta device (no memory, no weights) and the ``kwargs`` it accepted.
 
-    A cspwrc option the model does not take (``wrc_normalize`` for ``resnet18``) is dropped with a logged note, so
-    that the default recipe's ``backbone.kwargs`` never break another timm model. Any other unknown kwarg (a typo)
-    still raises the model's own ``TypeError``.
+    A cspwrc option the model does not take (``wrc_normalize`` for ``resnet18``) is dropped with a logged note (unless
+    ``note=False``), so that the default recipe's ``backbone.kwargs`` never break another timm model. Any other kwarg
+    the model refuses (a typo, a bad value) is a :class:`~cspwrc.errors.ConfigError` naming ``backbone.kwargs``.
     """
     kept = dict(kwargs)
     while True:
@@ -142,10 +148,29 @@ def _meta_probe(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str,
         except TypeError as err:
             match = _UNEXPECTED_KWARG.search(str(err))
             if match is None or match.group(1) not in kept or match.group(1) not in CSPWRC_OPTIONS:
-                raise
+                raise ConfigError(f"backbone.kwargs: {name} refuses {kept}: {err}") from None
             del kept[match.group(1)]
-            log.warning("note: backbone %s does not take model.backbone.kwargs.%s=%r; dropped (it only applies to "
-                        "backbones that accept it, e.g. cspwrc_*)", name, match.group(1), kwargs[match.group(1)])
+            if note:
+                log.warning("note: backbone %s does not take model.backbone.kwargs.%s=%r; dropped (it only applies "
+                            "to backbones that accept it, e.g. cspwrc_*)", name, match.group(1), kwargs[match.group(1)])
+        except ValueError as err:  # e.g. a cspwrc option with a value its config refuses
+            raise ConfigError(f"backbone.kwargs: {name} refuses {kept}: {err}") from None
+
+
+def check_backbone(cfg: BackboneCfg) -> None:
+    """The backbone probe of a config (meta device: no memory, no weights, no download): the model takes
+    ``cfg.kwargs``, has the stride 8/16/32 levels and at least ``cfg.freeze_stages`` levels. A
+    :class:`~cspwrc.errors.ConfigError` names the key (``backbone.freeze_stages: ...``); the run config checks this
+    before any image is read."""
+    probe, _ = _meta_probe(cfg.name, cfg.kwargs, note=False)
+    reductions = probe.feature_info.reduction()
+    try:
+        select_feature_levels(reductions, cfg.name)
+    except ConfigError as err:
+        raise ConfigError(f"backbone.name: {err} (the detector's neck needs those strides)") from None
+    require(cfg.freeze_stages <= len(reductions), "backbone.freeze_stages",
+            f"at most {len(reductions)} ({cfg.name} has {len(reductions)} feature levels; 1 = the stem)",
+            cfg.freeze_stages)
 
 
 def supported_backbone_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -190,8 +215,7 @@ def freeze_first_levels(backbone: nn.Module, num_levels: int) -> None:
     if num_levels <= 0:
         return
     info = backbone.feature_info.info
-    if num_levels > len(info):
-        raise ValueError(f"freeze_stages={num_levels} but the backbone has only {len(info)} feature levels")
+    require(num_levels <= len(info), "freeze_stages", f"<= {len(info)}, the backbone's feature levels", num_levels)
     target = feature_key(info[num_levels - 1]["module"])
     frozen: list[str] = []
     found: str | None = None
@@ -206,7 +230,7 @@ def freeze_first_levels(backbone: nn.Module, num_levels: int) -> None:
         if found is None and feature_key(name) == target:
             found = name
     if found is None:
-        raise ValueError(f"freeze_stages: module {info[num_levels - 1]['module']!r} not found in the backbone")
+        raise ConfigError(f"freeze_stages: module {info[num_levels - 1]['module']!r} not found in the backbone")
     # Frozen BN keeps its running statistics fixed too (a BN in train mode would still update them).
     for name in frozen:
         parent_name, _, child = name.rpartition(".")

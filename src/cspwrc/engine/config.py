@@ -26,9 +26,10 @@ import timm
 import yaml
 
 from cspwrc.det import DetectorConfig
+from cspwrc.det.detector import check_backbone
 from cspwrc.det.legacy import nested_spelling, upgrade_model_section
 from cspwrc.errors import ConfigError
-from cspwrc.validate import Fault, build_dataclass, merge
+from cspwrc.validate import Fault, build_dataclass, check_value, merge, require, unknown_key
 
 # The defaults below ARE the real-data recipe (what `cspwrc train --data my.yaml` trains; configs/det/real.yaml adds
 # nothing): from scratch on hundreds to tens of thousands of photographs, YOLOv8-style augmentation and schedule with
@@ -116,6 +117,21 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if not self.augment:
+            return
+        # albumentations (~0.5 s) is imported only for a config that sets augment keys: `cspwrc export` and the other
+        # users of this module never pay it, and training imports it anyway.
+        from cspwrc.data.transforms import AUGMENT_DEFAULTS  # noqa: PLC0415
+
+        for key, value in self.augment.items():  # the data side's schema, checked with the rest of the config
+            if key not in AUGMENT_DEFAULTS:
+                raise ConfigError(unknown_key(key, AUGMENT_DEFAULTS, shown=f"augment.{key}"))
+            try:
+                check_value(value, float)
+            except Fault as fault:
+                raise ConfigError(f"augment.{key}: {fault}") from None
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -243,30 +259,26 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 
 
 def validate(cfg: RunConfig) -> None:
-    """Value checks that the types alone do not catch (fatal, before training)."""
+    """Value checks that the types alone do not catch, then the model build probe (fatal, before training and before
+    any image is read: config -> model -> data). The detector's own ranges are checked by its part configs."""
     t = cfg.train
-    if t.img <= 0 or t.img % 32:
-        raise ConfigError(f"train.img: {t.img} is not a positive multiple of 32 (the detector's largest stride)")
-    for key in ("epochs", "batch"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"train.{key}: must be >= 1, got {getattr(t, key)}")
-    if t.eval_interval < 1:
-        raise ConfigError(f"train.eval_interval: must be >= 1, got {t.eval_interval}")
-    if t.patience < 0:
-        raise ConfigError(f"train.patience: must be >= 0 (0 = no early stopping), got {t.patience}")
-    if not 0 <= t.close_mosaic:
-        raise ConfigError(f"train.close_mosaic: must be >= 0, got {t.close_mosaic}")
-    if isinstance(cfg.data.workers, int) and cfg.data.workers < 0:
-        raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")
-    if t.time is not None and t.time <= 0:
-        raise ConfigError(f"train.time: must be > 0 hours, got {t.time}")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
-    if cfg.optim.nominal_batch < 0:
-        raise ConfigError(f"optim.nominal_batch: must be >= 0 (0 = one step per batch), got {cfg.optim.nominal_batch}")
-    if not 0.0 <= cfg.ema.decay < 1.0:
-        raise ConfigError(f"ema.decay: must be in [0, 1), got {cfg.ema.decay}")
+    require(t.img > 0 and t.img % 32 == 0, "train.img", "a positive multiple of 32 (the detector's largest stride)",
+            t.img)
+    for key in ("epochs", "batch", "eval_interval"):
+        require(getattr(t, key) >= 1, f"train.{key}", ">= 1", getattr(t, key))
+    require(t.patience >= 0, "train.patience", ">= 0 (0 = no early stopping)", t.patience)
+    require(t.close_mosaic >= 0, "train.close_mosaic", ">= 0", t.close_mosaic)
+    require(t.time is None or t.time > 0, "train.time", "> 0 hours", t.time)
+    require(cfg.data.workers == "auto" or cfg.data.workers >= 0, "data.workers", ">= 0 or auto", cfg.data.workers)
+    require(cfg.optim.lr > 0, "optim.lr", "> 0", cfg.optim.lr)
+    require(cfg.optim.nominal_batch >= 0, "optim.nominal_batch", ">= 0 (0 = one step per batch)",
+            cfg.optim.nominal_batch)
+    require(0.0 <= cfg.ema.decay < 1.0, "ema.decay", "in [0, 1)", cfg.ema.decay)
     check_model_name(cfg.model.backbone.name)
+    try:  # the model build probe (meta device: no memory, no weights, no download)
+        check_backbone(cfg.model.backbone)
+    except ConfigError as err:
+        raise ConfigError(f"model.{err}") from None
 
 
 def check_model_name(name: str) -> None:
