@@ -79,6 +79,11 @@ def model_section(meta: Mapping[str, Any]) -> dict[str, Any] | None:
     return dict(model) if isinstance(model, Mapping) else None
 
 
+def backbone_section(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``backbone`` section (``name``, ``kwargs``, ...) a checkpoint's metadata records, any version; ``{}``."""
+    return dict((model_section(meta) or {}).get("backbone") or {})
+
+
 def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the detector a cspwrc ``.safetensors`` checkpoint describes and load its weights (eval mode).
 

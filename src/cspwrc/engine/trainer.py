@@ -54,7 +54,7 @@ from cspwrc.data.loader import auto_workers
 from cspwrc.det import YoloDetector
 from cspwrc.draw import batch_grid
 from cspwrc.engine import distributed as dist
-from cspwrc.engine.checkpoint import CheckpointError, init_from_weights, model_section, read_state, save_checkpoint
+from cspwrc.engine.checkpoint import CheckpointError, backbone_section, init_from_weights, read_state, save_checkpoint
 from cspwrc.engine.config import ConfigError, RunConfig, from_dict, merge, to_dict, validate
 from cspwrc.engine.eval_plots import write_eval_plots
 from cspwrc.engine.evaluate import STAT_NAMES, EvalResult, evaluate
@@ -300,7 +300,7 @@ class Trainer:
     def _check_resume_fits(self, st: dict[str, Any]) -> None:
         """The state must come from the same model and class count as this run's config and data."""
         meta = st.get("meta") if isinstance(st.get("meta"), dict) else {}
-        saved = ((model_section(meta) or {}).get("backbone", {}).get("name"), meta.get("num_classes"))
+        saved = (backbone_section(meta).get("name"), meta.get("num_classes"))
         now = (self.cfg.model.backbone.name, self.train_set.num_classes)
         diffs = [f"{what}: saved {a!r}, now {b!r}" for what, a, b in zip(("model", "number of classes"), saved, now)
                  if a is not None and a != b]
