@@ -110,8 +110,8 @@ class RunConfig:
 
     model: DetectorConfig = field(default_factory=DetectorConfig)  # the detector (backbone, neck, head, loss, ...)
     data: RunDataConfig = field(default_factory=RunDataConfig)
-    # Keyword arguments of the data side's train transforms, over its AUGMENT_DEFAULTS (cspwrc.data.transforms):
-    # YOLOv8's mosaic 1.0, scale 0.5, translate 0.1, HSV 0.015/0.7/0.4, fliplr 0.5 -- the real recipe's.
+    # Keyword arguments of the data side's train transforms, over its AUGMENT_DEFAULTS (cspwrc.data.transforms, where
+    # they are stated): YOLOv8's mosaic, affine, HSV and flip, the real recipe's augmentation.
     augment: dict[str, Any] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
