@@ -8,9 +8,10 @@ import pytest
 
 from cspwrc.data.checks import DataError, check_keys
 from cspwrc.det import build_detector
-from cspwrc.engine.config import ConfigError, check_kwargs
-from cspwrc.errors import InputError
-from cspwrc.validate import Fault, check_value, unknown_key
+from cspwrc.det.head import HeadCfg
+from cspwrc.engine.config import RunConfig
+from cspwrc.errors import ConfigError, InputError
+from cspwrc.validate import Fault, build_dataclass, check_value, merge, unknown_key
 
 
 def test_unknown_key_names_the_nearest_or_lists_the_valid_ones():
@@ -40,10 +41,19 @@ def test_check_value_faults(value, tp, fault):
 def test_every_caller_raises_an_input_error_with_the_same_wording():
     with pytest.raises(DataError, match="data.yaml: top level: unknown key 'trian'; did you mean 'train'"):
         check_keys({"trian": 1}, ["train", "val"], "data.yaml", "top level")
-    with pytest.raises(ConfigError, match="model.options: unknown option 'regmax'; did you mean 'reg_max'"):
-        check_kwargs(lambda reg_max=16: None, {"regmax": 8}, "model.options")
-    with pytest.raises(ConfigError, match="unknown detector option 'reg_maks'; did you mean 'reg_max'"):
-        build_detector("cspwrc_n", reg_maks=8)
-    with pytest.raises(ConfigError, match="detector option 'score_thresh': expected float, got str"):
-        build_detector("cspwrc_n", score_thresh="high")
+    with pytest.raises(ConfigError, match="build_detector: unknown key 'head.reg_maks'; did you mean 'reg_max'"):
+        build_detector("cspwrc_n", head={"reg_maks": 8})
+    with pytest.raises(ConfigError, match="build_detector: post.score_thresh: expected float, got str"):
+        build_detector("cspwrc_n", post={"score_thresh": "high"})
     assert issubclass(DataError, InputError) and issubclass(ConfigError, InputError)
+
+
+def test_build_dataclass_names_the_dotted_key_also_of_a_range_check():
+    assert build_dataclass(RunConfig, {"model": {"head": {"reg_max": 8}}}).model.head.reg_max == 8
+    with pytest.raises(Fault, match=r"^model.head.reg_max: must be >= 2 \(a distribution needs two bins\), got 1$"):
+        build_dataclass(RunConfig, {"model": {"head": {"reg_max": 1}}})
+    with pytest.raises(ConfigError, match=r"^reg_max: must be >= 2"):  # the same check in Python
+        HeadCfg(reg_max=1)
+    with pytest.raises(Fault, match=r"^unknown key 'model.head.regmax'; did you mean 'reg_max'\?$"):
+        build_dataclass(RunConfig, {"model": {"head": {"regmax": 8}}})
+    assert merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}, "d": 4}) == {"a": {"b": 1, "c": 3}, "d": 4}

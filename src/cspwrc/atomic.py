@@ -21,17 +21,13 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from cspwrc.errors import InputError, RunStopped, shorten
+from cspwrc.errors import InputError, WriteError, shorten  # WriteError: re-exported (its old home)
 
 __all__ = ["WriteError", "atomic_write", "make_dir", "write_bytes", "write_json"]
 
 # Test hook: a process sleeps this many seconds between writing a temp file and renaming it, so the reliability
 # tests can kill -9 a training run exactly inside a checkpoint write. Unset in normal use.
 PAUSE_ENV = "CSPWRC_CKPT_PAUSE_S"
-
-
-class WriteError(RunStopped, RuntimeError):
-    """A file could not be written; the previous file (if any) is kept."""
 
 
 def _fsync_dir(folder: Path) -> None:

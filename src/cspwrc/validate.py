@@ -1,24 +1,28 @@
 """The one validator for user-written keys and values: run configs (:mod:`cspwrc.engine.config`), data YAML and
-COCO JSON (:mod:`cspwrc.data.checks`) and detector options (:meth:`cspwrc.det.DetectorConfig.from_kwargs`).
+COCO JSON (:mod:`cspwrc.data.checks`) and detector configs (:meth:`cspwrc.det.DetectorConfig.from_dict`).
 
 These functions raise :class:`Fault`, which says *what* is wrong (an unknown key with the nearest valid one, a
 value of the wrong type); the caller knows *where* (file, record, dotted key) and re-raises its own
 :class:`~cspwrc.errors.InputError` (``ConfigError`` or ``DataError``), so every tool reports it the same way.
+:func:`build_dataclass` is the one strict builder of nested config dataclasses from mappings (YAML, JSON metadata,
+keyword arguments), :func:`merge` the one way a mapping of overrides goes over another.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, TypeVar
 
-__all__ = ["Fault", "nearest", "unknown_key", "check_keys", "check_value", "type_name"]
+from cspwrc.errors import ConfigError, Fault  # Fault re-exported: raised here, defined with the other errors
 
+__all__ = ["Fault", "nearest", "unknown_key", "check_keys", "check_value", "type_name", "build_dataclass", "merge",
+           "require"]
 
-class Fault(ValueError):
-    """A key or value fault without its location; callers re-raise it as their :class:`~cspwrc.errors.InputError`."""
+T = TypeVar("T")
 
 
 def nearest(key: str, valid: Iterable[str]) -> str | None:
@@ -99,3 +103,58 @@ def check_value(value: Any, tp: Any) -> Any:
     if isinstance(value, bool) and tp is not bool or not isinstance(value, tp):
         raise _wrong_type(value, tp)
     return value
+
+
+def require(ok: bool, key: str, rule: str, value: Any) -> None:
+    """The range check of a config: :class:`~cspwrc.errors.ConfigError` ``KEY: must be RULE, got VALUE`` unless
+    ``ok``. In a ``__post_init__`` the key is the field's name; :func:`build_dataclass` puts the section's path before
+    it (``model.head.reg_max: must be >= 2 ...``)."""
+    if not ok:
+        raise ConfigError(f"{key}: must be {rule}, got {value!r:.80}")
+
+
+def build_dataclass(cls: type[T], data: Any, prefix: str = "") -> T:
+    """Dataclass ``cls`` from a mapping, strictly: every key a field, every value of its field's type (checked by
+    :func:`check_value`), a dataclass-typed field built from a nested mapping; missing keys keep their defaults.
+
+    Faults name the dotted key (``prefix.key``). A range check in a config's ``__post_init__`` raises
+    :class:`~cspwrc.errors.ConfigError` naming its field (``reg_max: must be >= 2``); it comes back as a Fault under
+    the dotted path of that config (``model.head.reg_max: must be >= 2``). An instance of ``cls`` passes through.
+    """
+    if isinstance(data, cls):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise Fault(f"{prefix or 'top level'}: expected a mapping, got {data!r:.60} ({type(data).__name__})")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise Fault(unknown_key(str(key), names, shown=dotted))
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = build_dataclass(tp, value, dotted)
+            continue
+        try:
+            kwargs[key] = check_value(value, tp)
+        except Fault as fault:
+            raise Fault(f"{dotted}: {fault}") from None
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise Fault(f"{prefix}.{err}" if prefix else str(err)) from None
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive merge of nested mappings; ``over`` wins, key by key (also inside open sections such as a backbone's
+    ``kwargs``)."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out

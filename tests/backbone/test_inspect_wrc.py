@@ -71,8 +71,8 @@ def test_cli_on_detector_checkpoint(tmp_path: Path) -> None:
     """Model name and WRC options come from the checkpoint's cspwrc metadata; learned values are printed."""
     model = _trained_like(wrc_weights="channel", wrc_normalize="relu")
     feats = FeatureListNet(model, out_indices=P3_P5, flatten_sequential=True)  # as the detector holds it
-    meta = dict(model="cspwrc_n", num_classes=2,
-                options=dict(backbone_kwargs=dict(wrc_weights="channel", wrc_normalize="relu")))
+    meta = dict(model=dict(backbone=dict(name="cspwrc_n", kwargs=dict(wrc_weights="channel", wrc_normalize="relu"))),
+                num_classes=2)
     path = tmp_path / "best.safetensors"
     save_file({f"backbone.{k}": v.contiguous() for k, v in feats.state_dict().items()}, str(path),
               metadata={"cspwrc": json.dumps(meta)})

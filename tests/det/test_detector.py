@@ -1,6 +1,7 @@
 """YoloDetector: shapes, the torchvision-style API, configuration, freezing, fusion and tracing."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -9,11 +10,17 @@ import torch
 from timm.layers import FrozenBatchNormAct2d, SyncBatchNormAct
 
 from cspwrc.det import DetectionLoss, RawPredictions, build_detector
-from cspwrc.det.detector import FLAT_KEYS, DetectorConfig, select_feature_levels
+from cspwrc.det.detector import DetectorConfig, select_feature_levels
 from cspwrc.det.head import DecoupledHead, HeadCfg, dfl_decode, make_anchor_points
+from cspwrc.validate import merge
 
 # test_byobnet: timm's 0.2M-parameter test model, features at strides 2..32 (channels 24..256).
-TINY = dict(backbone="test_byobnet", num_classes=3, neck_channels=[32, 48, 64])
+TINY = dict(backbone={"name": "test_byobnet"}, num_classes=3, neck={"channels": [32, 48, 64]})
+
+
+def tiny_detector(**sections):
+    """The TINY detector with ``sections`` merged over it key by key (``neck={"shortcut": True}`` keeps its width)."""
+    return build_detector(**merge(TINY, sections))
 
 
 def _targets():
@@ -32,7 +39,7 @@ def tiny():
 def test_output_shapes_per_level(tiny):
     x = torch.rand(2, 3, 64, 96)
     outs = tiny.forward_features(x)
-    reg_max = tiny.cfg.reg_max
+    reg_max = tiny.cfg.head.reg_max
     assert [tuple(o.shape) for o in outs] == [(2, 4 * reg_max + 3, 64 // s, 96 // s) for s in (8, 16, 32)]
     tiny.eval()
     raw = tiny.forward_raw(x)
@@ -78,7 +85,7 @@ def test_train_losses_and_eval_detections(tiny):
     for d in dets:
         assert d["boxes"].dtype == torch.float32 and d["boxes"].shape[1] == 4
         assert d["scores"].shape == d["labels"].shape and d["labels"].dtype == torch.int64
-        assert len(d["scores"]) <= tiny.cfg.max_det
+        assert len(d["scores"]) <= tiny.cfg.post.max_det
     with pytest.raises(ValueError, match="needs targets"):
         tiny.train()(x)
 
@@ -96,13 +103,14 @@ def test_batch_without_any_box_has_finite_background_loss(tiny):
 def test_set_epoch_switches_assigner(tiny):
     tiny.set_epoch(0)
     assert tiny.criterion.uses_static_assigner
-    tiny.set_epoch(tiny.cfg.static_assigner_epochs)
+    tiny.set_epoch(tiny.cfg.loss.assigner.static_epochs)
     assert not tiny.criterion.uses_static_assigner
 
 
-@pytest.mark.parametrize("opts", [dict(cls_loss="varifocal", iou_loss="giou"), dict(reg_max=8, tal_topk=5)])
+@pytest.mark.parametrize("opts", [dict(loss=dict(cls_loss="varifocal", iou_loss="giou")),
+                                  dict(head=dict(reg_max=8), loss=dict(assigner=dict(tal_topk=5)))])
 def test_loss_options(opts):
-    model = build_detector(**{**TINY, **opts})
+    model = tiny_detector(**opts)
     model.train().set_epoch(10)
     losses = model(torch.rand(2, 3, 64, 64), _targets())
     assert all(torch.isfinite(v) for v in losses.values())
@@ -110,29 +118,35 @@ def test_loss_options(opts):
 
 def test_config_round_trip_and_unknown_option(tiny):
     cfg = tiny.config
-    assert json.loads(json.dumps(cfg)) == cfg
-    rebuilt = build_detector(**cfg)
+    assert json.loads(json.dumps(cfg)) == cfg and cfg == dataclasses.asdict(tiny.cfg)
+    rebuilt = build_detector(**cfg, num_classes=tiny.num_classes)
     assert rebuilt.state_dict().keys() == tiny.state_dict().keys()
     rebuilt.load_state_dict(tiny.state_dict())
-    with pytest.raises(ValueError, match="unknown detector option"):
-        build_detector(**TINY, neck_widht=[1, 2, 3])
+    with pytest.raises(ValueError, match=r"build_detector: unknown key 'neck.widht'"):
+        tiny_detector(neck={"widht": [1, 2, 3]})
+    with pytest.raises(ValueError, match="unknown key 'neck_channels'"):  # the flat spelling is gone from the API
+        build_detector("test_byobnet", neck_channels=[32, 48, 64])
 
 
-def test_flat_options_map_onto_the_part_configs(tiny):
-    cfg = DetectorConfig.from_kwargs(reg_max=8, act_layer="relu", static_assigner_epochs=2, score_thresh=0.3)
-    assert (cfg.head.reg_max, cfg.neck.act_layer, cfg.head.act_layer) == (8, "relu", "relu")
+def test_nested_sections_and_a_config_build_the_same_detector(tiny):
+    cfg = DetectorConfig.from_dict({"head": {"reg_max": 8, "act_layer": "relu"}, "post": {"score_thresh": 0.3},
+                                    "loss": {"assigner": {"static_epochs": 2}}})
+    assert (cfg.head.reg_max, cfg.head.act_layer, cfg.neck.act_layer) == (8, "relu", "silu")
     assert (cfg.loss.assigner.static_epochs, cfg.post.score_thresh) == (2, 0.3)
-    assert DetectorConfig.from_kwargs(**cfg.flat()) == cfg and list(cfg.flat()) == list(FLAT_KEYS)
+    assert DetectorConfig.from_dict(dataclasses.asdict(cfg)) == cfg
+    by_cfg = build_detector(cfg=cfg, num_classes=3, backbone="test_byobnet", neck={"channels": [32, 48, 64]})
+    by_sections = tiny_detector(head={"reg_max": 8, "act_layer": "relu"}, post={"score_thresh": 0.3},
+                                loss={"assigner": {"static_epochs": 2}})
+    assert by_cfg.cfg == by_sections.cfg and by_cfg.cfg.backbone.name == "test_byobnet"
     # The defaults the parts get on their own are the ones build_detector users get (stated once).
-    assert DetectionLoss(3).cfg == DetectorConfig().loss and DetectionLoss(3).cfg.assigner.static_epochs == 4
-    # A flat name on model.cfg reads and writes the part's field: eval post-processing follows it.
-    old, tiny.cfg.max_det = tiny.cfg.max_det, 1
+    assert DetectionLoss(3).cfg == DetectorConfig().loss
+    # model.cfg.post is live: eval post-processing follows it.
+    old, tiny.cfg.post.max_det = tiny.cfg.post.max_det, 1
     try:
-        assert tiny.cfg.post.max_det == 1 and "max_det" not in vars(tiny.cfg)
         with torch.no_grad():
             assert all(len(d["scores"]) <= 1 for d in tiny.eval()(torch.rand(2, 3, 64, 64)))
     finally:
-        tiny.cfg.max_det = old
+        tiny.cfg.post.max_det = old
 
 
 def test_select_feature_levels():
@@ -143,7 +157,7 @@ def test_select_feature_levels():
 
 
 def test_resnet18_backbone_normalisation_from_pretrained_cfg():
-    model = build_detector("resnet18", num_classes=2, neck_channels=[32, 32, 32], neck_depth=1)
+    model = build_detector("resnet18", num_classes=2, neck={"channels": [32, 32, 32], "depth": 1})
     assert model.backbone.feature_info.reduction() == [8, 16, 32]
     mean = timm.create_model("resnet18").pretrained_cfg["mean"]
     torch.testing.assert_close(model.pixel_mean.flatten(), torch.tensor(mean))
@@ -151,11 +165,11 @@ def test_resnet18_backbone_normalisation_from_pretrained_cfg():
 
 
 def test_freeze_bn_and_freeze_stages():
-    model = build_detector(**TINY, freeze_bn=True)
+    model = tiny_detector(backbone={"freeze_bn": True})
     assert any(isinstance(m, FrozenBatchNormAct2d) for m in model.backbone.modules())
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.backbone.modules())
     # freeze_stages=2: the stem (level 0) and stages.0 (level 1) of test_byobnet.
-    model = build_detector(**TINY, freeze_stages=2)
+    model = tiny_detector(backbone={"freeze_stages": 2})
     frozen = {n.split(".")[0] for n, p in model.backbone.named_parameters() if not p.requires_grad}
     trainable = {n.split(".")[0] for n, p in model.backbone.named_parameters() if p.requires_grad}
     assert frozen == {"stem", "stages_0"} and "stages_1" in trainable
@@ -166,7 +180,7 @@ def test_freeze_bn_and_freeze_stages():
 
 
 def test_sync_bn_uses_timm_converter_and_keeps_activation():
-    model = build_detector(**TINY, sync_bn=True)
+    model = tiny_detector(sync_bn=True)
     assert not any(type(m) is torch.nn.BatchNorm2d for m in model.modules())
     # The head's conv-norm-acts end in SiLU inside the norm: timm's converter keeps it (torch's would drop it).
     norm = model.head.cls_branches[0][0].bn
@@ -188,7 +202,7 @@ def _trained_like(model):
 
 
 def test_fold_matches_unfolded_and_reparameterize_model():
-    model = _trained_like(build_detector(**TINY, neck_shortcut=True))
+    model = _trained_like(tiny_detector(neck={"shortcut": True}))
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         ref = model.forward_raw(x)
@@ -216,7 +230,7 @@ def test_trace_raw_predictions():
 
 @pytest.mark.parametrize("backbone", ["cspwrc_n", "cs3darknet_s", "resnet18"])
 def test_any_timm_backbone_trains_and_cspwrc_folds(backbone):
-    model = build_detector(backbone, num_classes=3, neck_channels=[32, 32, 32], neck_depth=1)
+    model = build_detector(backbone, num_classes=3, neck={"channels": [32, 32, 32], "depth": 1})
     assert model.backbone.feature_info.reduction() == [8, 16, 32]
     losses = model.train()(torch.rand(2, 3, 64, 64), _targets())
     assert torch.isfinite(losses["loss"])
@@ -236,6 +250,7 @@ def test_pretrained_backbone_from_local_file(tmp_path):
     source = timm.create_model("test_byobnet")
     path = tmp_path / "test_byobnet.pth"
     torch.save(source.state_dict(), path)
-    model = build_detector(**TINY, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    model = tiny_detector(backbone={"pretrained": True, "pretrained_cfg_overlay": {"file": str(path)}})
     torch.testing.assert_close(model.backbone.stem.conv.weight, source.stem.conv.weight)
-    assert model.config["pretrained"] is False and model.config["pretrained_cfg_overlay"] is None
+    saved = model.config["backbone"]
+    assert saved["pretrained"] is False and saved["pretrained_cfg_overlay"] is None

@@ -39,7 +39,8 @@ def test_tiny_detector_overfits_and_finds_the_boxes():
     torch.manual_seed(0)
     images, targets = synthetic_batch()
     model = build_detector(
-        "test_byobnet", num_classes=3, neck_channels=[32, 64, 64], static_assigner_epochs=1, score_thresh=0.25
+        "test_byobnet", num_classes=3, neck={"channels": [32, 64, 64]}, loss={"assigner": {"static_epochs": 1}},
+        post={"score_thresh": 0.25},
     )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     model.train()

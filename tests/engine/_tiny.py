@@ -10,7 +10,8 @@ from cspwrc.engine.config import RunConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 # The smallest cspwrc backbone with a thin neck keeps each step well under a second at 64 px.
-MODEL = {"name": "cspwrc_n", "options": {"neck_channels": [16, 32, 64], "static_assigner_epochs": 1}}
+MODEL = {"backbone": {"name": "cspwrc_n"}, "neck": {"channels": [16, 32, 64]},
+         "loss": {"assigner": {"static_epochs": 1}}}
 
 
 def tiny_data(root: Path) -> Path:
@@ -29,7 +30,7 @@ def tiny_config(data: Path, out: Path, **train: Any) -> RunConfig:
 
 def cli_args(data: Path, out: Path, epochs: int = 2) -> list[str]:
     """The same tiny run as command-line flags for tools/train_det.py."""
-    return ["--model", MODEL["name"], "--set", "model.options.neck_channels=[16,32,64]",
-            "--set", "model.options.static_assigner_epochs=1", "--data", str(data), "--workers", "0",
+    return ["--model", MODEL["backbone"]["name"], "--set", "model.neck.channels=[16,32,64]",
+            "--set", "model.loss.assigner.static_epochs=1", "--data", str(data), "--workers", "0",
             "--set", "schedule.warmup_epochs=0.5", "--set", "ema.decay=0.9", "--epochs", str(epochs),
             "--batch", "8", "--img", "64", "--set", "train.close_mosaic=1", "--out", str(out), "--no-progress"]

@@ -138,8 +138,12 @@ def test_backbone_only_file_initialises_detector_backbone(tmp_path):
 def test_load_detector_needs_cspwrc_metadata(tmp_path):
     path = tmp_path / "plain.safetensors"
     ck.save_weights(path, _weights(), {"model": "cspwrc_n"})
-    with pytest.raises(CheckpointError, match="missing 'num_classes'"):
+    with pytest.raises(CheckpointError, match="or 'num_classes' in the 'cspwrc' metadata"):
         ck.load_detector(path)
+    ck.save_weights(path, _weights(), {"model": {"backbone": {"name": "cspwrc_n"}, "bogus": 1}, "num_classes": 2})
+    with pytest.raises(CheckpointError, match="cannot build the detector.*unknown key 'bogus'"):
+        ck.load_detector(path)
+    # An old file's flat options go through the one translation: an unknown one is named the same way.
     ck.save_weights(path, _weights(), {"model": "cspwrc_n", "num_classes": 2, "options": {"bogus_option": 1}})
     with pytest.raises(CheckpointError, match="cannot build the detector.*bogus_option"):
         ck.load_detector(path)

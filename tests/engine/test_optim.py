@@ -12,7 +12,7 @@ from cspwrc.layers.wrc import WeightedResidual
 
 
 def test_param_groups_on_a_real_detector():
-    model = build_detector(backbone="cspwrc_n", num_classes=3, backbone_kwargs={"wrc_weights": "channel"})
+    model = build_detector({"name": "cspwrc_n", "kwargs": {"wrc_weights": "channel"}}, num_classes=3)
     groups = {g["group"]: g for g in param_groups(model, 0.05)}
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = [names[id(p)] for p in groups["decay"]["params"]]

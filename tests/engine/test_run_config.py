@@ -8,7 +8,6 @@ import pytest
 from cspwrc.engine.config import (
     ConfigError,
     add_cli_arguments,
-    check_kwargs,
     cli_overrides,
     from_dict,
     load_config,
@@ -25,7 +24,8 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_defaults_and_yaml_values(tmp_path):
-    cfg = load_config(_write(tmp_path, "model:\n  name: resnet18\ntrain:\n  epochs: 3\n  img: 320\noptim:\n  lr: 1\n"))
+    cfg = load_config(_write(tmp_path, "model:\n  backbone: {name: resnet18}\ntrain:\n  epochs: 3\n  img: 320\n"
+                                       "optim:\n  lr: 1\n"))
     assert cfg.train.epochs == 3 and cfg.train.img == 320
     assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)  # int accepted where float expected
     assert cfg.train.batch == 16  # untouched default
@@ -50,7 +50,9 @@ def test_unknown_section_suggests(tmp_path):
     ("train:\n  epochs: 2.5\n", "train.epochs: expected int"),
     ("optim:\n  opt: adam\n", "optim.opt: 'adam' is not one of"),
     ("ema: 3\n", "expected a mapping"),
-    ("model:\n  options: [1, 2]\n", "model.options: expected a mapping"),
+    ("model:\n  options: [1, 2]\n", "model.options: expected a mapping"),  # an old section, wrongly shaped
+    ("model:\n  head: [1, 2]\n", "model.head: expected a mapping"),
+    ("model:\n  head: {reg_max: 8.5}\n", "model.head.reg_max: expected int"),
 ])
 def test_wrong_types_are_fatal(tmp_path, text, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("(", r"\(").replace("[", r"\[")):
@@ -67,28 +69,39 @@ def test_malformed_yaml_and_unsafe_tags(tmp_path):
 
 def test_img_multiple_of_32_and_model_name(tmp_path):
     with pytest.raises(ConfigError, match="multiple of 32"):
-        load_config(None, {"model": {"name": "resnet18"}, "train": {"img": 100}})
-    with pytest.raises(ConfigError, match="close matches: .*resnet18"):
-        load_config(None, {"model": {"name": "resnet1"}})
+        load_config(None, {"model": {"backbone": {"name": "resnet18"}}, "train": {"img": 100}})
+    with pytest.raises(ConfigError, match="model.backbone.name: unknown model 'resnet1'; close matches: .*resnet18"):
+        load_config(None, {"model": {"backbone": {"name": "resnet1"}}})
 
 
 def test_cli_overrides_and_set():
     parser = argparse.ArgumentParser()
     add_cli_arguments(parser)
     args = parser.parse_args(["--epochs", "4", "--model", "resnet18", "--set", "optim.lr=0.01",
-                              "--set", "ema.enabled=false", "--set", "model.options.reg_max=8"])
+                              "--set", "ema.enabled=false", "--set", "model.head.reg_max=8",
+                              "--set", "model.backbone.kwargs.wrc_normalize=softmax"])
     cfg = load_config(ROOT / "configs" / "det" / "default.yaml", cli_overrides(args))
-    assert cfg.train.epochs == 4 and cfg.model.name == "resnet18"
-    assert cfg.optim.lr == 0.01 and cfg.ema.enabled is False and cfg.model.options["reg_max"] == 8
+    assert cfg.train.epochs == 4 and cfg.model.backbone.name == "resnet18"
+    assert cfg.optim.lr == 0.01 and cfg.ema.enabled is False and cfg.model.head.reg_max == 8
+    assert cfg.model.backbone.kwargs["wrc_normalize"] == "softmax"  # --set goes into an open mapping key by key
     with pytest.raises(ConfigError, match="command line: unknown key 'optim.lrr'"):
         load_config(None, cli_overrides(parser.parse_args(["--model", "resnet18", "--set", "optim.lrr=1"])))
 
 
+def test_flags_override_only_when_given():
+    """Every flag defaults to None: a recipe's value (or the real recipe's default) stands unless the flag is given."""
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    args = parser.parse_args([])
+    assert all(v in (None, []) for v in vars(args).values()) and cli_overrides(args) == {}
+    assert load_config(ROOT / "configs" / "det" / "default.yaml", cli_overrides(args)).train.img == 192
+
+
 def test_default_recipe_is_valid():
     cfg = load_config(ROOT / "configs" / "det" / "default.yaml")
-    assert cfg.model.name == "cspwrc_s" and cfg.train.img % 32 == 0 and cfg.optim.opt == "adamw"
+    assert cfg.model.backbone.name == "cspwrc_s" and cfg.train.img % 32 == 0 and cfg.optim.opt == "adamw"
     with pytest.raises(ConfigError, match="close matches: .*cspwrc_s"):
-        load_config(None, {"model": {"name": "cspwrc_ss"}})
+        load_config(None, {"model": {"backbone": {"name": "cspwrc_ss"}}})
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "det").glob("*.yaml")), ids=lambda p: p.name)
@@ -98,19 +111,8 @@ def test_shipped_recipes_load(path):
 
 
 def test_round_trip():
-    cfg = load_config(None, {"model": {"name": "resnet18"}, "train": {"epochs": 7}})
+    cfg = load_config(None, {"model": {"backbone": {"name": "resnet18"}}, "train": {"epochs": 7}})
     assert from_dict(to_dict(cfg)) == cfg
-
-
-def test_check_kwargs_suggests_parameter():
-    def build(backbone: str, num_classes: int, reg_max: int = 16, static_assigner_epochs: int = 0):
-        return None
-
-    check_kwargs(build, {"reg_max": 8}, "model.options", skip=("backbone", "num_classes"))
-    with pytest.raises(ConfigError, match="did you mean 'reg_max'"):
-        check_kwargs(build, {"regmax": 8}, "model.options", skip=("backbone", "num_classes"))
-    with pytest.raises(ConfigError, match="set by the engine"):
-        check_kwargs(build, {"num_classes": 3}, "model.options", skip=("backbone", "num_classes"))
 
 
 def test_gpu_keys_accept_their_values_and_old_configs_still_load():

@@ -129,7 +129,7 @@ def test_resume_with_another_model_or_class_count_is_exit_2(one_epoch_run: Path,
     assert "number of classes: saved 5, now 2" in capsys.readouterr().err
 
     # Other detector options: same name and classes, other shapes -> one line, not hundreds of size mismatches.
-    assert train.main(["--resume", str(run), "--set", "model.options.neck_channels=[32,64,128]",
+    assert train.main(["--resume", str(run), "--set", "model.neck.channels=[32,64,128]",
                        "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "the saved weights do not fit this model" in err and len(err.splitlines()) == 1
@@ -219,7 +219,7 @@ def test_val_image_breaking_after_the_check_is_substituted_and_counted(data: Pat
                             progress=False)
     broken = dataset.report.images[dataset.ids[0]]
     broken.path.write_bytes(b"\xff\xd8 broken after the check")
-    model = build_detector(backbone="cspwrc_n", num_classes=dataset.num_classes, neck_channels=[16, 32, 64]).eval()
+    model = build_detector(backbone="cspwrc_n", num_classes=dataset.num_classes, neck={"channels": [16, 32, 64]}).eval()
     loader = build_loader(dataset, 4, train=False)
     with caplog.at_level(logging.WARNING, logger="cspwrc.data"):
         result = evaluate(model, loader, dataset.coco_gt(), dataset.label_to_category_id, torch.device("cpu"),

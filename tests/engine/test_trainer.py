@@ -44,7 +44,8 @@ def test_run_writes_everything(full_run):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["epochs"] == 2 and len(saved["stats"]) == 12 and "read_failures" in saved["skips"]
     _, meta = ck.read_weights(out / "last.safetensors")
-    assert meta["model"] == "cspwrc_n" and meta["num_classes"] == 5 and meta["img"] == 64
+    assert meta["model"]["backbone"]["name"] == "cspwrc_n" and meta["num_classes"] == 5 and meta["img"] == 64
+    assert meta["model"]["neck"]["channels"] == [16, 32, 64] and "options" not in meta
     assert meta["category_ids"] == [1, 2, 3, 4, 5] and meta["class_names"][0] == "circle"
     assert math.isfinite(metrics["map"])
 

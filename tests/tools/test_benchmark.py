@@ -150,8 +150,8 @@ def test_peak_and_percentiles() -> None:
 def test_train_step_ab_smoke() -> None:
     """Both WRC settings build, step (loss finite, weights move) and are timed round-robin; no speed claim."""
     settings = tb.TrainBenchSettings(backbone="resnet18", img=64, batch=2, num_classes=3)
-    assert tb.detector_kwargs("cspwrc_s", "none")["backbone_kwargs"] == {"wrc_weights": "none"}
-    assert "backbone_kwargs" not in tb.detector_kwargs("resnet18", "none")  # timm peers: neck A/B only
+    assert tb.detector_kwargs("cspwrc_s", "none")["backbone"] == {"name": "cspwrc_s", "kwargs": {"wrc_weights": "none"}}
+    assert tb.detector_kwargs("resnet18", "none")["backbone"] == {"name": "resnet18"}  # timm peers: neck A/B only
     steps = [tb.make_step(settings, w) for w in tb.WRC_SETTINGS]
     times = timing.round_robin_times(steps, iters=1, max_seconds=60, min_iters=1)
     assert len(times) == 2 and all(len(t) == 1 and t[0] > 0 for t in times)

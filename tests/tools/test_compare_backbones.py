@@ -137,6 +137,6 @@ def test_runs_train_through_the_cli(tmp_path, monkeypatch):
     (tmp_path / "cspwrc_s_wrc_weights-none_seed1").mkdir()
     row = compare.run_variant(compare.PLAIN, 1, tmp_path, ["--epochs", "2"], retrain=False)
     (cmd,) = commands
-    assert cmd[1:4] == ["-m", "cspwrc.cli", "train"] and cmd[-2:] == ["--set", 'model.options.backbone_kwargs='
+    assert cmd[1:4] == ["-m", "cspwrc.cli", "train"] and cmd[-2:] == ["--set", 'model.backbone.kwargs='
                                                                       '{"wrc_weights": "none"}']
     assert row["map"] == 0.5 and (tmp_path / "cspwrc_s_wrc_weights-none_seed1" / "cpu_time.json").is_file()

@@ -34,10 +34,9 @@ def _tool(name: str) -> ModuleType:
 
 def _checkpoint(folder: Path, category_ids: list[int], names: list[str], img: int = 64) -> Path:
     """An untrained tiny detector saved exactly as the trainer saves it (the tools only need the file)."""
-    model = build_detector(backbone="test_resnet", num_classes=len(category_ids), neck_channels=[16, 32, 64])
-    options = {k: v for k, v in model.config.items() if k not in ("backbone", "num_classes")}
-    meta = {"model": "test_resnet", "num_classes": len(category_ids), "class_names": names,
-            "category_ids": category_ids, "img": img, "options": options}
+    model = build_detector("test_resnet", num_classes=len(category_ids), neck={"channels": [16, 32, 64]})
+    meta = {"model": model.config, "num_classes": len(category_ids), "class_names": names,
+            "category_ids": category_ids, "img": img}
     return save_checkpoint(folder, "tiny", model.state_dict(), meta, state=None)
 
 

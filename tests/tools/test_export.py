@@ -33,7 +33,7 @@ def detector() -> torch.nn.Module:
     """A tiny detector with random BN statistics and WRC weights (relu-normalised) so that folding is non-trivial."""
     torch.manual_seed(0)
     wrc = {"wrc_weights": "channel", "wrc_normalize": "relu"}
-    model = build_detector(BACKBONE, num_classes=3, backbone_kwargs=wrc, neck_shortcut=True)
+    model = build_detector({"name": BACKBONE, "kwargs": wrc}, num_classes=3, neck={"shortcut": True})
     return randomize_norm_and_wrc_(model).eval()
 
 
@@ -65,7 +65,7 @@ def test_onnx_parity_dynamic_batch_and_postprocess(detector: torch.nn.Module, tm
     # What the caller does after the exported model reproduces the PyTorch eval output (incl. NMS).
     with torch.no_grad():
         expected = detector(images)
-    cfg = detector.cfg
+    cfg = detector.cfg.post
     actual = postprocess_numpy(raw, cfg.score_thresh, cfg.nms_iou, cfg.max_det, cfg.pre_nms_topk, (IMG, IMG))
     for act, exp in zip(actual, expected):
         np.testing.assert_array_equal(act["labels"], exp["labels"].numpy())

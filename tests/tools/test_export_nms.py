@@ -70,12 +70,12 @@ def test_nms_graph_matches_the_detector_on_real_images(tmp_path):
     # session-4 cspwrc_n layout. Today's cspwrc_n gives many identical image-sized boxes with scores 1e-7 apart, which
     # onnxruntime and PyTorch may cut differently.
     old_n = {"stem_chs": [8, 16], "depths": [1, 1, 2, 1], "down_growth": False, "conv_init": "fan_out"}
-    detector = randomize_norm_and_wrc_(build_detector("cspwrc_n", num_classes=80, backbone_kwargs=old_n)).eval()
+    detector = randomize_norm_and_wrc_(build_detector({"name": "cspwrc_n", "kwargs": old_n}, 80)).eval()
     with torch.no_grad():  # untrained heads score every point alike (the prior): spread them, ties are arbitrary
         for branch in (*detector.head.cls_branches, *detector.head.box_branches):
             nn.init.normal_(branch[-1].weight, std=0.3)
             branch[-1].bias.normal_(-2.0, 1.0)
-    cfg = detector.cfg
+    cfg = detector.cfg.post
     e2e = EndToEnd(deploy_model(detector), 128, cfg.score_thresh, cfg.nms_iou, cfg.max_det, cfg.pre_nms_topk)
     got = run_onnx_nms(export_onnx_nms(e2e, tmp_path / "e2e.onnx", 128), images)
     with torch.no_grad():

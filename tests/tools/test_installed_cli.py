@@ -70,7 +70,7 @@ def test_built_wheel_runs_without_the_checkout(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     probe = _run([sys.executable, "-c", "import cspwrc.cli.train as t; print(t.default_recipe(t.parse_args([]))); "
-                  "print(t.load_config(t.resolve_config('real')).model.name)"], elsewhere, site)
+                  "print(t.load_config(t.resolve_config('real')).model.backbone.name)"], elsewhere, site)
     assert probe.returncode == 0, probe.stderr[-2000:]
     recipe, model = probe.stdout.split()
     assert Path(recipe).is_relative_to(site) and model == "cspwrc_s"

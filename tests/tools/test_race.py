@@ -165,10 +165,9 @@ def test_latency_done_needs_both_runtimes_or_the_reason():
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    model = build_detector("cspwrc_n", num_classes=2, neck_channels=[16, 32, 64])
+    model = build_detector("cspwrc_n", num_classes=2, neck={"channels": [16, 32, 64]})
     path = tmp_path_factory.mktemp("race_weights") / "last.safetensors"
-    options = {k: v for k, v in model.config.items() if k not in ("backbone", "num_classes")}
-    save_weights(path, model.state_dict(), {"model": "cspwrc_n", "num_classes": 2, "options": options})
+    save_weights(path, model.state_dict(), {"model": model.config, "num_classes": 2})
     return path
 
 

@@ -31,10 +31,9 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained tiny detector saved as the trainer saves it."""
-    model = build_detector(backbone="test_resnet", num_classes=5, neck_channels=[16, 32, 64])
-    options = {k: v for k, v in model.config.items() if k not in ("backbone", "num_classes")}
-    meta = {"model": "test_resnet", "num_classes": 5, "class_names": list("abcde"), "category_ids": [1, 2, 3, 4, 5],
-            "img": 64, "options": options}
+    model = build_detector("test_resnet", num_classes=5, neck={"channels": [16, 32, 64]})
+    meta = {"model": model.config, "num_classes": 5, "class_names": list("abcde"), "category_ids": [1, 2, 3, 4, 5],
+            "img": 64}
     return save_checkpoint(tmp_path_factory.mktemp("ckpt"), "tiny", model.state_dict(), meta, state=None)
 
 

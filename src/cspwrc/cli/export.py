@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 def _export_nms(args: argparse.Namespace, detector: torch.nn.Module, meta: dict, module: torch.nn.Module,
                 img: int) -> int:
     """``--nms``: the end-to-end ONNX graph, checked against the PyTorch post-processing on random images."""
-    cfg = detector.cfg
+    cfg = detector.cfg.post
     e2e = EndToEnd(module, img, cfg.score_thresh if args.conf is None else args.conf,
                    cfg.nms_iou if args.iou is None else args.iou,
                    cfg.max_det if args.max_det is None else args.max_det, cfg.pre_nms_topk)

@@ -224,8 +224,8 @@ def run(args: argparse.Namespace) -> int:
     if img % 32:
         raise InputError(f"--img {img} is not a multiple of 32")
     if args.iou is not None:
-        model.cfg.nms_iou = args.iou
-    model.cfg.max_det = max(model.cfg.max_det, args.max_det)
+        model.cfg.post.nms_iou = args.iou
+    model.cfg.post.max_det = max(model.cfg.post.max_det, args.max_det)
     make_dir(out)  # --out naming a file is exit 2
     writer, skipped = Writer(out, args), 0
 

@@ -20,14 +20,14 @@ import torch
 import cspwrc  # noqa: F401  (registers the cspwrc_* models)
 from cspwrc.backbone import backbone_state_dict, format_wrc_table, plot_wrc_weights, wrc_weights
 from cspwrc.cli import add_debug_flag, guarded
-from cspwrc.engine.checkpoint import CheckpointError
+from cspwrc.engine.checkpoint import CheckpointError, backbone_section
 from cspwrc.engine.config import ConfigError, check_model_name
 from cspwrc.weights import read_any_weights
 
 
 def model_kwargs(meta: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
-    """WRC options: command line first, then the detector metadata's ``options.backbone_kwargs``."""
-    saved = (meta.get("options") or {}).get("backbone_kwargs") or {}
+    """WRC options: command line first, then the detector metadata's ``model.backbone.kwargs``."""
+    saved = backbone_section(meta).get("kwargs") or {}
     kwargs = {k: saved[k] for k in ("wrc_weights", "wrc_normalize") if k in saved}
     for key in ("wrc_weights", "wrc_normalize"):
         if getattr(args, key) is not None:
@@ -40,7 +40,7 @@ def build(args: argparse.Namespace) -> torch.nn.Module:
     state: Optional[Dict[str, torch.Tensor]] = None
     if args.weights:
         state, meta = read_any_weights(args.weights)
-    name = args.model or meta.get("model")
+    name = args.model or backbone_section(meta).get("name")
     if not name:
         raise ConfigError("--model is needed (the checkpoint has no cspwrc metadata naming it)")
     check_model_name(name)

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from cspwrc import validate
 from cspwrc.atomic import WriteError, write_json
-from cspwrc.errors import InputError, shorten
+from cspwrc.errors import DataError, SampleReadError, shorten  # re-exported: their old home
 
 log = logging.getLogger("cspwrc.data")
 
@@ -55,19 +55,6 @@ _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90/270 degrees
 _IMAGE_FIELDS: dict[str, type | tuple[type, ...]] = {"id": int, "file_name": str, "width": int, "height": int}
 _ANN_FIELDS: dict[str, type | tuple[type, ...]] = {"id": int, "image_id": int, "category_id": int, "bbox": list}
 _CAT_FIELDS: dict[str, type | tuple[type, ...]] = {"id": int, "name": str}
-
-
-class DataError(InputError, ValueError):
-    """A fatal data or config problem: stops before training, names file, record and fault."""
-
-    def __init__(self, file: str | os.PathLike[str], record: str, fault: str) -> None:
-        self.file, self.record, self.fault = str(file), record, fault
-        # Names in the message are shortened: a hostile 100,000-character file_name must not flood the log.
-        super().__init__(f"{shorten(self.file)}: {shorten(record)}: {shorten(fault, 600)}")
-
-
-class SampleReadError(OSError):
-    """A per-sample problem found when reading an image (missing, corrupt, unreadable ...)."""
 
 
 def read_error_message(err: SampleReadError) -> str:

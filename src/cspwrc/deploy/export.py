@@ -48,7 +48,7 @@ def load_for_export(weights: str | Path | None = None, model: str | None = None,
     if model is None:
         raise ValueError("give a checkpoint (weights) or a model name")
     detector = build_detector(backbone=model, num_classes=num_classes).eval()
-    return detector, {"model": model, "num_classes": num_classes}
+    return detector, {"model": detector.config, "num_classes": num_classes}
 
 
 def _quiet_tracing() -> None:
@@ -276,7 +276,8 @@ def check_export_nms(module: EndToEnd, path: str | Path, images: torch.Tensor) -
 def onnx_metadata(meta: dict[str, Any], img: int, stride: int, nms: EndToEnd | None = None) -> dict[str, str]:
     """What a runtime needs to use the file without cspwrc: class names, input size and convention, outputs.
 
-    Values are strings (ONNX ``metadata_props``); lists and dicts are JSON. ``meta`` is a checkpoint's metadata.
+    Values are strings (ONNX ``metadata_props``); lists and dicts are JSON. ``meta`` is a checkpoint's metadata as
+    :func:`load_for_export` returns it (``meta["model"]`` the detector's nested config).
     """
     num_classes = int(meta["num_classes"])
     names = meta.get("class_names") or [str(i) for i in range(num_classes)]
@@ -284,7 +285,7 @@ def onnx_metadata(meta: dict[str, Any], img: int, stride: int, nms: EndToEnd | N
                "batch_index int64 [K]; at most max_det per image" if nms else
                f"raw float32 [B, A, 4 + {num_classes}]: xyxy input pixels, then class probabilities (no NMS)")
     return {
-        "producer": "cspwrc", "cspwrc_version": cspwrc_version, "model": str(meta.get("model", "")),
+        "producer": "cspwrc", "cspwrc_version": cspwrc_version, "model": str(meta["model"]["backbone"]["name"]),
         "names": json.dumps(list(names)),
         "category_ids": json.dumps([int(c) for c in meta.get("category_ids", range(num_classes))]),
         "imgsz": json.dumps([img, img]), "stride": str(stride),

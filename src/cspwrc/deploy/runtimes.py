@@ -34,7 +34,7 @@ def static_part(model: nn.Module) -> nn.Module:
 
 def with_eager_nms(raw_fn: Callable[[torch.Tensor], torch.Tensor], detector: nn.Module) -> Fn:
     """Detections from a converted ``forward_raw`` (``[B, A, 4 + C]``) with the detector's own eager NMS."""
-    cfg = detector.cfg
+    cfg = detector.cfg.post
 
     def run(x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         return postprocess(raw_fn(x), cfg.score_thresh, cfg.nms_iou, cfg.max_det, cfg.pre_nms_topk, tuple(x.shape[-2:]))

@@ -2,9 +2,9 @@
 
 Two assigners with one output type (:class:`Assignment`):
 
-* :class:`AtssAssigner` – static (prediction independent) ATSS, used for the first ``static_assigner_epochs``
-  epochs. A freshly initialised detector predicts noise, and on a tiny data set a prediction-dependent
-  assigner would keep reinforcing its own early mistakes; ATSS only looks at geometry.
+* :class:`AtssAssigner` – static (prediction independent) ATSS, used for the first
+  :attr:`AssignerCfg.static_epochs` epochs. A freshly initialised detector predicts noise, and on a tiny data set a
+  prediction-dependent assigner would keep reinforcing its own early mistakes; ATSS only looks at geometry.
 * :class:`TaskAlignedAssigner` – TAL (TOOD, YOLOv8, PP-YOLOE): picks the points whose prediction is already
   good for the box (``score**alpha * IoU**beta``) and gives them soft, IoU-scaled class targets.
 
@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
+from cspwrc.validate import require
+
 __all__ = ["AssignerCfg", "Assignment", "AtssAssigner", "TaskAlignedAssigner", "points_in_boxes"]
 
 
@@ -40,12 +42,19 @@ class AssignerCfg:
             TAL uses. 0 keeps the strict "point inside the box" rule. The loss still regresses the true box.
     """
 
-    static_epochs: int = 4
+    static_epochs: int = 3  # ATSS while the boxes are still random, then TAL (the real and the demo recipe's)
     tal_topk: int = 10
     tal_alpha: float = 0.5
     tal_beta: float = 6.0
     atss_topk: int = 9
     min_box_side: float = 16.0
+
+    def __post_init__(self) -> None:
+        require(self.static_epochs >= 0, "static_epochs", ">= 0 (0: TAL from the first epoch)", self.static_epochs)
+        for key in ("tal_topk", "atss_topk"):
+            require(getattr(self, key) >= 1, key, ">= 1", getattr(self, key))
+        for key in ("tal_alpha", "tal_beta", "min_box_side"):
+            require(getattr(self, key) >= 0, key, ">= 0", getattr(self, key))
 
 
 class Assignment(NamedTuple):

@@ -5,19 +5,19 @@ Data flow: images ``[B, 3, H, W]`` in ``[0, 1]`` → normalise (backbone ``pretr
 :class:`~cspwrc.det.head.DecoupledHead` → decode (anchor points + DFL) →
 train: :class:`~cspwrc.det.loss.DetectionLoss`; eval: :func:`~cspwrc.det.postprocess.postprocess`.
 
-All options live in :class:`DetectorConfig`, one small config per part; :func:`build_detector` takes them as
-flat keyword arguments (:data:`FLAT_KEYS`), so a YAML ``model:`` section can be passed straight through, and
-``build_detector(**model.config)`` rebuilds the architecture of a trained model (then load its weights).
+All options live in :class:`DetectorConfig`, one small config per part, in one nested spelling everywhere:
+:func:`build_detector` takes the config or its sections as nested keyword arguments, so a YAML ``model:`` section
+passes straight through (``build_detector(**section, num_classes=n)``) and
+``build_detector(**model.config, num_classes=model.num_classes)`` rebuilds the architecture of a trained model (then
+load its weights).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import re
-import typing
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from cspwrc.backbone import CspWrcCfg
 from cspwrc.errors import ConfigError
 from cspwrc.layers import Foldable, fold_model
-from cspwrc.validate import Fault, check_value, unknown_key
+from cspwrc.validate import Fault, build_dataclass, check_value, merge, require
 from cspwrc.weights import feature_key
 
 from .head import DecoupledHead, HeadCfg, dfl_decode, make_anchor_points
@@ -38,8 +38,9 @@ from .neck import NeckCfg, YoloPan
 from .postprocess import PostprocessCfg, postprocess
 
 __all__ = [
-    "BackboneCfg", "DetectorConfig", "FLAT_KEYS", "YoloDetector", "RawPredictions", "build_detector",
-    "create_feature_backbone", "freeze_first_levels", "select_feature_levels", "supported_backbone_kwargs",
+    "BackboneCfg", "DetectorConfig", "YoloDetector", "RawPredictions", "build_detector",
+    "check_backbone", "create_feature_backbone", "freeze_first_levels", "select_feature_levels",
+    "supported_backbone_kwargs",
 ]
 
 LEVEL_REDUCTIONS = (8, 16, 32)
@@ -74,54 +75,9 @@ class BackboneCfg:
     freeze_bn: bool = False
     freeze_stages: int = 0
 
-
-# The flat keyword arguments of build_detector (also the keys of ``model.config`` and of a checkpoint's
-# ``options``) -> the field(s) of DetectorConfig they set. ``act_layer`` sets the neck's and the head's.
-FLAT_KEYS: dict[str, tuple[str, ...]] = {
-    "backbone": ("backbone.name",),
-    "num_classes": ("num_classes",),
-    "pretrained": ("backbone.pretrained",),
-    "pretrained_cfg_overlay": ("backbone.pretrained_cfg_overlay",),
-    "backbone_kwargs": ("backbone.kwargs",),
-    "freeze_bn": ("backbone.freeze_bn",),
-    "freeze_stages": ("backbone.freeze_stages",),
-    "sync_bn": ("sync_bn",),
-    "neck_channels": ("neck.channels",),
-    "neck_depth": ("neck.depth",),
-    "neck_shortcut": ("neck.shortcut",),
-    "neck_wrc_weights": ("neck.wrc_weights",),
-    "neck_wrc_normalize": ("neck.wrc_normalize",),
-    "sppf_kernel": ("neck.sppf_kernel",),
-    "act_layer": ("neck.act_layer", "head.act_layer"),
-    "reg_max": ("head.reg_max",),
-    "prior_prob": ("head.prior_prob",),
-    "cls_loss": ("loss.cls_loss",),
-    "iou_loss": ("loss.iou_loss",),
-    "cls_weight": ("loss.cls_weight",),
-    "box_weight": ("loss.box_weight",),
-    "dfl_weight": ("loss.dfl_weight",),
-    "static_assigner_epochs": ("loss.assigner.static_epochs",),
-    "tal_topk": ("loss.assigner.tal_topk",),
-    "tal_alpha": ("loss.assigner.tal_alpha",),
-    "tal_beta": ("loss.assigner.tal_beta",),
-    "atss_topk": ("loss.assigner.atss_topk",),
-    "min_box_side": ("loss.assigner.min_box_side",),
-    "score_thresh": ("post.score_thresh",),
-    "nms_iou": ("post.nms_iou",),
-    "max_det": ("post.max_det",),
-    "pre_nms_topk": ("post.pre_nms_topk",),
-}
-
-
-def _get_dotted(obj: Any, dotted: str) -> Any:
-    for name in filter(None, dotted.split(".")):
-        obj = getattr(obj, name)
-    return obj
-
-
-def _set_dotted(obj: Any, dotted: str, value: Any) -> None:
-    parent, _, name = dotted.rpartition(".")
-    setattr(_get_dotted(obj, parent), name, value)
+    def __post_init__(self) -> None:
+        require(bool(self.name), "name", "a timm model name", self.name)
+        require(self.freeze_stages >= 0, "freeze_stages", ">= 0 (0: nothing frozen)", self.freeze_stages)
 
 
 @dataclass
@@ -130,17 +86,14 @@ class DetectorConfig:
 
     Each default is stated once, in the part's config: :class:`BackboneCfg`, :class:`~cspwrc.det.neck.NeckCfg`,
     :class:`~cspwrc.det.head.HeadCfg`, :class:`~cspwrc.det.loss.LossCfg` (with
-    :class:`~cspwrc.det.assigner.AssignerCfg`) and :class:`~cspwrc.det.postprocess.PostprocessCfg`.
-
-    Users pass *flat* keyword arguments (``build_detector(reg_max=8, score_thresh=0.25)``; the table
-    :data:`FLAT_KEYS` maps each to its field); :meth:`from_kwargs` builds the nested config from them and
-    :meth:`flat` returns them (the form a YAML ``model.options`` section and a checkpoint's metadata hold).
-    A flat name also reads and writes on the config itself (``model.cfg.score_thresh = 0.25``): the
-    post-processing options may be changed on ``model.cfg`` at any time. ``sync_bn`` converts BatchNorm to
-    SyncBatchNorm with timm's converter (keeps timm's fused activations).
+    :class:`~cspwrc.det.assigner.AssignerCfg`) and :class:`~cspwrc.det.postprocess.PostprocessCfg`. The same nesting
+    is the YAML ``model:`` section of a run config, ``--set model.loss.assigner.static_epochs=2``, ``model.config``
+    and a checkpoint's ``model`` metadata (:meth:`from_dict` reads them all, ``dataclasses.asdict`` writes them).
+    ``post`` may be changed on a built model at any time (``model.cfg.post.score_thresh = 0.25``). ``sync_bn``
+    converts BatchNorm to SyncBatchNorm with timm's converter (keeps timm's fused activations). The class count is
+    not an option: it comes with the data (:class:`YoloDetector`'s ``num_classes``).
     """
 
-    num_classes: int = 80
     backbone: BackboneCfg = field(default_factory=BackboneCfg)
     neck: NeckCfg = field(default_factory=NeckCfg)
     head: HeadCfg = field(default_factory=HeadCfg)
@@ -149,66 +102,30 @@ class DetectorConfig:
     sync_bn: bool = False
 
     @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> DetectorConfig:
-        """The config with the given flat options (:data:`FLAT_KEYS`) set.
+    def from_dict(cls, data: Mapping[str, Any] | None, where: str = "detector config") -> DetectorConfig:
+        """The config a nested mapping describes (missing keys keep their defaults).
 
-        Checked with :mod:`cspwrc.validate` against the part configs' field types: an unknown key (with the
-        nearest valid one) or a wrong type is a :class:`~cspwrc.errors.ConfigError` (a ``ValueError``).
+        Built by :func:`cspwrc.validate.build_dataclass`: an unknown key (with the nearest valid one), a wrong type
+        or a value out of range is a :class:`~cspwrc.errors.ConfigError` (a ``ValueError``) naming ``where`` and the
+        dotted key.
         """
-        cfg = cls()
-        for key, value in kwargs.items():
-            if key not in FLAT_KEYS:
-                raise ConfigError(unknown_key(key, FLAT_KEYS, "detector option"))
-            parent_path, _, name = FLAT_KEYS[key][0].rpartition(".")
-            try:
-                value = check_value(value, typing.get_type_hints(type(_get_dotted(cfg, parent_path)))[name])
-            except Fault as fault:
-                raise ConfigError(f"detector option {key!r}: {fault}") from None
-            cfg.set_flat(key, value)
-        if cfg.neck.channels is not None and len(cfg.neck.channels) != 3:
-            raise ConfigError(f"detector option 'neck_channels': needs 3 values (P3, P4, P5), got {cfg.neck.channels}")
-        return cfg
-
-    @classmethod
-    def option_names(cls) -> list[str]:
-        """The flat keyword arguments :meth:`from_kwargs` accepts (what a config checker validates against)."""
-        return list(FLAT_KEYS)
-
-    def set_flat(self, key: str, value: Any) -> None:
-        """Set flat option ``key`` (a :data:`FLAT_KEYS` name) on the nested fields it stands for."""
-        for dotted in FLAT_KEYS[key]:
-            _set_dotted(self, dotted, value)
-
-    def flat(self) -> dict[str, Any]:
-        """All options as flat keyword arguments: ``DetectorConfig.from_kwargs(**cfg.flat())`` equals ``cfg``."""
-        return {key: copy.deepcopy(_get_dotted(self, paths[0])) for key, paths in FLAT_KEYS.items()}
-
-    def __getattr__(self, name: str) -> Any:
-        # Only called when normal lookup fails: flat names (``cfg.score_thresh``) read their nested field.
-        if name in FLAT_KEYS and name not in _FIELD_NAMES:
-            return _get_dotted(self, FLAT_KEYS[name][0])
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in FLAT_KEYS and name not in _FIELD_NAMES:
-            self.set_flat(name, value)
-        else:
-            super().__setattr__(name, value)
-
-
-_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(DetectorConfig))
+        try:
+            return build_dataclass(cls, data)
+        except Fault as fault:
+            raise ConfigError(f"{where}: {fault}") from None
 
 
 def select_feature_levels(
     reductions: Sequence[int], model_name: str = "backbone", wanted: Sequence[int] = LEVEL_REDUCTIONS
 ) -> list[int]:
     """Indices into a timm ``feature_info`` of the levels with the ``wanted`` reductions (the deepest one when
-    several levels share a reduction). Raises ``ValueError`` when a level is missing (e.g. plain ViTs)."""
+    several levels share a reduction). Raises :class:`~cspwrc.errors.ConfigError` (a ``ValueError``) when a level is
+    missing (e.g. plain ViTs)."""
     indices = []
     for r in wanted:
         matches = [i for i, red in enumerate(reductions) if red == r]
         if not matches:
-            raise ValueError(
+            raise ConfigError(
                 f"{model_name} has no feature level with reduction {r} (its reductions: {list(reductions)}); "
                 f"needed: {list(wanted)}"
             )
@@ -216,12 +133,12 @@ def select_feature_levels(
     return indices
 
 
-def _meta_probe(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+def _meta_probe(name: str, kwargs: dict[str, Any], note: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """A ``features_only`` model on the meta device (no memory, no weights) and the ``kwargs`` it accepted.
 
-    A cspwrc option the model does not take (``wrc_normalize`` for ``resnet18``) is dropped with a logged note, so
-    that the default recipe's ``backbone_kwargs`` never break another timm model. Any other unknown kwarg (a typo)
-    still raises the model's own ``TypeError``.
+    A cspwrc option the model does not take (``wrc_normalize`` for ``resnet18``) is dropped with a logged note (unless
+    ``note=False``), so that the default recipe's ``backbone.kwargs`` never break another timm model. Any other kwarg
+    the model refuses (a typo, a bad value) is a :class:`~cspwrc.errors.ConfigError` naming ``backbone.kwargs``.
     """
     kept = dict(kwargs)
     while True:
@@ -231,10 +148,29 @@ def _meta_probe(name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, dict[str,
         except TypeError as err:
             match = _UNEXPECTED_KWARG.search(str(err))
             if match is None or match.group(1) not in kept or match.group(1) not in CSPWRC_OPTIONS:
-                raise
+                raise ConfigError(f"backbone.kwargs: {name} refuses {kept}: {err}") from None
             del kept[match.group(1)]
-            log.warning("note: backbone %s does not take backbone_kwargs.%s=%r; dropped (it only applies to "
-                        "backbones that accept it, e.g. cspwrc_*)", name, match.group(1), kwargs[match.group(1)])
+            if note:
+                log.warning("note: backbone %s does not take model.backbone.kwargs.%s=%r; dropped (it only applies "
+                            "to backbones that accept it, e.g. cspwrc_*)", name, match.group(1), kwargs[match.group(1)])
+        except ValueError as err:  # e.g. a cspwrc option with a value its config refuses
+            raise ConfigError(f"backbone.kwargs: {name} refuses {kept}: {err}") from None
+
+
+def check_backbone(cfg: BackboneCfg) -> None:
+    """The backbone probe of a config (meta device: no memory, no weights, no download): the model takes
+    ``cfg.kwargs``, has the stride 8/16/32 levels and at least ``cfg.freeze_stages`` levels. A
+    :class:`~cspwrc.errors.ConfigError` names the key (``backbone.freeze_stages: ...``); the run config checks this
+    before any image is read."""
+    probe, _ = _meta_probe(cfg.name, cfg.kwargs, note=False)
+    reductions = probe.feature_info.reduction()
+    try:
+        select_feature_levels(reductions, cfg.name)
+    except ConfigError as err:
+        raise ConfigError(f"backbone.name: {err} (the detector's neck needs those strides)") from None
+    require(cfg.freeze_stages <= len(reductions), "backbone.freeze_stages",
+            f"at most {len(reductions)} ({cfg.name} has {len(reductions)} feature levels; 1 = the stem)",
+            cfg.freeze_stages)
 
 
 def supported_backbone_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -279,8 +215,7 @@ def freeze_first_levels(backbone: nn.Module, num_levels: int) -> None:
     if num_levels <= 0:
         return
     info = backbone.feature_info.info
-    if num_levels > len(info):
-        raise ValueError(f"freeze_stages={num_levels} but the backbone has only {len(info)} feature levels")
+    require(num_levels <= len(info), "freeze_stages", f"<= {len(info)}, the backbone's feature levels", num_levels)
     target = feature_key(info[num_levels - 1]["module"])
     frozen: list[str] = []
     found: str | None = None
@@ -295,7 +230,7 @@ def freeze_first_levels(backbone: nn.Module, num_levels: int) -> None:
         if found is None and feature_key(name) == target:
             found = name
     if found is None:
-        raise ValueError(f"freeze_stages: module {info[num_levels - 1]['module']!r} not found in the backbone")
+        raise ConfigError(f"freeze_stages: module {info[num_levels - 1]['module']!r} not found in the backbone")
     # Frozen BN keeps its running statistics fixed too (a BN in train mode would still update them).
     for name in frozen:
         parent_name, _, child = name.rpartition(".")
@@ -316,8 +251,15 @@ class YoloDetector(Foldable, nn.Module):
     ``images``: float ``[B, 3, H, W]`` in ``[0, 1]``, ``H`` and ``W`` multiples of 32.
     """
 
-    def __init__(self, cfg: DetectorConfig) -> None:
+    def __init__(self, cfg: DetectorConfig, num_classes: int = 80) -> None:
         super().__init__()
+        try:
+            num_classes = check_value(num_classes, int)
+        except Fault as fault:
+            raise ConfigError(f"num_classes: {fault}") from None
+        if num_classes < 1:
+            raise ConfigError(f"num_classes: must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
         # The saved config (``model.config``) keeps only the backbone options that were applied.
         cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(
             cfg.backbone, kwargs=supported_backbone_kwargs(cfg.backbone.name, cfg.backbone.kwargs)))
@@ -341,31 +283,27 @@ class YoloDetector(Foldable, nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.neck = YoloPan(backbone_channels, cfg.neck)
-        self.head = DecoupledHead(self.neck.out_channels, cfg.num_classes, strides=self.strides, cfg=cfg.head)
-        self.criterion = DetectionLoss(cfg.num_classes, reg_max=cfg.head.reg_max, cfg=cfg.loss)
+        self.head = DecoupledHead(self.neck.out_channels, num_classes, strides=self.strides, cfg=cfg.head)
+        self.criterion = DetectionLoss(num_classes, reg_max=cfg.head.reg_max, cfg=cfg.loss)
         if cfg.sync_bn:
             for name in ("backbone", "neck", "head"):
                 setattr(self, name, convert_sync_batchnorm(getattr(self, name)))
 
     @property
-    def num_classes(self) -> int:
-        return self.cfg.num_classes
-
-    @property
     def config(self) -> dict[str, Any]:
-        """JSON-serialisable options that rebuild this architecture: ``build_detector(**model.config)``.
+        """The :class:`DetectorConfig` as a JSON-serialisable nested dict (``dataclasses.asdict``) that rebuilds this
+        architecture: ``build_detector(**model.config, num_classes=model.num_classes)``.
 
-        Weight-loading and training-only options are reset (``pretrained=False``, no ``pretrained_cfg_overlay``,
-        ``sync_bn=False``): a checkpoint's weights are loaded after building, and the state dict keys do not
-        depend on them.
+        Weight-loading and training-only options are reset (``backbone.pretrained=False``, no
+        ``backbone.pretrained_cfg_overlay``, ``sync_bn=False``): a checkpoint's weights are loaded after building, and
+        the state dict keys do not depend on them.
         """
-        cfg = self.cfg.flat()
-        cfg.update(pretrained=False, pretrained_cfg_overlay=None, sync_bn=False)
-        return cfg
+        backbone = dataclasses.replace(self.cfg.backbone, pretrained=False, pretrained_cfg_overlay=None)
+        return dataclasses.asdict(dataclasses.replace(self.cfg, backbone=backbone, sync_bn=False))
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell the loss the current (0-based) epoch: ATSS while ``epoch < static_assigner_epochs``
-        (``cfg.loss.assigner.static_epochs``), then TAL."""
+        """Tell the loss the current (0-based) epoch: ATSS while ``epoch < cfg.loss.assigner.static_epochs``, then
+        TAL."""
         self.criterion.epoch = int(epoch)
 
     def forward_features(self, images: Tensor) -> list[Tensor]:
@@ -436,10 +374,29 @@ class RawPredictions(nn.Module):
         return self.detector.forward_raw(images)
 
 
-def build_detector(backbone: str = "cspwrc_s", num_classes: int = 80, **opts: Any) -> YoloDetector:
-    """Build a :class:`YoloDetector`; ``opts`` are the other flat options (:data:`FLAT_KEYS`, set into
-    :class:`DetectorConfig` by :meth:`DetectorConfig.from_kwargs`).
+def build_detector(
+    backbone: str | Mapping[str, Any] | BackboneCfg | None = None,
+    num_classes: int = 80,
+    *,
+    cfg: DetectorConfig | None = None,
+    **sections: Any,
+) -> YoloDetector:
+    """Build a :class:`YoloDetector` from a :class:`DetectorConfig` and/or its sections as nested keyword arguments.
 
-    Example: ``build_detector("cs3darknet_s", num_classes=3, pretrained=True, static_assigner_epochs=2)``.
+    ``backbone`` is the backbone's timm name (the common case) or its whole section; ``sections`` are the other
+    fields of :class:`DetectorConfig` (``neck``, ``head``, ``loss``, ``post`` as mappings or part configs,
+    ``sync_bn``), merged key by key over ``cfg`` (default: all defaults). Examples::
+
+        build_detector("cspwrc_s", num_classes=3)
+        build_detector({"name": "cspwrc_s", "kwargs": {"wrc_normalize": "relu"}}, num_classes=3)
+        build_detector("cspwrc_n", 3, head={"reg_max": 8}, loss={"assigner": {"static_epochs": 2}})
+        build_detector(cfg=DetectorConfig(neck=NeckCfg(channels=[64, 128, 256])), num_classes=3)
+        build_detector(**model.config, num_classes=model.num_classes)      # rebuild a trained architecture
+
+    A wrong key, type or value is a :class:`~cspwrc.errors.ConfigError` naming the dotted key.
     """
-    return YoloDetector(DetectorConfig.from_kwargs(backbone=backbone, num_classes=num_classes, **opts))
+    if backbone is not None:
+        sections["backbone"] = {"name": backbone} if isinstance(backbone, str) else backbone
+    over = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in sections.items()}
+    base = dataclasses.asdict(cfg) if cfg is not None else {}
+    return YoloDetector(DetectorConfig.from_dict(merge(base, over), "build_detector"), num_classes)

@@ -21,11 +21,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from timm.layers import get_act_layer, get_norm_layer
 from torch import Tensor, nn
 
 from cspwrc.layers import FoldableConvNormAct
+from cspwrc.validate import require
 
-__all__ = ["HeadCfg", "DecoupledHead", "make_anchor_points", "dfl_decode"]
+__all__ = ["HeadCfg", "DecoupledHead", "make_anchor_points", "dfl_decode", "check_layer_names"]
+
+
+def check_layer_names(act_layer: str, norm_layer: str) -> None:
+    """A typo in a timm layer name is a config error when the config is read, not a ``KeyError`` inside a build."""
+    for key, name, lookup, examples in (("act_layer", act_layer, get_act_layer, "silu, relu, gelu, ..."),
+                                        ("norm_layer", norm_layer, get_norm_layer, "batchnorm, groupnorm1, ...")):
+        try:
+            lookup(name)
+            known = True
+        except (KeyError, ValueError, TypeError):
+            known = False
+        require(known, key, f"a timm layer name ({examples})", name)
 
 
 @dataclass
@@ -47,6 +61,14 @@ class HeadCfg:
     box_channels: int | None = None
     act_layer: str = "silu"
     norm_layer: str = "batchnorm"
+
+    def __post_init__(self) -> None:
+        require(self.reg_max >= 2, "reg_max", ">= 2 (a distribution needs two bins)", self.reg_max)
+        require(0.0 < self.prior_prob < 1.0, "prior_prob", "in (0, 1)", self.prior_prob)
+        for key in ("cls_channels", "box_channels"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, key, ">= 1 (or null: YOLOv8's width)", value)
+        check_layer_names(self.act_layer, self.norm_layer)
 
 
 def make_anchor_points(
@@ -126,8 +148,6 @@ class DecoupledHead(nn.Module):
         reg_max, act_layer, norm_layer = cfg.reg_max, cfg.act_layer, cfg.norm_layer
         if len(in_channels) != len(strides):
             raise ValueError(f"in_channels {tuple(in_channels)} and strides {tuple(strides)} differ in length")
-        if reg_max < 2:
-            raise ValueError(f"reg_max must be >= 2 (a distribution needs two bins), got {reg_max}")
         self.num_classes = num_classes
         self.reg_max = reg_max
         self.strides = tuple(int(s) for s in strides)

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import complete_box_iou_loss, generalized_box_iou_loss
 
+from cspwrc.validate import require
+
 from .assigner import AssignerCfg, Assignment, AtssAssigner, TaskAlignedAssigner
 from .head import HeadCfg
 
@@ -89,6 +91,12 @@ class LossCfg:
     dfl_weight: float = 1.5
     assigner: AssignerCfg = field(default_factory=AssignerCfg)
 
+    def __post_init__(self) -> None:
+        require(self.cls_loss in ("bce", "varifocal"), "cls_loss", "'bce' or 'varifocal'", self.cls_loss)
+        require(self.iou_loss in ("ciou", "giou"), "iou_loss", "'ciou' or 'giou'", self.iou_loss)
+        for key in ("cls_weight", "box_weight", "dfl_weight"):
+            require(getattr(self, key) >= 0, key, ">= 0", getattr(self, key))
+
 
 class DetectionLoss(nn.Module):
     """Assign, then compute the weighted losses.
@@ -103,10 +111,6 @@ class DetectionLoss(nn.Module):
     def __init__(self, num_classes: int, reg_max: int = HeadCfg.reg_max, cfg: LossCfg | None = None) -> None:
         super().__init__()
         cfg = cfg or LossCfg()
-        if cfg.cls_loss not in ("bce", "varifocal"):
-            raise ValueError(f"cls_loss must be 'bce' or 'varifocal', got {cfg.cls_loss!r}")
-        if cfg.iou_loss not in ("ciou", "giou"):
-            raise ValueError(f"iou_loss must be 'ciou' or 'giou', got {cfg.iou_loss!r}")
         self.num_classes = num_classes
         self.reg_max = reg_max
         self.cfg = cfg

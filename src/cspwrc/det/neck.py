@@ -24,6 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cspwrc.layers import CspStage, FoldableConvNormAct, Sppf
+from cspwrc.layers.wrc import WRC_NORMALIZE, WRC_WEIGHTS
+from cspwrc.validate import require
+
+from .head import check_layer_names
 
 __all__ = ["NeckCfg", "YoloPan", "default_neck_channels", "default_neck_depth"]
 
@@ -49,6 +53,18 @@ class NeckCfg:
     sppf_kernel: int = 5
     act_layer: str = "silu"
     norm_layer: str = "batchnorm"
+
+    def __post_init__(self) -> None:
+        channels = self.channels
+        require(channels is None or (len(channels) == 3 and min(channels) >= 1), "channels",
+                "3 positive widths (P3, P4, P5) or null", channels)
+        require(self.depth is None or self.depth >= 1, "depth", ">= 1 (or null: from the P5 width)", self.depth)
+        require(self.wrc_weights in WRC_WEIGHTS, "wrc_weights", f"one of {', '.join(WRC_WEIGHTS)}", self.wrc_weights)
+        require(self.wrc_normalize in WRC_NORMALIZE, "wrc_normalize", f"one of {', '.join(WRC_NORMALIZE)}",
+                self.wrc_normalize)
+        # An even kernel would shift SPPF's "same" padding and change P5's size.
+        require(self.sppf_kernel >= 1 and self.sppf_kernel % 2 == 1, "sppf_kernel", "odd and >= 1", self.sppf_kernel)
+        check_layer_names(self.act_layer, self.norm_layer)
 
 
 def default_neck_channels(backbone_channels: Sequence[int], max_channels: int = 1024) -> tuple[int, ...]:

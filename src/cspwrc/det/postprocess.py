@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from torch import Tensor
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
+from cspwrc.validate import require
+
 __all__ = ["PostprocessCfg", "postprocess", "undo_letterbox"]
 
 
@@ -24,6 +26,12 @@ class PostprocessCfg:
     nms_iou: float = 0.6
     max_det: int = 300
     pre_nms_topk: int = 3000
+
+    def __post_init__(self) -> None:
+        require(0.0 <= self.score_thresh < 1.0, "score_thresh", "in [0, 1)", self.score_thresh)
+        require(0.0 < self.nms_iou <= 1.0, "nms_iou", "in (0, 1]", self.nms_iou)
+        for key in ("max_det", "pre_nms_topk"):
+            require(getattr(self, key) >= 1, key, ">= 1", getattr(self, key))
 
 
 def postprocess(

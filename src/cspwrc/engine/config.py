@@ -5,10 +5,12 @@ line is applied on top. Every problem is fatal and reported before training star
 failure policy): an unknown key names the file and suggests the nearest valid key, a wrong type names the
 key, the expected type and the value.
 
-Two sections are open dictionaries because their schema belongs to another package: ``model.options``
-(keyword arguments of ``cspwrc.det.build_detector``) and ``augment`` (keyword arguments of the data side's
-train transforms). They are checked against the signature of the function they are passed to
-(:func:`check_kwargs`), with the same nearest-key suggestion.
+The ``model:`` section is the detector's own :class:`cspwrc.det.DetectorConfig` (``model.backbone.name``,
+``model.neck``, ``model.head``, ``model.loss.assigner``, ``model.post``, ``model.sync_bn``), built by the same
+strict builder (:func:`cspwrc.validate.build_dataclass`). An old section ``model: {name, options: {flat}}`` (recipe
+files and training states of earlier versions) is translated once, where a file's mapping comes in
+(:func:`from_dict`, :func:`cspwrc.det.legacy.upgrade_model_section`); the command line takes only the nested keys.
+``augment`` is an open mapping whose schema belongs to the data side (``AUGMENT_DEFAULTS``).
 """
 
 from __future__ import annotations
@@ -16,23 +18,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import inspect
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import timm
 import yaml
 
+from cspwrc.det import DetectorConfig
+from cspwrc.det.detector import check_backbone
+from cspwrc.det.legacy import nested_spelling, upgrade_model_section
 from cspwrc.errors import ConfigError
-from cspwrc.validate import Fault, check_value, unknown_key
+from cspwrc.validate import Fault, build_dataclass, check_value, merge, require, unknown_key
 
-
-@dataclass
-class ModelConfig:
-    name: str = "cspwrc_s"  # any timm model name usable as a features_only backbone
-    options: dict[str, Any] = field(default_factory=dict)  # passed to build_detector(**options)
+# The defaults below ARE the real-data recipe (what `cspwrc train --data my.yaml` trains; configs/det/real.yaml adds
+# nothing): from scratch on hundreds to tens of thousands of photographs, YOLOv8-style augmentation and schedule with
+# the optimizer that worked best for this detector from scratch (docs/results.md §5-6 measure it on SHWD). Each value
+# is stated once, here (the detector's in its part configs, cspwrc.det), with its reason; a recipe file is an overlay
+# of what differs (configs/det/default.yaml: the embedded demo). Tune the real recipe here.
 
 
 @dataclass
@@ -40,45 +43,52 @@ class RunDataConfig:
     """The run config's ``data:`` section (the data YAML it points to is :class:`cspwrc.data.config.DataConfig`)."""
 
     path: str | None = None  # data YAML (train/val annotation files and image dirs); None = embedded shapes
-    workers: int | Literal["auto"] = "auto"  # loader processes (0: the main process); auto: data.loader.auto_workers
+    # Loader processes (0: the main process). auto (data.loader.auto_workers): 2 on a CPU machine (the step needs the
+    # other cores), CPUs - 1 (at most 8) per rank on CUDA.
+    workers: int | Literal["auto"] = "auto"
     cache: Literal["none", "ram"] = "none"  # ram: keep letterboxed images in memory (size-checked, docs/training.md)
 
 
 @dataclass
 class OptimConfig:
-    opt: Literal["sgd", "adamw", "musgd"] = "adamw"  # musgd: SGD + Muon on conv weights (cspwrc.engine.optim)
-    lr: float = 0.002  # base lr for the whole batch (not scaled by batch size)
-    weight_decay: float = 0.05  # applied to conv/linear weights only (never to 1-d params or WRC weights)
-    momentum: float = 0.937  # SGD momentum (YOLO value); AdamW uses it as beta1
+    # AdamW converges faster than SGD from scratch on schedules of up to ~10k steps (Ultralytics' `optimizer=auto`
+    # makes the same choice); configs/det/sgd.yaml for long runs. musgd: SGD + Muon on conv weights (engine.optim).
+    opt: Literal["sgd", "adamw", "musgd"] = "adamw"
+    lr: float = 0.002  # base lr for the whole batch (not scaled by batch size); a safe AdamW lr from scratch with BN
+    weight_decay: float = 0.05  # decoupled; conv/linear weights only (never norms, biases or WRC weights)
+    momentum: float = 0.9  # AdamW beta1 (SGD momentum with opt sgd: YOLO's 0.937 in configs/det/sgd.yaml)
     betas2: float = 0.999  # AdamW beta2
     nominal_batch: int = 0  # >0: YOLO's nbs: accumulate to this many images, loss x batch, decay scaled (engine.optim)
 
 
 @dataclass
 class ScheduleConfig:
-    sched: Literal["cosine", "linear"] = "cosine"
-    warmup_epochs: float = 1.0  # linear lr warmup, counted in optimizer steps (fractions allowed)
+    sched: Literal["cosine", "linear"] = "cosine"  # smooth decay to min_lr_ratio * lr
+    # YOLO's 3-epoch warmup: from-scratch BN statistics and mosaic make the first steps noisy (counted in optimizer
+    # steps, fractions allowed).
+    warmup_epochs: float = 3.0
     warmup_lr: float = 0.0  # lr at the first step of warmup for weights
-    warmup_bias_lr: float = 0.1  # YOLO's bias warmup: biases start high and decay to their lr
+    # YOLO's bias warmup (biases start high and decay to their lr), scaled for AdamW (0.1 is the SGD value).
+    warmup_bias_lr: float = 0.01
     warmup_momentum: float | None = None  # YOLO's 0.8: momentum (Adam beta1) rises from this to optim.momentum
-    min_lr_ratio: float = 0.05  # final lr = lr * min_lr_ratio
+    min_lr_ratio: float = 0.01  # final lr = lr * min_lr_ratio (YOLO's lrf)
 
 
 @dataclass
 class EmaConfig:
-    enabled: bool = True
-    decay: float = 0.9998
+    enabled: bool = True  # the EMA weights are evaluated and saved: they score better than the raw ones
+    decay: float = 0.9999  # tens of thousands of steps; the warmup lets early EMA follow the model
     warmup: bool = True  # timm ModelEmaV3 warmup: decay grows with steps, so early EMA follows the model
     warmup_power: float = 0.75  # reaches ~0.999 after ~10k steps (timm/crowsonkb guidance for short runs)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch: int = 16
-    img: int = 640  # square letterbox size, a multiple of 32
-    close_mosaic: int = 2  # switch mosaic off for the last N epochs
-    grad_clip: float = 10.0  # max global grad norm; 0 disables clipping
+    epochs: int = 100  # or --time HOURS: the epochs are refitted to a wall-clock budget
+    batch: int = 16  # per process
+    img: int = 640  # square letterbox size, a multiple of 32; SHWD-like small objects need the pixels (320: CPU)
+    close_mosaic: int = 10  # YOLOv8: mosaic off for the last N epochs, so the model finishes on whole images
+    grad_clip: float = 10.0  # max global grad norm (guards the first from-scratch steps); 0 disables clipping
     nan_policy: Literal["stop", "skip"] = "stop"  # non-finite loss: stop the run, or skip the step and count
     max_nan_skips: int = 100  # with nan_policy skip: stop anyway after this many skipped steps
     amp: bool | Literal["auto", "bf16", "fp16", "off"] = "auto"  # CUDA only; auto (= true): bf16 where supported
@@ -96,43 +106,32 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    """A training run. Its defaults are the real-data recipe (see the comment above :class:`RunDataConfig`)."""
+
+    model: DetectorConfig = field(default_factory=DetectorConfig)  # the detector (backbone, neck, head, loss, ...)
     data: RunDataConfig = field(default_factory=RunDataConfig)
-    augment: dict[str, Any] = field(default_factory=dict)  # passed to the data side's train transforms
+    # Keyword arguments of the data side's train transforms, over its AUGMENT_DEFAULTS (cspwrc.data.transforms, where
+    # they are stated): YOLOv8's mosaic, affine, HSV and flip, the real recipe's augmentation.
+    augment: dict[str, Any] = field(default_factory=dict)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        if not self.augment:
+            return
+        # albumentations (~0.5 s) is imported only for a config that sets augment keys: `cspwrc export` and the other
+        # users of this module never pay it, and training imports it anyway.
+        from cspwrc.data.transforms import AUGMENT_DEFAULTS  # noqa: PLC0415
 
-def _check_value(value: Any, tp: Any, where: str) -> Any:
-    """Return ``value`` converted to ``tp`` (int → float only), or raise ConfigError naming ``where``."""
-    try:
-        return check_value(value, tp)
-    except Fault as fault:
-        raise ConfigError(f"{where}: {fault}") from None
-
-
-def _build(cls: type, data: Any, source: str, prefix: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, strictly: unknown keys and wrong types are errors."""
-    where = f"{source}: {prefix or 'top level'}"
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {data!r} ({type(data).__name__})")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            raise ConfigError(f"{source}: {unknown_key(str(key), names, shown=dotted)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, source, dotted)
-        else:
-            kwargs[key] = _check_value(value, tp, f"{source}: {dotted}")
-    return cls(**kwargs)
+        for key, value in self.augment.items():  # the data side's schema, checked with the rest of the config
+            if key not in AUGMENT_DEFAULTS:
+                raise ConfigError(unknown_key(key, AUGMENT_DEFAULTS, shown=f"augment.{key}"))
+            try:
+                check_value(value, float)
+            except Fault as fault:
+                raise ConfigError(f"augment.{key}: {fault}") from None
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
@@ -141,7 +140,15 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 
 def from_dict(data: dict[str, Any], source: str = "<config>") -> RunConfig:
-    return _build(RunConfig, data, source, "")
+    """The run config a nested mapping describes (a YAML file, a saved state), strictly: an unknown key names the
+    nearest valid one, a wrong type or range names the dotted key. An old ``model: {name, options}`` section is
+    translated to the nested one first (:func:`cspwrc.det.legacy.upgrade_model_section`)."""
+    try:
+        if isinstance(data, dict) and "model" in data:
+            data = {**data, "model": upgrade_model_section(data["model"])}
+        return build_dataclass(RunConfig, data)
+    except (Fault, ConfigError) as fault:
+        raise ConfigError(f"{source}: {fault}") from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -179,7 +186,7 @@ FLAG_KEYS: dict[str, str] = {
     "epochs": "train.epochs",
     "img": "train.img",
     "batch": "train.batch",
-    "model": "model.name",
+    "model": "model.backbone.name",
     "data": "data.path",
     "weights": "train.weights",
     "device": "train.device",
@@ -215,7 +222,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-interval", type=int, help="evaluate every K epochs (and after the last)")
     parser.add_argument("--time", type=float, help="training budget in hours: refits --epochs to it after each epoch")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="any config key, e.g. --set optim.lr=0.01 --set ema.enabled=false")
+                        help="any config key, e.g. --set optim.lr=0.01 --set model.loss.assigner.static_epochs=2")
 
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -233,19 +240,12 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as err:
             raise ConfigError(f"command line: --set {item!r}: {err}") from err
-        set_dotted(data, key.strip(), value)
+        key = key.strip()
+        nested = nested_spelling(key)
+        if nested is not None:  # files of earlier versions still load; a command line is written today
+            raise ConfigError(f"command line: --set {key}: the model options are nested now: --set {nested}=...")
+        set_dotted(data, key, value)
     return data
-
-
-def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``over`` wins. Open sections (model.options, augment) merge key by key too."""
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -259,30 +259,26 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 
 
 def validate(cfg: RunConfig) -> None:
-    """Value checks that the types alone do not catch (fatal, before training)."""
+    """Value checks that the types alone do not catch, then the model build probe (fatal, before training and before
+    any image is read: config -> model -> data). The detector's own ranges are checked by its part configs."""
     t = cfg.train
-    if t.img <= 0 or t.img % 32:
-        raise ConfigError(f"train.img: {t.img} is not a positive multiple of 32 (the detector's largest stride)")
-    for key in ("epochs", "batch"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"train.{key}: must be >= 1, got {getattr(t, key)}")
-    if t.eval_interval < 1:
-        raise ConfigError(f"train.eval_interval: must be >= 1, got {t.eval_interval}")
-    if t.patience < 0:
-        raise ConfigError(f"train.patience: must be >= 0 (0 = no early stopping), got {t.patience}")
-    if not 0 <= t.close_mosaic:
-        raise ConfigError(f"train.close_mosaic: must be >= 0, got {t.close_mosaic}")
-    if isinstance(cfg.data.workers, int) and cfg.data.workers < 0:
-        raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")
-    if t.time is not None and t.time <= 0:
-        raise ConfigError(f"train.time: must be > 0 hours, got {t.time}")
-    if cfg.optim.lr <= 0:
-        raise ConfigError(f"optim.lr: must be > 0, got {cfg.optim.lr}")
-    if cfg.optim.nominal_batch < 0:
-        raise ConfigError(f"optim.nominal_batch: must be >= 0 (0 = one step per batch), got {cfg.optim.nominal_batch}")
-    if not 0.0 <= cfg.ema.decay < 1.0:
-        raise ConfigError(f"ema.decay: must be in [0, 1), got {cfg.ema.decay}")
-    check_model_name(cfg.model.name)
+    require(t.img > 0 and t.img % 32 == 0, "train.img", "a positive multiple of 32 (the detector's largest stride)",
+            t.img)
+    for key in ("epochs", "batch", "eval_interval"):
+        require(getattr(t, key) >= 1, f"train.{key}", ">= 1", getattr(t, key))
+    require(t.patience >= 0, "train.patience", ">= 0 (0 = no early stopping)", t.patience)
+    require(t.close_mosaic >= 0, "train.close_mosaic", ">= 0", t.close_mosaic)
+    require(t.time is None or t.time > 0, "train.time", "> 0 hours", t.time)
+    require(cfg.data.workers == "auto" or cfg.data.workers >= 0, "data.workers", ">= 0 or auto", cfg.data.workers)
+    require(cfg.optim.lr > 0, "optim.lr", "> 0", cfg.optim.lr)
+    require(cfg.optim.nominal_batch >= 0, "optim.nominal_batch", ">= 0 (0 = one step per batch)",
+            cfg.optim.nominal_batch)
+    require(0.0 <= cfg.ema.decay < 1.0, "ema.decay", "in [0, 1)", cfg.ema.decay)
+    check_model_name(cfg.model.backbone.name)
+    try:  # the model build probe (meta device: no memory, no weights, no download)
+        check_backbone(cfg.model.backbone)
+    except ConfigError as err:
+        raise ConfigError(f"model.{err}") from None
 
 
 def check_model_name(name: str) -> None:
@@ -292,25 +288,4 @@ def check_model_name(name: str) -> None:
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise ConfigError(f"model.name: unknown model {name!r}{hint}")
-
-
-def check_kwargs(fn: Callable[..., Any], kwargs: dict[str, Any], where: str, skip: typing.Collection[str] = ()) -> None:
-    """Check that ``fn`` accepts every key of ``kwargs`` by name; suggest the nearest parameter otherwise.
-
-    ``skip`` lists parameters the engine fills itself (e.g. ``num_classes``): setting them is an error too.
-    A function that only takes ``**kwargs`` cannot be checked here and is left to raise on its own. A schema
-    whose keyword arguments are not its signature (``DetectorConfig``: flat options over nested parts) lists
-    them with an ``option_names()`` classmethod.
-    """
-    if hasattr(fn, "option_names"):
-        named, open_kwargs = [n for n in fn.option_names() if n not in skip], False
-    else:
-        params = inspect.signature(fn).parameters
-        named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in skip]
-        open_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    for key in kwargs:
-        if key in skip:
-            raise ConfigError(f"{where}: {key!r} is set by the engine and cannot be configured here")
-        if key not in named and not open_kwargs:
-            raise ConfigError(f"{where}: {unknown_key(key, named, 'option')}")
+    raise ConfigError(f"model.backbone.name: unknown model {name!r}{hint}")

@@ -51,25 +51,20 @@ from cspwrc.data import (
     read_error_message,
 )
 from cspwrc.data.loader import auto_workers
-from cspwrc.det import DetectorConfig, build_detector
+from cspwrc.det import YoloDetector
 from cspwrc.draw import batch_grid
 from cspwrc.engine import distributed as dist
-from cspwrc.engine.checkpoint import CheckpointError, init_from_weights, read_state, save_checkpoint
-from cspwrc.engine.config import ConfigError, RunConfig, check_kwargs, from_dict, merge, to_dict, validate
+from cspwrc.engine.checkpoint import CheckpointError, backbone_section, init_from_weights, read_state, save_checkpoint
+from cspwrc.engine.config import ConfigError, RunConfig, from_dict, merge, to_dict, validate
 from cspwrc.engine.eval_plots import write_eval_plots
 from cspwrc.engine.evaluate import STAT_NAMES, EvalResult, evaluate
 from cspwrc.engine.lock import LOCK_NAME, RunLock, is_held
 from cspwrc.engine.optim import WarmupScheduler, accumulate_steps, build_optimizer
 from cspwrc.engine.report import LOSS_KEYS, plot_curves, write_results_csv
-from cspwrc.errors import RunStopped, shorten
+from cspwrc.errors import TrainingStopped, shorten  # TrainingStopped: re-exported (its old home)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 PLOT_BATCHES = 3  # train_batch*.jpg pictures at the start of the run and of the close-mosaic epochs
-
-
-class TrainingStopped(RunStopped, RuntimeError):
-    """The run stopped on purpose (non-finite loss, unwritable checkpoint, a signal, a lost DDP peer); the message
-    says why and what was kept."""
 
 
 class FiniteGuard:
@@ -232,9 +227,7 @@ class Trainer:
 
     def _build_model(self, init_weights: bool) -> None:
         cfg = self.cfg
-        # build_detector takes **opts; its DetectorConfig dataclass is the schema to check them against.
-        check_kwargs(DetectorConfig, cfg.model.options, "model.options", skip=("backbone", "num_classes"))
-        model = build_detector(backbone=cfg.model.name, num_classes=self.train_set.num_classes, **cfg.model.options)
+        model = YoloDetector(cfg.model, self.train_set.num_classes)  # cfg.model is the detector's checked config
         if cfg.train.weights and init_weights:
             self._log(init_from_weights(model, cfg.train.weights))
         self.model = model.to(self.device)
@@ -262,15 +255,11 @@ class Trainer:
 
     def meta(self) -> dict[str, Any]:
         """The ``cspwrc`` safetensors metadata: enough to rebuild the detector from the file alone."""
-        return {"model": self.cfg.model.name, "num_classes": self.train_set.num_classes,
+        # model.config: the full nested DetectorConfig (training-only options reset), which rebuilds it exactly.
+        return {"model": self.model.config, "num_classes": self.train_set.num_classes,
                 "class_names": list(self.train_set.class_names),
                 "category_ids": [int(c) for c in self.train_set.label_to_category_id],
-                "img": self.cfg.train.img, "options": self._detector_options(), "epoch": self.state.epoch}
-
-    def _detector_options(self) -> dict[str, Any]:
-        # The detector's full config (training-only options reset by the detector) rebuilds it exactly.
-        full = dict(getattr(self.model, "config", None) or self.cfg.model.options)
-        return {k: v for k, v in full.items() if k not in ("backbone", "num_classes")}
+                "img": self.cfg.train.img, "epoch": self.state.epoch}
 
     # -------------------------------------------------------------------------------------- checkpoints
     def _training_state(self) -> dict[str, Any]:
@@ -311,8 +300,8 @@ class Trainer:
     def _check_resume_fits(self, st: dict[str, Any]) -> None:
         """The state must come from the same model and class count as this run's config and data."""
         meta = st.get("meta") if isinstance(st.get("meta"), dict) else {}
-        saved = (meta.get("model"), meta.get("num_classes"))
-        now = (self.cfg.model.name, self.train_set.num_classes)
+        saved = (backbone_section(meta).get("name"), meta.get("num_classes"))
+        now = (self.cfg.model.backbone.name, self.train_set.num_classes)
         diffs = [f"{what}: saved {a!r}, now {b!r}" for what, a, b in zip(("model", "number of classes"), saved, now)
                  if a is not None and a != b]
         if diffs:
@@ -348,7 +337,7 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg, start = self.cfg.train, time.perf_counter()
-        self._log(f"training {self.cfg.model.name} on {self.data_path}: {len(self.train_set)} train / "
+        self._log(f"training {self.cfg.model.backbone.name} on {self.data_path}: {len(self.train_set)} train / "
                   f"{len(self.val_set)} val images, {self.train_set.num_classes} classes, img {cfg.img}, "
                   f"{cfg.epochs} epochs x {self.steps_per_epoch} steps, device {self.device}, "
                   f"world size {dist.world_size()}, run dir {self.out}")
@@ -655,7 +644,7 @@ class Trainer:
             "train_time_s": s.train_time_s, "eval_time_s": s.eval_time_s, "wall_time_s_this_process": wall_s,
             "skips": {"nan_steps": s.nan_skipped, "read_failures": s.read_skipped,
                       "data_checks": {"train": _report_counts(self.train_set), "val": _report_counts(self.val_set)}},
-            "run_dir": str(self.out), "data": self.data_path, "model": self.cfg.model.name,
+            "run_dir": str(self.out), "data": self.data_path, "model": self.cfg.model.backbone.name,
         }
         if dist.is_main():
             write_json(self.out / "metrics.json", metrics)

@@ -92,7 +92,7 @@ def run_variant(variant: str, seed: int, out: Path, train_args: list[str], retra
     cmd = [sys.executable, "-m", "cspwrc.cli", "train", "--model", model, "--seed", str(seed),
            "--out", str(run_dir), "--exist-ok", "--no-progress", *train_args]  # a retrain replaces the run
     if kwargs:
-        cmd += ["--set", f"model.options.backbone_kwargs={json.dumps(kwargs)}"]
+        cmd += ["--set", f"model.backbone.kwargs={json.dumps(kwargs)}"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, check=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -165,7 +165,7 @@ def train_step(run: Run, data: Path, batch: int, epochs: int, out: Path, log: IO
            "--device", run.device, "--out", str(out), "--model", run.model, "--no-progress",
            "--set", "data.workers=auto", "--set", "data.cache=ram", "--set", f"train.eval_interval={epochs}"]
     if run.dry:
-        cmd += ["--set", "model.options.neck_channels=[16,32,64]", "--set", "train.max_steps_per_epoch=2"]
+        cmd += ["--set", "model.neck.channels=[16,32,64]", "--set", "train.max_steps_per_epoch=2"]
     sampler = UtilSampler() if sample else None
     epochs_seen: list[dict[str, float]] = []
     start = time.perf_counter()

@@ -52,7 +52,7 @@ def latency_done(summary: dict[str, Any], sizes: Sequence[int], threads: int) ->
 def time_pytorch(model: nn.Module, sizes: Sequence[int]) -> dict[str, dict[str, float]]:
     """``{size: {"forward": ms, "with_nms": ms}}`` of a detector on one ``[1, 3, size, size]`` image."""
     net = fold_model(model.eval()).to(memory_format=torch.channels_last)  # a folded copy
-    net.cfg.score_thresh, net.cfg.nms_iou = LATENCY_CONF, LATENCY_IOU
+    net.cfg.post.score_thresh, net.cfg.post.nms_iou = LATENCY_CONF, LATENCY_IOU
     inputs = {s: torch.rand(1, 3, s, s).contiguous(memory_format=torch.channels_last) for s in sizes}
     return {str(s): {"forward": latency_ms(lambda: net.forward_raw(x)), "with_nms": latency_ms(lambda: net(x))}
             for s, x in inputs.items()}
@@ -62,7 +62,7 @@ def time_onnxruntime(model: nn.Module, sizes: Sequence[int], threads: int) -> di
     """``{size: {"forward": ms, "with_nms": ms}}`` of the exported detector under onnxruntime with ``threads``
     intra-op threads (one export per size: the anchor points are constants of the graph)."""
     raw = deploy_model(model)
-    cfg = model.cfg
+    cfg = model.cfg.post
     timed: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="race_onnx_") as tmp:
         for s in sizes:

@@ -32,7 +32,7 @@ WRC_SETTINGS = ("scalar", "none")  # default WRC (one learnable pair per block) 
 @dataclass
 class TrainBenchSettings:
     backbone: str = "cspwrc_s"
-    # bs16@256: the step configs/det/default.yaml's neck_channels choice was timed at (1.5 s vs 2.0 s), so the two
+    # bs16@256: the step configs/det/default.yaml's neck.channels choice was timed at (1.5 s vs 2.0 s), so the two
     # numbers compare; the recipe itself trains bs8@192 (--train-img 192 --train-batch 8 times that step)
     img: int = 256
     batch: int = 16
@@ -61,18 +61,19 @@ def synthetic_batch(batch: int, img: int, num_classes: int, boxes: int = 4,
 
 
 def detector_kwargs(backbone: str, wrc_weights: str) -> dict[str, Any]:
-    """The WRC switch for the neck (its WRC is used only with ``neck_shortcut``) and for a cspwrc backbone."""
-    kwargs: dict[str, Any] = {"neck_shortcut": True, "neck_wrc_weights": wrc_weights}
+    """The detector's sections with the WRC switch for the neck (its WRC is used only with ``neck.shortcut``) and
+    for a cspwrc backbone: ``build_detector(**detector_kwargs(...), num_classes=n)``."""
+    section: dict[str, Any] = {"name": backbone}
     if backbone.startswith("cspwrc"):  # timm peers have no WRC option; their A/B is the neck only
-        kwargs["backbone_kwargs"] = {"wrc_weights": wrc_weights}
-    return kwargs
+        section["kwargs"] = {"wrc_weights": wrc_weights}
+    return {"backbone": section, "neck": {"shortcut": True, "wrc_weights": wrc_weights}}
 
 
 def make_train_step(settings: TrainBenchSettings, wrc_weights: str) -> Callable[[torch.Tensor, list], None]:
     """``step(images, targets)`` = forward (loss) + backward + AdamW step of a fresh detector."""
     torch.manual_seed(0)
-    model: nn.Module = build_detector(settings.backbone, settings.num_classes, **detector_kwargs(settings.backbone,
-                                                                                                  wrc_weights))
+    sections = detector_kwargs(settings.backbone, wrc_weights)
+    model: nn.Module = build_detector(num_classes=settings.num_classes, **sections)
     model.train()
     optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-4, weight_decay=0.05)
 
