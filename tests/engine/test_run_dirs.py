@@ -6,7 +6,8 @@ from pathlib import Path
 
 from _tiny import tiny_config, tiny_data
 
-from cspwrc.engine.trainer import Trainer, next_free_run_dir
+from cspwrc.engine.rundir import next_free_run_dir
+from cspwrc.engine.trainer import Trainer
 
 
 def test_next_free_run_dir(tmp_path: Path) -> None:

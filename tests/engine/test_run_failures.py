@@ -25,7 +25,8 @@ from cspwrc.det import build_detector
 from cspwrc.engine import checkpoint as ck
 from cspwrc.engine.evaluate import evaluate
 from cspwrc.engine.lock import LOCK_NAME, RunLock
-from cspwrc.engine.trainer import Trainer, TrainingStopped, next_free_run_dir
+from cspwrc.engine.rundir import next_free_run_dir
+from cspwrc.engine.trainer import Trainer, TrainingStopped
 
 TRAIN = str(ROOT / "tools" / "train_det.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
