@@ -74,7 +74,7 @@ def describe(names: Sequence[str], values: Sequence[Any]) -> str:
 
 def cannot_save(error: str) -> TrainingStopped:
     """The stop of a run whose checkpoint, record or picture could not be written (``error`` names the file)."""
-    return TrainingStopped(f"{error}\nstopping: a run that cannot save would lose its work")
+    return TrainingStopped(f"{error}; stopping: a run that cannot save would lose its work")
 
 
 def kept_note(out: Path, epochs_done: int, epochs: int) -> str:

@@ -17,12 +17,13 @@ import cv2
 import torch
 from matplotlib.figure import Figure
 
-from cspwrc.atomic import write_bytes
+from cspwrc.atomic import WriteError, write_bytes
 from cspwrc.draw import batch_grid
 from cspwrc.engine import distributed as dist
 from cspwrc.engine.config import RunConfig
 from cspwrc.engine.evaluate import STAT_NAMES, EvalResult
 from cspwrc.engine.run_state import RunState
+from cspwrc.errors import shorten
 
 LOSS_KEYS = ("loss", "loss_cls", "loss_box", "loss_dfl")
 
@@ -49,7 +50,8 @@ def epoch_line(row: dict[str, Any], epochs: int, took_s: float, speed: Throughpu
 
 
 def tensorboard_writer(folder: Path, first_step: int) -> Any:
-    """A ``SummaryWriter`` for ``folder``, or ``None`` when tensorboard is not installed (the optional [tb] extra).
+    """A ``SummaryWriter`` for ``folder``, or ``None`` when tensorboard is not installed (the optional [tb] extra);
+    :class:`~cspwrc.atomic.WriteError` when the folder cannot be written.
 
     ``purge_step``: a resumed run hides events a killed run wrote after its last checkpoint.
     """
@@ -58,7 +60,10 @@ def tensorboard_writer(folder: Path, first_step: int) -> Any:
         from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415  (optional extra, lazy)
     except ImportError:
         return None
-    return SummaryWriter(str(folder), purge_step=first_step if first_step > 1 else None)
+    try:
+        return SummaryWriter(str(folder), purge_step=first_step if first_step > 1 else None)
+    except OSError as err:  # it creates the folder and its event file at once
+        raise WriteError(f"cannot write TensorBoard events to {shorten(folder)}: {err}") from err
 
 
 def add_scalars(writer: Any, row: dict[str, Any]) -> None:

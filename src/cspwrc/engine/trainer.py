@@ -116,19 +116,20 @@ class Trainer:
         self.stop = StopSignals(self._log)
         self.guard = FiniteGuard(self.device)
         self.epoch_speed = None
+        self.tb = None
         try:
             # Every rank sets up, then all agree: a fault one rank finds (the lock is rank 0's alone) stops all of
             # them with the same exit code instead of leaving the others waiting in DDP's first collective.
             dist.agree(lambda: self._setup(resume_state))
         except BaseException:
+            if self.tb is not None:
+                self.tb.close()
             self.lock.release()
             dist.cleanup()
             raise
         if dist.is_dist():
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        use_tb = dist.is_main() and self.cfg.train.tensorboard
-        self.tb = report.tensorboard_writer(self.out / "tb", self.state.epoch + 1) if use_tb else None
 
     def _setup(self, resume_state: dict[str, Any] | None) -> None:
         open_run_dir(self.out, self.lock)
@@ -138,6 +139,8 @@ class Trainer:
         self.state = RunState()
         if resume_state is not None:
             self._restore(resume_state)
+        use_tb = dist.is_main() and self.cfg.train.tensorboard
+        self.tb = report.tensorboard_writer(self.out / "tb", self.state.epoch + 1) if use_tb else None
 
     # -------------------------------------------------------------------------------------- setup
     def _build_data(self) -> None:
