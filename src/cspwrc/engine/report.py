@@ -17,10 +17,11 @@ import cv2
 import torch
 from matplotlib.figure import Figure
 
-from cspwrc.atomic import WriteError, write_bytes
+from cspwrc.atomic import WriteError, write_bytes, write_json
 from cspwrc.draw import batch_grid
 from cspwrc.engine import distributed as dist
 from cspwrc.engine.config import RunConfig
+from cspwrc.engine.eval_plots import write_eval_plots
 from cspwrc.engine.evaluate import STAT_NAMES, EvalResult
 from cspwrc.engine.run_state import RunState
 from cspwrc.errors import shorten
@@ -142,6 +143,13 @@ def run_metrics(result: EvalResult, run: RunState, cfg: RunConfig, wall_s: float
                   "data_checks": {"train": _check_counts(train_set), "val": _check_counts(val_set)}},
         "run_dir": str(out), "data": data, "model": cfg.model.name,
     }
+
+
+def write_final(out: Path, metrics: dict[str, Any], result: EvalResult) -> None:
+    """``metrics.json`` and, next to it, the final evaluation's confusion matrix, PR and F1 curves."""
+    write_json(out / "metrics.json", metrics)
+    if result.detection is not None:
+        write_eval_plots(result.detection, out)
 
 
 def _check_counts(dataset: Any) -> dict[str, int]:

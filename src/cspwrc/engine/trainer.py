@@ -1,17 +1,12 @@
 """Detection training loop: timm optimizer/scheduler/EMA, checkpoints, evaluation, DDP, failure policy, callbacks.
 
-Reproducibility: every epoch starts from seeds derived from ``(train.seed, epoch)``, so an epoch's result depends
-only on the state at its start, and ``--resume`` continues exactly as the uninterrupted run would have (bit for bit
-on CPU; :mod:`cspwrc.engine.run_state`). The parts: :mod:`~cspwrc.engine.optim` (optimizer, schedule, nominal
-batch), :mod:`~cspwrc.engine.guard` (what stops a run: non-finite values, signals), :mod:`~cspwrc.engine.rundir`
-(run folder and its lock), :mod:`~cspwrc.engine.report` (log line, records, pictures), :mod:`~cspwrc.engine.callbacks`.
-
-Failures (docs/training.md's table): a non-finite loss or gradient norm stops the run (``nan_policy: stop``) or
-skips the step (``skip``), nothing written for the bad step; an unwritable checkpoint, SIGTERM/SIGINT (after the
-current step), a lost DDP peer and an image that keeps failing after the data checks stop it with the last finished
-epoch kept; a live run's folder is refused. Exit 3 (stopped) or 2 (refused before training) via :mod:`cspwrc.errors`.
-No host sync per step under ``stop``: the :class:`~cspwrc.engine.guard.FiniteGuard` is read every
-:attr:`Trainer.finite_check_steps` steps and at every epoch's end, and the losses are summed on the device.
+Every epoch starts from seeds derived from ``(train.seed, epoch)``, so ``--resume`` continues exactly as the
+uninterrupted run would have (bit for bit on CPU). The loop's parts: :mod:`~cspwrc.engine.optim` (optimizer,
+schedule, nominal batch), :mod:`~cspwrc.engine.guard` (what stops a run: non-finite values, signals, unwritable
+files, with the kept checkpoint named; exit 3), :mod:`~cspwrc.engine.run_state` (the saved state, resume),
+:mod:`~cspwrc.engine.rundir` (run folder, lock), :mod:`~cspwrc.engine.report` (log line, records, pictures),
+:mod:`~cspwrc.engine.callbacks`. No host sync per step under ``nan_policy: stop``: the losses are summed on the device
+and the :class:`~cspwrc.engine.guard.FiniteGuard` is read every :attr:`Trainer.finite_check_steps` steps.
 """
 
 from __future__ import annotations
@@ -28,7 +23,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm import tqdm
 
-from cspwrc.atomic import WriteError, write_json
+from cspwrc.atomic import WriteError
 from cspwrc.data import (
     SampleReadError,
     build_datasets,
@@ -41,23 +36,13 @@ from cspwrc.data import (
 from cspwrc.data.loader import auto_workers
 from cspwrc.det import DetectorConfig, build_detector
 from cspwrc.engine import distributed as dist
-from cspwrc.engine import report, run_state
+from cspwrc.engine import guard, report, run_state
 from cspwrc.engine.callbacks import Callback
 from cspwrc.engine.checkpoint import init_from_weights, save_checkpoint
 from cspwrc.engine.config import ConfigError, RunConfig, check_kwargs, to_dict
 from cspwrc.engine.distributed import resolve_amp
-from cspwrc.engine.eval_plots import write_eval_plots
 from cspwrc.engine.evaluate import EvalResult, evaluate
-from cspwrc.engine.guard import (
-    FiniteGuard,
-    StopSignals,
-    TrainingStopped,
-    all_finite,
-    cannot_save,
-    describe,
-    kept_note,
-    nonfinite_stop,
-)
+from cspwrc.engine.guard import TrainingStopped
 from cspwrc.engine.lock import RunLock
 from cspwrc.engine.optim import WarmupScheduler, accumulate_steps, build_optimizer, fitted_epochs
 from cspwrc.engine.report import LOSS_KEYS
@@ -89,8 +74,8 @@ class Trainer:
     out: Path  # the run folder
     lock: RunLock
     state: RunState  # progress: epochs and steps done, best mAP, history, skip counts, times (saved and restored)
-    stop: StopSignals  # SIGTERM/SIGINT received
-    guard: FiniteGuard  # the epoch's first non-finite step, on the device (policy 'stop')
+    stop: guard.StopSignals  # SIGTERM/SIGINT received
+    finite_guard: guard.FiniteGuard  # the epoch's first non-finite step, on the device (policy 'stop')
     epoch_speed: report.Throughput | None  # the last epoch's train loop: images and seconds (not in the history)
     tb: Any  # TensorBoard SummaryWriter or None
     # _build_data: data_path, train_set, val_set, workers, train_loader, val_loader, coco_gt (rank 0), steps_per_epoch
@@ -113,8 +98,8 @@ class Trainer:
                 self.cfg.train.out = free  # the saved config names the folder the run really is in
         self.out = Path(self.cfg.train.out)
         self.lock = RunLock(self.out)
-        self.stop = StopSignals(self._log)
-        self.guard = FiniteGuard(self.device)
+        self.stop = guard.StopSignals(self._log)
+        self.finite_guard = guard.FiniteGuard(self.device)
         self.epoch_speed = None
         self.tb = None
         try:
@@ -232,7 +217,7 @@ class Trainer:
                 error = str(err)
         error = dist.broadcast_object(error)
         if error:
-            raise cannot_save(error)
+            raise guard.cannot_save(error)
 
     # -------------------------------------------------------------------------------------- loop
     def _log(self, msg: str) -> None:
@@ -286,7 +271,7 @@ class Trainer:
             dist.cleanup()
 
     def _kept(self) -> str:
-        return kept_note(self.out, self.state.epoch, self.cfg.train.epochs)
+        return guard.kept_note(self.out, self.state.epoch, self.cfg.train.epochs)
 
     def _run_epoch(self, epoch: int) -> EvalResult | None:
         cfg = self.cfg.train
@@ -330,7 +315,7 @@ class Trainer:
         self.ddp_model.train()
         sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=self.device)  # no host sync per step
         done, skipped = 0, 0
-        self.guard = FiniteGuard(self.device)
+        self.finite_guard = guard.FiniteGuard(self.device)
         pending = 0  # batches whose gradients wait for the next optimizer step (nominal batch)
         bar = tqdm(self.train_loader, total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
                    disable=not self.progress, dynamic_ncols=True, leave=False)
@@ -371,26 +356,15 @@ class Trainer:
             report.save_batch_picture(self.out / f"train_batch{self.state.global_step}.jpg", images, targets,
                                       self.train_set.class_names)
         except WriteError as err:
-            raise cannot_save(str(err)) from err
-
-    def _to_device(
-        self, images: torch.Tensor, targets: list[dict[str, Any]]
-    ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        # Pinned batches (CUDA) copy asynchronously; uint8 travels, the float conversion runs on the device.
-        images = images.to(self.device, non_blocking=True)
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        images = images.to(dtype=torch.float32, memory_format=fmt).div_(255.0)
-        targets = [{"boxes": t["boxes"].to(self.device, non_blocking=True),
-                    "labels": t["labels"].to(self.device, non_blocking=True)} for t in targets]
-        return images, targets
+            raise guard.cannot_save(str(err)) from err
 
     def _step(self, images: torch.Tensor, targets: list[dict[str, Any]], epoch: int, step_now: bool
               ) -> torch.Tensor | None:
         """Forward and backward of one batch, then the optimizer step when ``step_now`` (else the gradients
         accumulate, :mod:`cspwrc.engine.optim`). Returns the batch's losses ``float64 [len(LOSS_KEYS)]`` on the
         device; None when a non-finite loss or gradient was skipped (policy 'skip'). Under 'stop' a non-finite value
-        is recorded in ``self.guard``, not checked."""
-        images, targets = self._to_device(images, targets)
+        is recorded in ``self.finite_guard``, not checked."""
+        images, targets = dist.to_device(images, targets, self.device, self.channels_last)
         # DDP all-reduces gradients only on the batch that steps; the others accumulate locally.
         sync = contextlib.nullcontext() if step_now or not dist.is_dist() else self.ddp_model.no_sync()
         with sync:
@@ -431,11 +405,11 @@ class Trainer:
         whether it is finite (DDP must take or skip a step together); False skips the step, counted up to
         ``train.max_nan_skips``, past which the run stops."""
         if self.cfg.train.nan_policy != "skip":
-            self.guard.record(self.state.global_step, what, value, values)
+            self.finite_guard.record(self.state.global_step, what, value, values)
             return True
-        if all_finite(value):
+        if guard.all_finite(value):
             return True
-        detail = describe(list(losses), list(losses.values()))
+        detail = guard.describe(list(losses), list(losses.values()))
         if self.state.nan_skipped < self.cfg.train.max_nan_skips:
             self.state.nan_skipped += 1
             self._log(f"warning: non-finite {what} at epoch {epoch + 1} step {self.state.global_step} ({detail}); "
@@ -445,14 +419,14 @@ class Trainer:
 
     def _check_guard(self, epoch: int) -> None:
         """Stop if the device recorded a non-finite step since the last check (policy 'stop')."""
-        found = self.guard.first()
+        found = self.finite_guard.first()
         if found is not None:
             step, what, losses = found
-            raise self._nonfinite_stop(what, epoch, step, describe(LOSS_KEYS, losses))
+            raise self._nonfinite_stop(what, epoch, step, guard.describe(LOSS_KEYS, losses))
 
     def _nonfinite_stop(self, what: str, epoch: int, step: int, detail: str) -> TrainingStopped:
-        return nonfinite_stop(what, epoch, step, detail, self.cfg.train.nan_policy, self.state.nan_skipped, self.out,
-                              self.state.epoch)
+        return guard.nonfinite_stop(what, epoch, step, detail, self.cfg.train.nan_policy, self.state.nan_skipped,
+                                    self.out, self.state.epoch)
 
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -488,9 +462,7 @@ class Trainer:
         metrics = report.run_metrics(result, s, self.cfg, wall_s, self.out, self.data_path, self.train_set,
                                      self.val_set)
         if dist.is_main():
-            write_json(self.out / "metrics.json", metrics)
-            if result.detection is not None:  # confusion matrix, PR and F1 curves next to metrics.json
-                write_eval_plots(result.detection, self.out)
+            report.write_final(self.out, metrics, result)
             self._log(result.format())
             self._log(f"final mAP@[.5:.95] {result.map:.4f}  mAP50 {result.map50:.4f}  (best {s.best_map:.4f} at "
                       f"epoch {s.best_epoch}); skipped: {metrics['skips']}; run dir {self.out}")
