@@ -6,8 +6,9 @@
   is written, so a bad step never reaches a saved file. ``skip`` must decide before each optimizer step, so it asks
   :func:`all_finite` (a host sync) every step.
 * SIGTERM / SIGINT (:class:`StopSignals`): stop after the current step; a second signal stops at once.
+* A checkpoint, record or picture that cannot be written (:func:`cannot_save`): the previous files are kept.
 
-Every message names what was kept (:func:`kept_note`) and how to go on.
+Every message names what was kept (:func:`kept_note`, :func:`nonfinite_stop`) and how to go on.
 """
 
 from __future__ import annotations
