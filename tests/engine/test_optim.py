@@ -1,4 +1,5 @@
-"""Optimizer groups, MuSGD, the nominal batch (accumulation, loss and decay scaling) and the lr/momentum warmup."""
+"""Optimizer groups, MuSGD, the nominal batch (accumulation, loss and decay scaling), the lr/momentum warmup and the
+epochs a time budget fits."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import torch
 
 from cspwrc.det import build_detector
 from cspwrc.engine.config import load_config
-from cspwrc.engine.optim import MuonSGD, WarmupScheduler, accumulate_steps, build_optimizer, param_groups
+from cspwrc.engine.optim import (
+    MuonSGD,
+    WarmupScheduler,
+    accumulate_steps,
+    build_optimizer,
+    fitted_epochs,
+    param_groups,
+)
 from cspwrc.layers.wrc import WeightedResidual
 
 
@@ -112,3 +120,9 @@ def test_momentum_warmup_and_accumulate_ramp():
     assert momentum[0] == pytest.approx(0.8) and momentum[5] == pytest.approx(0.8685)
     assert momentum[10] == pytest.approx(0.937) and momentum[20] == pytest.approx(0.937)
     assert [sched.accumulate(s, 4) for s in (0, 2, 5, 9, 10, 30)] == [1, 2, 3, 4, 4, 4]
+
+
+def test_fitted_epochs_follow_the_mean_epoch_time_and_never_end_before_the_epoch_done():
+    assert fitted_epochs(100 / 3600, done=2, spent_s=10.0, epochs=5) == 20   # 5 s an epoch in a 100 s budget
+    assert fitted_epochs(100 / 3600, done=2, spent_s=1000.0, epochs=5) == 2  # over budget: stop after this epoch
+    assert fitted_epochs(100 / 3600, done=1, spent_s=0.0, epochs=5) == 5     # no time counted yet: unchanged

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from _tiny import tiny_config, tiny_data
 
-from cspwrc.engine.trainer import Trainer, next_free_run_dir
+from cspwrc.engine.rundir import next_free_run_dir
+from cspwrc.engine.trainer import Trainer
 
 
 def test_next_free_run_dir(tmp_path: Path) -> None:
@@ -27,7 +28,9 @@ def test_trainer_moves_to_a_new_folder_unless_exist_ok(tmp_path: Path) -> None:
     data, out = tiny_data(tmp_path), tmp_path / "run"
     out.mkdir()
     (out / "last.safetensors").write_bytes(b"a previous run")
-    trainer = Trainer(tiny_config(data, out), progress=False, new_run_dir=True)
+    cfg = tiny_config(data, out)
+    trainer = Trainer(cfg, progress=False, new_run_dir=True)
     assert trainer.out == tmp_path / "run2" and trainer.cfg.train.out == str(tmp_path / "run2")
+    assert cfg.train.out == str(out)  # the caller's config is not changed; trainer.cfg is the effective one
     assert Trainer(tiny_config(data, out), progress=False).out == out  # exist_ok (the library default)
     assert (out / "last.safetensors").read_bytes() == b"a previous run"

@@ -14,18 +14,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 from _tiny import ROOT, cli_args, tiny_config, tiny_data
 
+from cspwrc import atomic
 from cspwrc.cli import train, val
 from cspwrc.data import CocoDetection, build_loader
 from cspwrc.det import build_detector
 from cspwrc.engine import checkpoint as ck
+from cspwrc.engine.callbacks import Callback
 from cspwrc.engine.evaluate import evaluate
 from cspwrc.engine.lock import LOCK_NAME, RunLock
-from cspwrc.engine.trainer import Trainer, TrainingStopped, next_free_run_dir
+from cspwrc.engine.rundir import next_free_run_dir
+from cspwrc.engine.trainer import Trainer, TrainingStopped
 
 TRAIN = str(ROOT / "tools" / "train_det.py")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -58,6 +62,7 @@ import json, resource, signal, sys
 from pathlib import Path
 from cspwrc.atomic import WriteError
 from cspwrc.engine import checkpoint as ck
+from cspwrc.engine.callbacks import Callback
 run = Path(sys.argv[1])
 state, (weights, meta) = ck.read_state(run / "last.state.pt"), ck.read_weights(run / "last.safetensors")
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
@@ -111,6 +116,39 @@ def test_full_disk_during_training_is_exit_3(one_epoch_run: Path, tmp_path: Path
     assert "stopped: could not write" in done.stderr and "last.state.pt" in done.stderr
     assert "Traceback" not in done.stderr
     assert _epoch(run) == 1 and ck.read_weights(run / "last.safetensors")[1]["epoch"] == 1
+
+
+@pytest.mark.parametrize("stale_temp_file", [False, True])
+def test_read_only_run_dir_is_exit_3_with_one_line(one_epoch_run: Path, tmp_path: Path, stale_temp_file: bool,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A run folder that became read-only under a killed run's lock file: the lock opens (the file exists), every
+    write fails, and so does removing anything. Exit 3 with one line, also from releasing the lock at the end.
+
+    As root, chmod does not stop writes: the folder's refusals are simulated where they happen (file creation by
+    atomic_write, unlink)."""
+    run = _copy(one_epoch_run, tmp_path)
+    (run / LOCK_NAME).write_text("12345\n")  # a kill -9'ed run's lock file: nobody holds it
+    if stale_temp_file:
+        (run / ".last.state.pt.abcd.tmp").write_bytes(b"a killed run's write")
+    unlink = Path.unlink
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    def unlink_outside(self: Path, missing_ok: bool = False) -> None:
+        if self.parent == run:
+            refuse()
+        unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(Path, "unlink", unlink_outside)
+    assert train.main(["--resume", str(run), "--epochs", "2", "--no-progress"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("stopped: "), err
+    assert "Permission denied" in err and str(run) in err
+    assert ("stale temp file" in err) == stale_temp_file
+    assert _epoch(run) == 1
 
 
 # ----------------------------------------------------------------------------------------------- resume mismatch
@@ -171,18 +209,21 @@ def test_out_naming_a_file_is_exit_2(data: Path, tmp_path: Path, capsys: pytest.
 
 
 # ----------------------------------------------------------------------------------------------- signals
-def test_sigint_stops_after_the_step_with_the_last_epoch_kept(data: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    original = Trainer._end_epoch
+class AfterEpoch1(Callback):
+    """Runs ``action()`` once epoch 1 is saved."""
 
-    def interrupt_after_epoch_1(self: Trainer, epoch: int, means: dict, result: object) -> None:
-        original(self, epoch, means, result)
-        if epoch == 0:
-            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while epoch 2 is about to start
+    def __init__(self, action: Callable[[], object]) -> None:
+        self.action = action
 
-    monkeypatch.setattr(Trainer, "_end_epoch", interrupt_after_epoch_1)
+    def on_epoch_end(self, trainer: Trainer, row: dict) -> None:
+        if row["epoch"] == 1:
+            self.action()
+
+
+def test_sigint_stops_after_the_step_with_the_last_epoch_kept(data: Path, tmp_path: Path) -> None:
+    ctrl_c = AfterEpoch1(lambda: os.kill(os.getpid(), signal.SIGINT))  # Ctrl-C while epoch 2 is about to start
     with pytest.raises(TrainingStopped, match=r"SIGINT during epoch 2: stopped; kept .*\(epoch 1 of 2\)"):
-        Trainer(tiny_config(data, tmp_path), progress=False).fit()
+        Trainer(tiny_config(data, tmp_path), progress=False, callbacks=[ctrl_c]).fit()
     assert _epoch(tmp_path) == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
 
@@ -231,23 +272,15 @@ def test_val_image_breaking_after_the_check_is_substituted_and_counted(data: Pat
 
 @pytest.mark.parametrize("split, workers", [("train", 0), ("train", 1), ("val", 1)])
 def test_images_gone_for_good_during_a_run_stop_it_with_exit_3_and_the_epoch_kept(
-        split: str, workers: int, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        split: str, workers: int, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """All images of a split deleted after epoch 1: the dataset gives up after MAX_SUBSTITUTES failures in a row and
     the run stops with one line naming the last file and the kept epoch, also when torch re-raises the error from a
     loader worker (whose message is the worker's whole traceback)."""
     root = Path(shutil.copytree(data.parent, tmp_path / "shapes"))
-    end_epoch = Trainer._end_epoch
-
-    def end_epoch_then_delete(self: Trainer, epoch: int, *args: object) -> None:
-        end_epoch(self, epoch, *args)
-        for image in (root / "images" / split).iterdir():
-            image.unlink()
-
-    monkeypatch.setattr(Trainer, "_end_epoch", end_epoch_then_delete)
+    delete = AfterEpoch1(lambda: [image.unlink() for image in (root / "images" / split).iterdir()])
     out = tmp_path / "run"
     rc = train.main(cli_args(root / data.name, out) + ["--workers", str(workers), "--set", "train.eval_interval=2",
-                                                        "--set", "train.max_steps_per_epoch=1"])
+                                                        "--set", "train.max_steps_per_epoch=1"], callbacks=[delete])
     err = capsys.readouterr().err
     stopped = [line for line in err.splitlines() if line.startswith("stopped: ")]
     assert rc == 3 and len(stopped) == 1 and "Traceback" not in err, err

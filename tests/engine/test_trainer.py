@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
-from _tiny import tiny_config, tiny_data, tiny_overrides
+from _tiny import ROOT, tiny_config, tiny_data, tiny_overrides
 from PIL import Image
 
 from cspwrc import atomic
 from cspwrc.cli import val as eval_det
 from cspwrc.engine import checkpoint as ck
+from cspwrc.engine.callbacks import Callback
 from cspwrc.engine.config import load_config
 from cspwrc.engine.trainer import Trainer, TrainingStopped, load_resume, resolve_amp
 
@@ -22,12 +24,48 @@ def data(tmp_path_factory):
     return tiny_data(tmp_path_factory.mktemp("data"))
 
 
+class Recorder(Callback):
+    """Every hook call, in order, with what a hook can rely on at that point."""
+
+    def __init__(self) -> None:
+        self.calls = []
+
+    def on_train_start(self, trainer):
+        self.calls.append(("train_start", trainer.state.epoch))
+
+    def on_epoch_start(self, trainer, epoch):
+        self.calls.append(("epoch_start", epoch))
+
+    def on_step_end(self, trainer, step, losses):
+        assert trainer.state.global_step == step + 1 and losses.dtype == torch.float64 and losses.shape == (4,)
+        self.calls.append(("step_end", step))
+
+    def on_epoch_end(self, trainer, row):
+        saved = ck.read_state(trainer.out / "last.state.pt")  # the epoch's checkpoint is written by now
+        assert saved["epoch"] == row["epoch"] and saved["history"][-1] == row
+        assert trainer.epoch_speed.images == 16 and trainer.epoch_speed.img_s > 0
+        self.calls.append(("epoch_end", row["epoch"]))
+
+    def on_train_end(self, trainer, summary):
+        self.calls.append(("train_end", summary["epochs"]))
+
+
 @pytest.fixture(scope="module")
 def full_run(data, tmp_path_factory):
-    """An uninterrupted 2-epoch run: the reference for resume and the input of the eval tool test."""
+    """An uninterrupted 2-epoch run: the reference for resume and the input of the eval tool test. Its callback
+    only reads, so the run must equal a resumed one without callbacks (test_resume_continues_exactly)."""
     out = tmp_path_factory.mktemp("full")
-    metrics = Trainer(tiny_config(data, out), progress=False).fit()
-    return out, metrics
+    cfg, recorder = tiny_config(data, out), Recorder()
+    metrics = Trainer(cfg, progress=False, callbacks=[recorder]).fit()
+    return out, metrics, recorder.calls
+
+
+def test_callbacks_run_in_order(full_run):
+    *_, calls = full_run
+    assert calls == [("train_start", 0),
+                     ("epoch_start", 0), ("step_end", 0), ("step_end", 1), ("epoch_end", 1),
+                     ("epoch_start", 1), ("step_end", 2), ("step_end", 3), ("epoch_end", 2),
+                     ("train_end", 2)]
 
 
 def _weights(path):
@@ -35,7 +73,7 @@ def _weights(path):
 
 
 def test_run_writes_everything(full_run):
-    out, metrics = full_run
+    out, metrics, _ = full_run
     for name in ("last.safetensors", "last.state.pt", "best.safetensors", "best.state.pt", "results.csv",
                  "curves.png", "metrics.json"):
         assert (out / name).is_file(), name
@@ -50,19 +88,22 @@ def test_run_writes_everything(full_run):
     assert math.isfinite(metrics["map"])
 
 
-def test_resume_continues_exactly(full_run, data, tmp_path, monkeypatch):
-    ref_out, ref_metrics = full_run
+class DiesAfterEpoch(Callback):
+    """The process "dies" right after epoch ``epoch``'s checkpoint."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, row):
+        if row["epoch"] == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_exactly(full_run, data, tmp_path):
+    ref_out, ref_metrics, _ = full_run
     out = tmp_path / "run"
-    original = Trainer._end_epoch
-
-    def stop_after_first_epoch(self, epoch, means, result):
-        original(self, epoch, means, result)
-        raise KeyboardInterrupt  # the process "dies" right after epoch 1's checkpoint
-
-    monkeypatch.setattr(Trainer, "_end_epoch", stop_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
-        Trainer(tiny_config(data, out), progress=False).fit()
-    monkeypatch.undo()
+        Trainer(tiny_config(data, out), progress=False, callbacks=[DiesAfterEpoch(1)]).fit()
     assert ck.read_state(out / "last.state.pt")["epoch"] == 1
     cfg, state = load_resume(out)
     metrics = Trainer(cfg, resume_state=state, progress=False).fit()
@@ -84,7 +125,7 @@ def test_resume_continues_exactly(full_run, data, tmp_path, monkeypatch):
 
 def test_eval_tool_matches_training_eval(full_run, data, tmp_path):
     """tools/eval_det.py on the val split reproduces the run's final numbers from the checkpoint alone."""
-    out, metrics = full_run
+    out, metrics, _ = full_run
     root = data.parent
     summary_path = tmp_path / "not" / "yet" / "summary.json"  # every output creates its folder
     rc = eval_det.main(["--weights", str(out / "last.safetensors"),
@@ -106,54 +147,65 @@ def test_eval_tool_matches_training_eval(full_run, data, tmp_path):
     assert all(len(r["bbox"]) == 4 and r["category_id"] in range(1, 6) for r in results)
 
 
-def _nan_at(monkeypatch, step: int):
-    """Make the detector's real loss NaN at global step ``step`` (one bad batch)."""
-    original = Trainer._step
+class NanAt(Callback):
+    """Make the detector's real loss NaN at global step ``step`` (one bad batch): the model's forward is wrapped."""
 
-    def poisoned(self, *args):
-        if self.state.global_step != step:
-            return original(self, *args)
-        real = self.ddp_model.forward
-        monkeypatch.setattr(self.ddp_model, "forward",
-                            lambda *a, **k: {n: v * float("nan") for n, v in real(*a, **k).items()})
-        try:
-            return original(self, *args)
-        finally:
-            monkeypatch.setattr(self.ddp_model, "forward", real)
+    def __init__(self, step: int) -> None:
+        self.step = step
 
-    monkeypatch.setattr(Trainer, "_step", poisoned)
+    def on_train_start(self, trainer):
+        real = trainer.ddp_model.forward
+
+        def forward(*args, **kwargs):
+            out = real(*args, **kwargs)
+            if not trainer.ddp_model.training or trainer.state.global_step != self.step:
+                return out
+            return {name: value * float("nan") for name, value in out.items()}
+
+        trainer.ddp_model.forward = forward
 
 
-def test_nan_loss_stops_and_keeps_last_good(data, tmp_path, monkeypatch):
-    _nan_at(monkeypatch, step=1)  # one step per epoch: epoch 1 = step 0, epoch 2 turns NaN
+class Steps(Callback):
+    """The global steps the loop finished, and the losses it reported (device tensors, None when skipped)."""
+
+    def __init__(self) -> None:
+        self.seen, self.losses = [], []
+
+    def on_step_end(self, trainer, step, losses):
+        self.seen.append(step)
+        self.losses.append(losses)
+
+
+def test_nan_loss_stops_and_keeps_last_good(data, tmp_path):
+    # one step per epoch: epoch 1 = step 0, epoch 2 turns NaN
     with pytest.raises(TrainingStopped) as err:
-        Trainer(tiny_config(data, tmp_path, max_steps_per_epoch=1), progress=False).fit()
+        Trainer(tiny_config(data, tmp_path, max_steps_per_epoch=1), progress=False, callbacks=[NanAt(1)]).fit()
     msg = str(err.value)
     assert "non-finite loss at epoch 2" in msg and "last.safetensors" in msg and "(epoch 1)" in msg
     _, meta = ck.read_weights(tmp_path / "last.safetensors")
     assert meta["epoch"] == 1 and ck.read_state(tmp_path / "last.state.pt")["epoch"] == 1
 
 
-def test_nan_skip_policy_counts(data, tmp_path, monkeypatch):
-    _nan_at(monkeypatch, step=1)
+def test_nan_skip_policy_counts(data, tmp_path):
     cfg = tiny_config(data, tmp_path, nan_policy="skip", max_steps_per_epoch=1, epochs=3)
-    metrics = Trainer(cfg, progress=False).fit()
+    steps = Steps()
+    metrics = Trainer(cfg, progress=False, callbacks=[NanAt(1), steps]).fit()
     assert metrics["skips"]["nan_steps"] == 1
     assert json.loads((tmp_path / "metrics.json").read_text())["skips"]["nan_steps"] == 1
     assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "last.safetensors").values())
+    assert steps.seen == [0, 1, 2] and steps.losses[1] is None  # the skipped step reports no losses
+    assert all(t.dtype == torch.float64 and t.shape == (4,) for t in (steps.losses[0], steps.losses[2]))
 
-def test_nan_found_by_a_mid_epoch_check_names_the_bad_step(data, tmp_path, monkeypatch, capsys):
+
+def test_nan_found_by_a_mid_epoch_check_names_the_bad_step(data, tmp_path):
     """The loss is not read per step: a device-side flag, read every finite_check_steps steps, names the step."""
-    _nan_at(monkeypatch, step=0)
-    monkeypatch.setattr(Trainer, "finite_check_steps", 2)
-    reads = []
-    original = Trainer._check_guard
-    monkeypatch.setattr(Trainer, "_check_guard", lambda self, epoch: reads.append(self.state.global_step)
-                        or original(self, epoch))
+    steps = Steps()
+    trainer = Trainer(tiny_config(data, tmp_path, batch=4), progress=False, callbacks=[NanAt(0), steps])
+    trainer.finite_check_steps = 2
     with pytest.raises(TrainingStopped) as err:
-        Trainer(tiny_config(data, tmp_path), progress=False).fit()  # 2 steps per epoch: the check after step 1
+        trainer.fit()  # 4 steps per epoch: the first check comes after step 1, not after step 0 nor at the epoch end
     msg = str(err.value)
-    assert reads == [2] and "non-finite loss at epoch 1, step 0: loss=nan" in msg
+    assert steps.seen == [0, 1] and "non-finite loss at epoch 1, step 0: loss=nan" in msg
     assert "no checkpoint had been written yet" in msg and not (tmp_path / "last.safetensors").exists()
 
 
@@ -168,19 +220,16 @@ def test_epoch_log_shows_throughput_and_gpu_settings_stay_off_on_cpu(data, tmp_p
 
 
 def test_unwritable_output_stops_and_keeps_previous(data, tmp_path, monkeypatch):
-    original = Trainer._end_epoch
+    def enospc(*args, **kwargs):
+        raise OSError(28, "No space left on device")
 
-    def fail_from_epoch_2(self, epoch, means, result):
-        if epoch == 1:  # the disk "fills up" before epoch 2's checkpoint
-            def enospc(*args, **kwargs):
-                raise OSError(28, "No space left on device")
+    class DiskFillsUp(Callback):
+        def on_step_end(self, trainer, step, losses):
+            if step == 1:  # epoch 2's only step: the disk fills up before its checkpoint
+                monkeypatch.setattr(atomic.tempfile, "mkstemp", enospc)
 
-            monkeypatch.setattr(atomic.tempfile, "mkstemp", enospc)
-        return original(self, epoch, means, result)
-
-    monkeypatch.setattr(Trainer, "_end_epoch", fail_from_epoch_2)
     with pytest.raises(TrainingStopped, match="No space left on device"):
-        Trainer(tiny_config(data, tmp_path, max_steps_per_epoch=1), progress=False).fit()
+        Trainer(tiny_config(data, tmp_path, max_steps_per_epoch=1), progress=False, callbacks=[DiskFillsUp()]).fit()
     monkeypatch.undo()
     assert ck.read_state(tmp_path / "last.state.pt")["epoch"] == 1
     assert ck.read_weights(tmp_path / "last.safetensors")[1]["epoch"] == 1
@@ -188,7 +237,8 @@ def test_unwritable_output_stops_and_keeps_previous(data, tmp_path, monkeypatch)
 
 def test_time_budget_refits_epochs_and_schedule(data, tmp_path):
     """train.time: 10 s spent on 2 epochs (5 s each) with a 100 s budget -> 20 epochs, schedule stretched."""
-    trainer = Trainer(tiny_config(data, tmp_path, time=100 / 3600), progress=False)
+    cfg = tiny_config(data, tmp_path, time=100 / 3600)
+    trainer = Trainer(cfg, progress=False)
     old_scheduler = trainer.scheduler
     trainer.state.train_time_s, trainer.state.global_step = 10.0, 2 * trainer.steps_per_epoch
     trainer._fit_epochs_to_time(epoch=1)
@@ -198,6 +248,7 @@ def test_time_budget_refits_epochs_and_schedule(data, tmp_path):
     trainer.state.train_time_s = 1000.0            # over budget: end after the epoch that just finished
     trainer._fit_epochs_to_time(epoch=1)
     assert trainer.cfg.train.epochs == 2
+    assert cfg.train.epochs == 2 and trainer.cfg is not cfg  # the caller's config is left as it was
 
 
 def test_time_budget_run_stops_and_saves_fitted_epochs(data, tmp_path):
@@ -222,3 +273,18 @@ def test_nominal_batch_accumulates_and_batch_pictures_are_saved(data, tmp_path):
     assert pictures == ["train_batch0.jpg", "train_batch1.jpg", "train_batch2.jpg", "train_batch3.jpg"]
     with Image.open(tmp_path / "train_batch0.jpg") as picture:
         assert picture.size == (3 * 64, 3 * 64)  # 8 images in a 3 x 3 grid
+
+
+def test_the_callbacks_example_of_the_docs_runs(data, tmp_path, capsys):
+    """docs/training.md's callback class, on a tiny run (its last two lines train the default recipe: not here)."""
+    text = (ROOT / "docs" / "training.md").read_text()
+    section = text.split("### Callbacks: your code in the loop", 1)[1].split("\n## ", 1)[0]
+    (snippet,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    definitions, usage = snippet.split("\ncfg = ", 1)
+    assert "Trainer(cfg, callbacks=[LossLog(" in usage
+    namespace: dict = {}
+    exec(definitions, namespace)  # noqa: S102 - the project's own documentation
+    cfg = tiny_config(data, tmp_path, epochs=1, batch=4)
+    Trainer(cfg, progress=False, callbacks=[namespace["LossLog"](every=2)]).fit()
+    out = capsys.readouterr().out
+    assert "step 2: loss " in out and "step 4: loss " in out and "epoch 1: loss " in out and " img/s" in out

@@ -13,7 +13,9 @@ Examples:
     python tools/export.py --weights runs/exp/best.safetensors --nms --conf 0.25 --out model_nms.onnx
 
 Exit codes: 0 done, 2 bad input (a checkpoint that is refused, truncated, empty or not a cspwrc detector; an
-unknown --model; a bad --img), 3 the output could not be written; --debug for tracebacks.
+unknown --model; a bad --img), 3 the output could not be written, or the --nms graph's detections differ from
+PyTorch's beyond the tolerance of cspwrc.deploy.parity (the message names the image and what differed);
+--debug for tracebacks.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from cspwrc.deploy.export import (
     onnx_metadata,
     write_onnx_metadata,
 )
+from cspwrc.deploy.parity import NmsTolerance, parity_report
 from cspwrc.engine.config import ConfigError, check_model_name
 
 
@@ -109,9 +112,9 @@ def _export_nms(args: argparse.Namespace, detector: torch.nn.Module, meta: dict,
     print(f"wrote {path} (onnx + NonMaxSuppression, input images [B, 3, {img}, {img}] in [0, 1], outputs boxes "
           f"[K, 4], scores [K], labels [K], batch_index [K]; conf {e2e.score_thresh}, iou {e2e.nms_iou}, "
           f"max_det {e2e.max_det})")
-    if not args.no_check:
-        diff = check_export_nms(e2e, path, torch.rand(2, 3, img, img))
-        print(f"max box |pytorch - onnx| over matched detections on a batch of 2: {diff:.2e}")
+    if not args.no_check:  # exit 3 when onnxruntime does not keep what PyTorch keeps, within the tolerance
+        tol = NmsTolerance()
+        print(parity_report(check_export_nms(e2e, path, torch.rand(2, 3, img, img), tol), tol))
     return 0
 
 

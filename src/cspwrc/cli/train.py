@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from cspwrc.cli import add_debug_flag, guarded
+from cspwrc.engine.callbacks import Callback
 from cspwrc.engine.config import ConfigError, add_cli_arguments, cli_overrides, load_config
 from cspwrc.engine.trainer import Trainer, load_resume
 
@@ -61,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, callbacks: Sequence[Callback] = ()) -> int:
     overrides = cli_overrides(args)
     if args.resume:
         if args.config:
@@ -70,14 +72,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg, state = load_config(default_recipe(args), overrides), None
     new_run_dir = not (args.resume or args.exist_ok)
-    metrics = Trainer(cfg, resume_state=state, progress=not args.no_progress, new_run_dir=new_run_dir).fit()
+    metrics = Trainer(cfg, resume_state=state, progress=not args.no_progress, new_run_dir=new_run_dir,
+                      callbacks=callbacks).fit()
     print(f"mAP@[.5:.95] {metrics['map']:.4f}  mAP50 {metrics['map50']:.4f}  run dir {metrics['run_dir']}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> int:
+    """``cspwrc train``; ``callbacks`` (:mod:`cspwrc.engine.callbacks`) go to the trainer, for code that runs the
+    command with its own hooks (tests, :mod:`cspwrc.experiments.gpu_train`)."""
     args = parse_args(argv)
-    return guarded(lambda: run(args), args.debug)
+    return guarded(lambda: run(args, callbacks), args.debug)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ The exported graph is normalisation + backbone + neck + head + box decoding, i.e
 By default NMS is not in the graph (``torchvision.ops.nms`` exports only for batch 1): the caller runs
 :func:`cspwrc.deploy.postprocess.postprocess_numpy` (numpy only) afterwards. :class:`EndToEnd` +
 :func:`export_onnx_nms` (``export --nms``) put the whole post-processing in the graph instead, around one
-batched, per-class ONNX ``NonMaxSuppression`` node. Every ONNX file gets :func:`onnx_metadata`.
+batched, per-class ONNX ``NonMaxSuppression`` node, checked by :func:`check_export_nms` (tolerances:
+:mod:`cspwrc.deploy.parity`). Every ONNX file gets :func:`onnx_metadata`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torchvision.ops import nms
 
 from cspwrc import __version__ as cspwrc_version
 from cspwrc.atomic import write_bytes
+from cspwrc.deploy.parity import NmsParity, NmsTolerance, compare_nms
 from cspwrc.det import RawPredictions, build_detector
 from cspwrc.det.postprocess import PostprocessCfg, postprocess
 from cspwrc.engine.checkpoint import load_detector
@@ -241,35 +243,21 @@ def run_onnx_nms(path: str | Path, images: torch.Tensor) -> dict[str, np.ndarray
     return dict(zip(NMS_OUTPUTS, ort_session(path).run(list(NMS_OUTPUTS), {INPUT_NAME: images.numpy()})))
 
 
-def match_detections(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> float:
-    """Largest box difference (pixels) after pairing each expected detection with the closest unused actual one
-    of the same label; ``inf`` when the counts differ. Pairing, not position: near-tied scores may swap order."""
-    if len(actual["labels"]) != len(expected["labels"]):
-        return float("inf")
-    if not len(expected["labels"]):
-        return 0.0
-    dist = np.abs(expected["boxes"][:, None] - actual["boxes"][None]).max(-1)  # [K, K]
-    dist[expected["labels"][:, None] != actual["labels"][None]] = np.inf
-    worst = 0.0
-    for row in dist:
-        j = int(row.argmin())
-        worst = max(worst, float(row[j]))
-        dist[:, j] = np.inf  # each actual detection pairs once
-    return worst
-
-
-def check_export_nms(module: EndToEnd, path: str | Path, images: torch.Tensor) -> float:
-    """Worst :func:`match_detections` between onnxruntime and :func:`postprocess` of the PyTorch raw output.
-
-    ``images [B, 3, S, S]`` in [0, 1]; ``inf`` when an image's detections differ in number or labels.
-    """
+def check_export_nms(module: EndToEnd, path: str | Path, images: torch.Tensor,
+                     tol: NmsTolerance = NmsTolerance()) -> list[NmsParity]:
+    """onnxruntime's detections against :func:`postprocess` of the PyTorch raw output, one
+    :func:`~cspwrc.deploy.parity.compare_nms` per image of ``images [B, 3, S, S]`` in [0, 1]; judge the results with
+    :func:`~cspwrc.deploy.parity.parity_report` (raises :class:`~cspwrc.deploy.parity.ExportMismatch`)."""
     got = run_onnx_nms(path, images)
     with torch.no_grad():
-        expected = postprocess(module.raw_model(images), module.score_thresh, module.nms_iou, module.max_det,
-                               module.pre_nms_topk, image_size=(module.img, module.img))
-    mine = [got["batch_index"] == b for b in range(len(expected))]
-    return max(match_detections({k: v[m] for k, v in got.items()}, {k: v.numpy() for k, v in exp.items()})
-               for m, exp in zip(mine, expected))
+        raw = module.raw_model(images)
+    expected = postprocess(raw, module.score_thresh, module.nms_iou, module.max_det, module.pre_nms_topk,
+                           image_size=(module.img, module.img))
+    settings = dict(img=module.img, score_thresh=module.score_thresh, nms_iou=module.nms_iou, max_det=module.max_det,
+                    pre_nms_topk=module.pre_nms_topk, tol=tol)
+    return [compare_nms(raw[b].numpy(), {k: v.numpy() for k, v in exp.items()},
+                        {k: v[got["batch_index"] == b] for k, v in got.items()}, image=b, **settings)
+            for b, exp in enumerate(expected)]
 
 
 # ------------------------------------------------------------------------------------------------ metadata

@@ -1,4 +1,5 @@
-"""DDP helpers: start from torchrun's environment, rank queries, gathering results on rank 0.
+"""DDP helpers: start from torchrun's environment, rank queries, gathering results on rank 0; the device and
+its autocast dtype (:func:`resolve_device`, :func:`resolve_amp`), a batch moved there (:func:`to_device`).
 
 ``torchrun --nproc_per_node N tools/train_det.py ...`` sets RANK/WORLD_SIZE/LOCAL_RANK; a plain
 ``python tools/train_det.py`` runs as a single process and every helper here degrades to a no-op.
@@ -65,6 +66,30 @@ def resolve_device(name: str) -> torch.device:
         if device.index is not None:  # set_device needs an index; plain "cuda" keeps the current device
             torch.cuda.set_device(device)
     return device
+
+
+def resolve_amp(setting: bool | str, device: torch.device) -> torch.dtype | None:
+    """``train.amp`` -> the autocast dtype on this device, or None (fp32). auto/true: bf16 where the GPU has it."""
+    if device.type != "cuda" or setting in (False, "off"):
+        return None
+    if setting in (True, "auto"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if setting == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.amp: bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or auto")
+    return torch.bfloat16 if setting == "bf16" else torch.float16
+
+
+def to_device(images: torch.Tensor, targets: list[dict[str, Any]], device: torch.device, channels_last: bool = False
+              ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """A loader's batch on ``device``: ``images uint8 [B, 3, S, S]`` -> ``float32`` in [0, 1] (NHWC with
+    ``channels_last``), the targets' ``boxes`` and ``labels``. Pinned batches (CUDA) copy asynchronously; uint8
+    travels, the float conversion runs on the device."""
+    images = images.to(device, non_blocking=True)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    images = images.to(dtype=torch.float32, memory_format=fmt).div_(255.0)
+    targets = [{"boxes": t["boxes"].to(device, non_blocking=True),
+                "labels": t["labels"].to(device, non_blocking=True)} for t in targets]
+    return images, targets
 
 
 def init_distributed(device: torch.device, timeout_s: int = 1800) -> None:

@@ -8,6 +8,7 @@ takes it. POSIX only; elsewhere the lock is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import IO
@@ -81,9 +82,14 @@ class RunLock:
             return False
 
     def release(self) -> None:
-        """Remove the file and drop the lock (removed while still held, so no one locks a deleted file)."""
+        """Remove the file and drop the lock (removed while still held, so no one locks a deleted file).
+
+        Never raises: in a folder that cannot be written (read-only, full) the file stays, which is harmless (a file
+        nobody holds blocks no run, :func:`is_held`), and the error that stopped the run is the one reported.
+        """
         if self._fh is None:
             return
-        self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.path.unlink(missing_ok=True)
         self._fh.close()
         self._fh = None

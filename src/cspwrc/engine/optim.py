@@ -29,7 +29,7 @@ from cspwrc.layers.wrc import WeightedResidual
 if TYPE_CHECKING:  # the run config imports the detector; only its type is needed here
     from cspwrc.engine.config import RunConfig
 
-__all__ = ["MuonSGD", "WarmupScheduler", "accumulate_steps", "build_optimizer", "param_groups"]
+__all__ = ["MuonSGD", "WarmupScheduler", "accumulate_steps", "build_optimizer", "fitted_epochs", "param_groups"]
 
 # Newton-Schulz quintic coefficients and steps of Muon (Jordan et al. 2024), as Ultralytics' MuSGD uses them.
 NS_COEFFICIENTS = [(3.4445, -4.7750, 2.0315)]
@@ -79,6 +79,14 @@ def accumulate_steps(batch: int, world_size: int, nominal_batch: int) -> int:
     """Batches per optimizer step: ``round(nominal_batch / (batch * world_size))``, at least 1 (1 without a
     nominal batch)."""
     return max(1, round(nominal_batch / (batch * world_size))) if nominal_batch > 0 else 1
+
+
+def fitted_epochs(time_h: float, done: int, spent_s: float, epochs: int) -> int:
+    """``train.time``: how many epochs fit a budget of ``time_h`` hours at the mean epoch time so far (``spent_s``
+    over ``done`` epochs: training and evaluation of this run, resumes included, not start-up), as Ultralytics'
+    ``time=``; never fewer than ``done`` (the run never ends before the epoch that just finished), ``epochs`` while
+    no time has been counted. The final evaluation comes on top of the budget."""
+    return max(done, math.floor(time_h * 3600.0 * done / spent_s)) if spent_s > 0 else epochs
 
 
 def build_optimizer(model: nn.Module, cfg: RunConfig, world_size: int = 1) -> torch.optim.Optimizer:

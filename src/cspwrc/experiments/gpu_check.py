@@ -4,7 +4,8 @@ Steps (each in its own process with its own time limit; a failing step is record
 
 1. ``train_bs16``: cspwrc training throughput (img/s of the train loop: data + step, per epoch, median after
    the warm-up epochs) on coco128 (all 128 images, ``configs/det/coco128_memorize.yaml``: augmentation off) at
-   640, batch 16, RAM cache, ``data.workers: auto``; plus start-up time (process start to epoch 1's end).
+   640, batch 16, RAM cache, ``data.workers: auto``; plus start-up time (process start to the start of epoch 1's
+   train loop). The numbers come from a training callback (the worker :mod:`cspwrc.experiments.gpu_train`).
 2. ``train_bs64``: the same at batch 64 on coco128 repeated 8 times (16 steps an epoch), with the GPU
    utilisation sampled by ``nvidia-smi`` between the end of epoch 1 and the last epoch.
 3. ``ultralytics``: YOLOv8s from ``yolov8s.yaml`` (no download) on the same 128 images, same size, batch,
@@ -31,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -44,7 +44,7 @@ from cspwrc.experiments.procs import UtilSampler, capture, stream
 
 CLI = [sys.executable, "-m", "cspwrc.cli"]  # the installed commands, run from this python
 COCO128_PLACES = (Path(".gpu_carry") / "coco128", Path("..") / "shared" / "data" / "coco128")
-EPOCH_LINE = re.compile(r"^epoch (\d+)/\d+: .* train=([\d.]+)s ([\d.]+) img/s$")
+EPOCH_MARKER = "EPOCH "  # a line of the gpu_train worker: the marker, then one epoch's numbers as JSON
 WARMUP_EPOCHS = 2  # epochs left out of the median: cuDNN autotuning, allocator growth, first worker batches
 
 
@@ -159,8 +159,13 @@ def prepare_data(coco: Path, work: Path, repeat: int) -> tuple[Path, Path, list[
 # ------------------------------------------------------------------------------------------------ steps
 def train_step(run: Run, data: Path, batch: int, epochs: int, out: Path, log: IO[str], limit: float, sample: bool
                ) -> dict[str, Any]:
-    """cspwrc training; img/s from the trainer's per-epoch log lines; GPU utilisation sampled if ``sample``."""
-    cmd = [*CLI, "train", "--config", "coco128_memorize",
+    """cspwrc training; img/s per epoch from the worker's callback lines; GPU utilisation sampled if ``sample``.
+
+    ``epochs``: per epoch its number, train-loop ``seconds`` and ``img_s`` (the trainer's, as in its log line) and
+    ``at_s``, when its line arrived (after the epoch's checkpoint). ``startup_s``: from starting the process to the
+    start of epoch 1's train loop.
+    """
+    cmd = [sys.executable, "-m", "cspwrc.experiments.gpu_train", "--config", "coco128_memorize",
            "--data", str(data), "--img", str(run.img), "--batch", str(batch), "--epochs", str(epochs),
            "--device", run.device, "--out", str(out), "--model", run.model, "--no-progress",
            "--set", "data.workers=auto", "--set", "data.cache=ram", "--set", f"train.eval_interval={epochs}"]
@@ -168,17 +173,20 @@ def train_step(run: Run, data: Path, batch: int, epochs: int, out: Path, log: IO
         cmd += ["--set", "model.neck.channels=[16,32,64]", "--set", "train.max_steps_per_epoch=2"]
     sampler = UtilSampler() if sample else None
     epochs_seen: list[dict[str, float]] = []
-    start = time.perf_counter()
+    started: list[float] = []  # when epoch 1's train loop started (unix time)
+    spawned, start = time.time(), time.perf_counter()
 
     def on_line(line: str) -> None:
-        m = EPOCH_LINE.match(line.strip())
-        if not m:
+        if not line.startswith(EPOCH_MARKER):
             return
-        epochs_seen.append({"epoch": int(m[1]), "seconds": float(m[2]), "img_s": float(m[3]),
+        epoch = json.loads(line[len(EPOCH_MARKER):])
+        epochs_seen.append({"epoch": epoch["epoch"], "seconds": epoch["seconds"], "img_s": epoch["img_s"],
                             "at_s": time.perf_counter() - start})
-        if sampler is not None and int(m[1]) == 1:
+        if not started:
+            started.append(epoch["started_at"])
+        if sampler is not None and epoch["epoch"] == 1:
             sampler.start()
-        if sampler is not None and int(m[1]) == epochs:
+        if sampler is not None and epoch["epoch"] == epochs:
             sampler.stop()
 
     rc, lines = stream(cmd, log, limit, on_line,
@@ -188,9 +196,8 @@ def train_step(run: Run, data: Path, batch: int, epochs: int, out: Path, log: IO
     steady = [e["img_s"] for e in epochs_seen[WARMUP_EPOCHS:]] or [e["img_s"] for e in epochs_seen]
     result: dict[str, Any] = {"status": "ok" if rc == 0 else "failed", "rc": rc, "command": " ".join(cmd),
                               "epochs": epochs_seen, "median_img_s": statistics.median(steady) if steady else None,
-                              "startup_s": None, "settings": [ln for ln in lines if "loader workers" in ln]}
-    if epochs_seen:  # process start to the end of epoch 1, minus epoch 1's own train time
-        result["startup_s"] = round(epochs_seen[0]["at_s"] - epochs_seen[0]["seconds"], 1)
+                              "startup_s": round(started[0] - spawned, 1) if started else None,
+                              "settings": [ln for ln in lines if "loader workers" in ln]}
     if sampler is not None:
         result.update(sampler.summary())
     return result
