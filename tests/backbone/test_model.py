@@ -48,9 +48,11 @@ def test_feature_info(size: str) -> None:
 
 def test_n_is_yolov5n_backbone() -> None:
     """cspwrc_n: YOLOv5n's depths (round, not int: 1, 2, 3, 1), a 16-channel one-conv stem, stride-2 convs that
-    widen to the stage (no cs3darknet peer to stay loadable from), PyTorch's default conv init."""
+    widen to the stage (no cs3darknet peer to stay loadable from), PyTorch's default conv init, and bottlenecks
+    twice as wide as the stage's half (bottle_ratio 2): 1.45 M parameters."""
     model = _meta_model("cspwrc_n")
     assert [len(s.blocks) for s in model.stages] == [1, 2, 3, 1]
+    assert model.cfg.bottle_ratio == 2.0 and sum(p.numel() for p in model.parameters()) == 1_448_038
     assert [m.conv.out_channels for m in model.stem] == [16]
     assert [s.conv_down.conv.out_channels for s in model.stages] == [32, 64, 128, 256]
     assert model.cfg.conv_init == "default" and not model.cfg.zero_init_last

@@ -28,7 +28,7 @@ DEMO = {
         "post": {"score_thresh": 0.001, "nms_iou": 0.6, "max_det": 300, "pre_nms_topk": 3000},
         "sync_bn": False,
     },
-    "data": {"path": None, "workers": 1, "cache": "none"},
+    "data": {"path": None, "workers": 1, "cache": "ram"},
     "augment": {"mosaic": 0.0},
     "optim": {"opt": "adamw", "lr": 0.002, "weight_decay": 0.05, "momentum": 0.9, "betas2": 0.999, "nominal_batch": 0},
     "schedule": {"sched": "cosine", "warmup_epochs": 1.0, "warmup_lr": 0.0, "warmup_bias_lr": 0.01,

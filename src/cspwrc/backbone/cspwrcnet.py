@@ -368,8 +368,11 @@ def _create_cspwrc(variant: str, pretrained: bool = False, **kwargs: Any) -> Csp
 model_cfgs = dict(
     # YOLOv5n's backbone: CspWrcCfg.scaled(0.25, 0.33) would give an 8-channel stem, stride-2 convs that keep
     # their input width and int()-rounded depths (1, 1, 2, 1): half YOLOv5n's parameters, and measurably worse.
+    # Its bottlenecks twice as wide (bottle_ratio 2): of the two ways to spend the latency left under YOLOv8n's,
+    # this one scored 0.393 mAP in the SHWD hour against 0.380 for twice the depth (2, 4, 6, 2) at 1.1 ms more
+    # (docs/race/shwd_60min_v2/ARMS.md, arms G and H).
     cspwrc_n=CspWrcCfg(stem_chs=(16,), stage_chs=(32, 64, 128, 256), depths=(1, 2, 3, 1), down_growth=True,
-                       conv_init="default", zero_init_last=False),
+                       bottle_ratio=2.0, conv_init="default", zero_init_last=False),
     cspwrc_s=CspWrcCfg.scaled(width=0.5, depth=0.5),
     cspwrc_m=CspWrcCfg.scaled(width=0.75, depth=0.67),
     cspwrc_l=CspWrcCfg.scaled(width=1.0, depth=1.0),
