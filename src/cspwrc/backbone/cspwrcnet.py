@@ -367,7 +367,7 @@ def _create_cspwrc(variant: str, pretrained: bool = False, **kwargs: Any) -> Csp
 
 model_cfgs = dict(
     # YOLOv5n's backbone: CspWrcCfg.scaled(0.25, 0.33) would give an 8-channel stem, stride-2 convs that keep
-    # their input width and int()-rounded depths (1, 1, 2, 1): half YOLOv5n's parameters, and measurably worse.
+    # their input width and int()-rounded depths (1, 1, 2, 1): half YOLOv5n's parameters.
     # Its bottlenecks twice as wide (bottle_ratio 2): of the two ways to spend the latency left under YOLOv8n's,
     # this one scored 0.393 mAP in the SHWD hour against 0.380 for twice the depth (2, 4, 6, 2) at 1.1 ms more
     # (docs/race/shwd_60min_v2/ARMS.md, arms G and H).
