@@ -25,17 +25,17 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from cspwrc.atomic import WriteError, make_dir, write_bytes, write_json
 from cspwrc.cli import add_debug_flag, guarded
-from cspwrc.data.checks import to_rgb
+from cspwrc.data.image_io import read_rgb
 from cspwrc.data.letterbox import letterbox
 from cspwrc.det.postprocess import undo_letterbox
 from cspwrc.draw import draw_boxes
 from cspwrc.engine.checkpoint import load_detector
 from cspwrc.engine.distributed import resolve_device
-from cspwrc.errors import InputError, shorten
+from cspwrc.errors import InputError, SampleReadError, shorten
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv"}
@@ -77,13 +77,6 @@ def list_sources(source: str) -> list[Path]:
         kinds = " ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
         raise InputError(f"--source {shorten(source)}: no images or videos ({kinds}) found")
     return found
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    """uint8 [H, W, 3] RGB, EXIF orientation applied (as COCO and the training data define it)."""
-    with Image.open(path) as im:
-        im.load()
-        return np.asarray(to_rgb(ImageOps.exif_transpose(im)))
 
 
 def class_indices(wanted: list[str] | None, names: list[str]) -> set[int] | None:
@@ -250,8 +243,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{path.name}: {count} frames -> {target}")
             continue
         try:
-            image = read_rgb(path)
-        except (OSError, UnidentifiedImageError) as err:  # one bad file is skipped and counted, not fatal
+            image = read_rgb(path)  # EXIF orientation applied, as COCO and the training data define it
+        except SampleReadError as err:  # one bad file is skipped and counted, not fatal
             print(f"skipped {path}: {err}", file=sys.stderr)
             skipped += 1
             continue
