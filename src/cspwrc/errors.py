@@ -86,5 +86,5 @@ class Fault(ValueError):
 
 
 class SampleReadError(OSError):
-    """A per-sample problem found when reading an image (missing, corrupt, unreadable ...); the data side substitutes
-    another sample (:mod:`cspwrc.data.checks`)."""
+    """A per-sample problem found when reading an image (missing, corrupt, unreadable ...; raised by
+    :mod:`cspwrc.data.image_io`); the dataset substitutes another sample, ``cspwrc predict`` skips the file."""

@@ -1,4 +1,4 @@
-"""Reading weights, the one loader: eval/predict/export (:func:`cspwrc.engine.checkpoint.load_detector`),
+"""Reading weights, the one loader: eval/predict/export (:func:`cspwrc.det.load.load_detector`),
 ``--weights`` (:func:`~cspwrc.engine.checkpoint.init_from_weights`) and ``cspwrc wrc-weights`` all read through here.
 
 Nothing is unpickled: ``.safetensors`` is read with ``safetensors.safe_open`` (its ``metadata()`` is the header's

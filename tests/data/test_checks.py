@@ -13,9 +13,11 @@ import torch
 from cocofiles import ann_rec, image_rec
 from PIL import Image
 
-from cspwrc.data import checks
-from cspwrc.data.checks import DataError, load_image, verify_coco
+from cspwrc.data import cache, image_io
+from cspwrc.data.checks import DataError, verify_coco
 from cspwrc.data.coco import CocoDetection
+from cspwrc.data.image_io import load_image
+from cspwrc.errors import SampleReadError
 
 CATS = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
 
@@ -101,14 +103,14 @@ def _break(path, how):
                                        ("permission", "image permission")])
 def test_broken_image_is_skipped_and_counted(coco_builder, monkeypatch, how, kind):
     if how == "permission" and os.geteuid() == 0:  # root reads any file: make the open fail as for a user
-        real_open = checks.Image.open
+        real_open = image_io.Image.open
 
         def denied(path, *args, **kw):
             if Path(path).name == "001.jpg":
                 raise PermissionError(13, "Permission denied", str(path))
             return real_open(path, *args, **kw)
 
-        monkeypatch.setattr(checks.Image, "open", denied)
+        monkeypatch.setattr(image_io.Image, "open", denied)
     ann, images = coco_builder([image_rec(1, 96, 96), image_rec(2)], [ann_rec(1, 1, 1, [0, 0, 5, 5]),
                                                                       ann_rec(2, 2, 2, [1, 1, 5, 5])], CATS)
     _break(images / "001.jpg", how)
@@ -158,7 +160,7 @@ def _exif_image(path) -> None:
     raw = np.full((20, 40, 3), 30, np.uint8)
     raw[0:10, 0:10] = (240, 10, 10)
     exif = Image.Exif()
-    exif[checks.EXIF_ORIENTATION] = 6
+    exif[image_io.EXIF_ORIENTATION] = 6
     Image.fromarray(raw).save(path, format="JPEG", quality=100, exif=exif.tobytes())
 
 
@@ -212,8 +214,8 @@ def test_probe_cache_reuses_unchanged_files_and_reprobes_changed_ones(coco_build
     ann, images = coco_builder([image_rec(1), image_rec(2)], [], CATS)
     verify(ann, images)
     calls = []
-    real = checks.probe_image
-    monkeypatch.setattr(checks, "probe_image", lambda p: calls.append(p.name) or real(p))
+    real = image_io.probe_image
+    monkeypatch.setattr(cache, "probe_image", lambda p: calls.append(p.name) or real(p))  # the name probe_images calls
     verify(ann, images)
     assert calls == []  # nothing changed: all from cache
     Image.new("RGB", (64, 48)).save(images / "002.jpg")
@@ -232,5 +234,5 @@ def test_file_breaking_after_the_check_is_substituted_and_marked(coco_builder):
     assert "corrupt or truncated" in target["skipped"][0] or "not an image" in target["skipped"][0]
     for i in range(1, 5):
         (images / f"{i:03d}.jpg").unlink()
-    with pytest.raises(checks.SampleReadError, match="consecutive unreadable images"):
+    with pytest.raises(SampleReadError, match="consecutive unreadable images"):
         ds[1]

@@ -17,10 +17,11 @@ from cspwrc.det import DetectorConfig, YoloDetector
 from cspwrc.det.assigner import AssignerCfg
 from cspwrc.det.detector import BackboneCfg
 from cspwrc.det.head import HeadCfg
+from cspwrc.det.load import load_detector, model_section
 from cspwrc.det.loss import LossCfg
 from cspwrc.det.neck import NeckCfg
 from cspwrc.det.postprocess import PostprocessCfg
-from cspwrc.engine.checkpoint import load_detector, model_section, save_checkpoint, save_state
+from cspwrc.engine.checkpoint import save_checkpoint, save_state
 from cspwrc.engine.config import ConfigError, add_cli_arguments, cli_overrides, load_config, to_dict
 from cspwrc.engine.trainer import load_resume
 

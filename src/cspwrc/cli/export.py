@@ -42,7 +42,8 @@ from cspwrc.deploy.export import (
     write_onnx_metadata,
 )
 from cspwrc.deploy.parity import NmsTolerance, parity_report
-from cspwrc.engine.config import ConfigError, check_model_name
+from cspwrc.det.load import DEFAULT_IMG, input_size
+from cspwrc.engine.config import check_model_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--model", help="backbone name for a freshly initialised detector (e.g. to test a runtime)")
     p.add_argument("--num-classes", type=int, default=80, help="with --model")
     p.add_argument("--format", choices=FORMATS, default="onnx")
-    p.add_argument("--img", type=int, default=None, help="input size (default: the checkpoint's, else 640)")
+    p.add_argument("--img", type=int, default=None, help=f"input size (default: the checkpoint's, else {DEFAULT_IMG})")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-check", action="store_true", help="skip the PyTorch-vs-export parity check")
     p.add_argument("--nms", action="store_true", help="ONNX only: end the graph with NonMaxSuppression "
@@ -78,9 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         check_model_name(args.model)
     detector, meta = load_for_export(args.weights, args.model, args.num_classes)
-    img = args.img or int(meta.get("img", 640))
-    if img <= 0 or img % 32:
-        raise ConfigError(f"--img {img} must be a positive multiple of 32")
+    img = input_size(meta, args.img)
     module = deploy_model(detector)
     try:  # the exporters write the files themselves
         if args.nms:

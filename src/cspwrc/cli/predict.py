@@ -25,21 +25,20 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from cspwrc.atomic import WriteError, make_dir, write_bytes, write_json
 from cspwrc.cli import add_debug_flag, guarded
-from cspwrc.data.checks import to_rgb
-from cspwrc.data.letterbox import letterbox
-from cspwrc.det.postprocess import undo_letterbox
+from cspwrc.data.image_io import read_rgb
+from cspwrc.det.predict import class_names, describe, detect, input_size, load_detector, select
 from cspwrc.draw import draw_boxes
-from cspwrc.engine.checkpoint import load_detector
 from cspwrc.engine.distributed import resolve_device
-from cspwrc.errors import InputError, shorten
+from cspwrc.errors import InputError, SampleReadError, shorten
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv"}
-# Distinct colours per class (tab10), RGB.
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True)
@@ -47,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--img", type=int, default=None, help="inference size (default: the checkpoint's)")
     parser.add_argument("--conf", type=float, default=0.25, help="minimum score to keep and draw")
-    parser.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the model's, 0.6)")
+    parser.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the model's post.nms_iou)")
     parser.add_argument("--classes", nargs="+", default=None, help="keep only these classes (indices or names)")
     parser.add_argument("--max-det", type=int, default=300, help="at most this many detections per image")
     parser.add_argument("--save-txt", action="store_true", help="YOLO-format labels in OUT/labels/")
@@ -79,13 +78,6 @@ def list_sources(source: str) -> list[Path]:
     return found
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """uint8 [H, W, 3] RGB, EXIF orientation applied (as COCO and the training data define it)."""
-    with Image.open(path) as im:
-        im.load()
-        return np.asarray(to_rgb(ImageOps.exif_transpose(im)))
-
-
 def class_indices(wanted: list[str] | None, names: list[str]) -> set[int] | None:
     """``--classes`` as label indices; each item is an index or a class name."""
     if wanted is None:
@@ -100,37 +92,6 @@ def class_indices(wanted: list[str] | None, names: list[str]) -> set[int] | None
             raise InputError(f"--classes {item}: not a class index (0..{len(names) - 1}) or name of this model "
                              f"({shorten(', '.join(names))})")
     return out
-
-
-@torch.inference_mode()
-def detect(model: torch.nn.Module, image: np.ndarray, img: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """One RGB image [H, W, 3] → {"boxes" [K, 4] xyxy original pixels, "scores" [K], "labels" [K]} (CPU)."""
-    canvas, scale, pad = letterbox(image, img)
-    batch = torch.from_numpy(canvas).permute(2, 0, 1)[None].to(device).float().div_(255.0)
-    out = model(batch)[0]
-    out["boxes"] = undo_letterbox(out["boxes"].float().cpu(), scale, pad, image.shape[:2])
-    return {k: v.cpu() for k, v in out.items()}
-
-
-def select(det: dict[str, torch.Tensor], conf: float, classes: set[int] | None,
-           max_det: int) -> dict[str, torch.Tensor]:
-    """Detections with score >= conf and a wanted class, the ``max_det`` best (the model returns them sorted)."""
-    keep = det["scores"] >= conf
-    if classes is not None:
-        keep &= torch.isin(det["labels"], torch.tensor(sorted(classes), dtype=det["labels"].dtype))
-    return {k: v[keep][:max_det] for k, v in det.items()}
-
-
-def describe(det: dict[str, torch.Tensor], meta: dict[str, Any]) -> list[dict[str, Any]]:
-    names = class_names(meta)
-    cat_ids = meta.get("category_ids") or list(range(len(names)))
-    return [{"box": [round(v, 2) for v in box], "score": round(float(score), 4), "label": int(label),
-             "class_name": names[int(label)], "category_id": int(cat_ids[int(label)])}
-            for box, score, label in zip(det["boxes"].tolist(), det["scores"], det["labels"])]
-
-
-def class_names(meta: dict[str, Any]) -> list[str]:
-    return list(meta.get("class_names") or [str(i) for i in range(int(meta["num_classes"]))])
 
 
 def yolo_lines(dets: list[dict[str, Any]], height: int, width: int, with_score: bool) -> str:
@@ -220,9 +181,7 @@ def run(args: argparse.Namespace) -> int:
     sources = list_sources(args.source)
     names = class_names(meta)
     classes = class_indices(args.classes, names)
-    img = args.img or int(meta.get("img", 640))
-    if img % 32:
-        raise InputError(f"--img {img} is not a multiple of 32")
+    img = input_size(meta, args.img)
     if args.iou is not None:
         model.cfg.post.nms_iou = args.iou
     model.cfg.post.max_det = max(model.cfg.post.max_det, args.max_det)
@@ -230,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     writer, skipped = Writer(out, args), 0
 
     def predict(path: Path, image: np.ndarray, frame: int | None) -> np.ndarray:
-        det = detect(model, image, img, device)
+        det = detect(model, image, img)
         dets = describe(select(det, args.conf, classes, args.max_det), meta)
         writer.add(path, frame, image, det, dets)
         return draw_boxes(image, [d["box"] for d in dets], [d["label"] for d in dets], names,
@@ -250,8 +209,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{path.name}: {count} frames -> {target}")
             continue
         try:
-            image = read_rgb(path)
-        except (OSError, UnidentifiedImageError) as err:  # one bad file is skipped and counted, not fatal
+            image = read_rgb(path)  # EXIF orientation applied, as COCO and the training data define it
+        except SampleReadError as err:  # one bad file is skipped and counted, not fatal
             print(f"skipped {path}: {err}", file=sys.stderr)
             skipped += 1
             continue

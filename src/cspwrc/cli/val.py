@@ -33,8 +33,7 @@ from cspwrc.data import (
     read_error_message,
     verify_coco,
 )
-from cspwrc.engine.checkpoint import load_detector
-from cspwrc.engine.config import ConfigError
+from cspwrc.det.load import input_size, load_detector
 from cspwrc.engine.distributed import resolve_device
 from cspwrc.engine.eval_plots import write_eval_plots
 from cspwrc.engine.evaluate import coco_evaluate, predict_loader, write_results
@@ -73,9 +72,7 @@ def shared_categories(report: CheckReport, model_ids: list[int]) -> list[int]:
 def run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     model, meta = load_detector(args.weights, device)
-    img = args.img or int(meta.get("img", 640))
-    if img % 32:
-        raise ConfigError(f"--img {img} is not a multiple of 32")
+    img = input_size(meta, args.img)
     model_ids = [int(c) for c in meta.get("category_ids", range(int(meta["num_classes"])))]
     report = verify_coco(args.ann, args.images, progress=not args.no_progress)
     shared = shared_categories(report, model_ids)

@@ -20,8 +20,9 @@ import torch
 import cspwrc  # noqa: F401  (registers the cspwrc_* models)
 from cspwrc.backbone import backbone_state_dict, format_wrc_table, plot_wrc_weights, wrc_weights
 from cspwrc.cli import add_debug_flag, guarded
-from cspwrc.engine.checkpoint import CheckpointError, backbone_section
+from cspwrc.det.load import backbone_section
 from cspwrc.engine.config import ConfigError, check_model_name
+from cspwrc.errors import CheckpointError
 from cspwrc.weights import read_any_weights
 
 

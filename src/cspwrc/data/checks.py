@@ -14,8 +14,12 @@ Policy
 * **Fixed silently but counted**: boxes partly outside the image are clipped (``counts["bbox clipped"]``);
   grayscale / RGBA / palette / 16-bit / CMYK images are converted to RGB; images without annotations are
   kept as background.
-* **Read-time**: a file that breaks after the check raises :class:`SampleReadError` in :func:`load_image`;
-  the dataset substitutes another sample and marks the target (see ``docs/data.md``).
+* **Read-time**: a file that breaks after the check raises :class:`SampleReadError` in
+  :func:`cspwrc.data.image_io.load_image`; the dataset substitutes another sample and marks the target (see
+  ``docs/data.md``).
+
+Decoding and the reasons a file cannot be read are :mod:`cspwrc.data.image_io`'s; the probe results are cached
+per image folder by :mod:`cspwrc.data.cache`. This module decides what each finding means.
 
 EXIF orientation: the annotation frame is the one whose size equals the JSON ``width``/``height``. When
 that is the EXIF-corrected frame (also when both frames have the same size, e.g. a 180 degree rotation),
@@ -26,31 +30,24 @@ orientation tag is ignored, so boxes and pixels agree either way.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
-from tqdm import tqdm
 
 from cspwrc import validate
-from cspwrc.atomic import WriteError, write_json
-from cspwrc.errors import DataError, SampleReadError, shorten  # re-exported: their old home
+from cspwrc.data.cache import probe_images
+from cspwrc.data.image_io import ImageEntry, oriented_size
+from cspwrc.errors import DataError, SampleReadError, shorten  # DataError, SampleReadError: re-exported (old home)
 
 log = logging.getLogger("cspwrc.data")
-
-CHECK_VERSION = 1  # bump when the probe logic changes, so old cache entries are ignored
-EXIF_ORIENTATION = 0x0112
-_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90/270 degrees
 
 _IMAGE_FIELDS: dict[str, type | tuple[type, ...]] = {"id": int, "file_name": str, "width": int, "height": int}
 _ANN_FIELDS: dict[str, type | tuple[type, ...]] = {"id": int, "image_id": int, "category_id": int, "bbox": list}
@@ -62,7 +59,7 @@ def read_error_message(err: SampleReadError) -> str:
 
     torch re-raises a worker's exception in the main process from one string (``ExceptionWrapper.reraise``):
     ``SampleReadError("Caught SampleReadError in DataLoader worker process 0.\nOriginal Traceback ...")``, the
-    worker's whole traceback, whose last ``cspwrc.data.checks.SampleReadError: `` line is the message.
+    worker's whole traceback, whose last ``cspwrc.errors.SampleReadError: `` line is the message.
     """
     text = str(err)
     marker = f"{SampleReadError.__module__}.{SampleReadError.__qualname__}: "
@@ -80,18 +77,6 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{shorten(self.file)}: {shorten(self.record)}: {shorten(self.fault, 300)}"
-
-
-@dataclass(frozen=True)
-class ImageEntry:
-    """A verified image: COCO id, file path, annotation-frame size and whether to apply EXIF orientation."""
-
-    id: int
-    file_name: str
-    path: Path
-    height: int
-    width: int
-    exif_transpose: bool
 
 
 @dataclass
@@ -206,152 +191,12 @@ def safe_image_path(image_dir: Path, file_name: str, ann_file: Path, record: str
     return image_dir / posix
 
 
-# ------------------------------------------------------------------------------------------------ image probe
-def _open_rgb(path: Path, exif_transpose: bool, draft_size: int | None = None,
-              header: dict[str, Any] | None = None) -> np.ndarray:
-    """Open, decode fully and convert to ``uint8 [H, W, 3]`` RGB. Raises :class:`SampleReadError`.
-
-    ``header``, if given, receives the stored size ``raw: [w, h]`` and the EXIF ``orientation`` read in the
-    same open (before a draft decode shrinks the size), so a probe reads each file once.
-    """
-    name = shorten(path)
-    try:
-        if path.stat().st_size == 0:
-            raise SampleReadError(f"empty file {name}")
-        with Image.open(path) as im:
-            if header is not None:
-                header["raw"] = list(im.size)
-                header["orientation"] = int(im.getexif().get(EXIF_ORIENTATION, 1))
-            if draft_size and im.format == "JPEG":
-                # DCT-domain downscale: decodes big JPEGs 2-8x faster when the letterbox shrinks them anyway.
-                im.draft("RGB", (draft_size, draft_size))
-            im.load()  # full decode: truncated/corrupt data fails here, not later in a worker
-            if exif_transpose:
-                im = ImageOps.exif_transpose(im)
-            return np.asarray(to_rgb(im))  # converted inside ``with``: the file handle closes afterwards
-    except SampleReadError:
-        raise
-    except FileNotFoundError as e:
-        raise SampleReadError(f"image file missing: {name}") from e
-    except PermissionError as e:
-        raise SampleReadError(f"image file unreadable (permission denied): {name}") from e
-    except UnidentifiedImageError as e:
-        raise SampleReadError(f"not an image: {name}") from e
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        # str(e) repeats the path for OS errors (e.g. "File name too long: '...'")
-        raise SampleReadError(f"corrupt or truncated image {name}: {shorten(e, 200)}") from e
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB: 16/32-bit gray is scaled (not clipped), alpha is dropped."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(im).astype(np.float32)
-        # 16-bit data spans 0..65535; PIL's own convert would clip everything above 255 to white.
-        arr = np.clip(arr / 257.0, 0, 255).astype(np.uint8)
-        im = Image.fromarray(arr, mode="L")
-    elif im.mode == "F":
-        im = Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), mode="L")
-    elif im.mode in ("P", "PA", "LA") or (im.mode == "RGBA"):
-        im = im.convert("RGBA")
-    return im if im.mode == "RGB" else im.convert("RGB")
-
-
-def load_image(entry: ImageEntry, draft_size: int | None = None) -> np.ndarray:
-    """Read a verified image as ``uint8 [H, W, 3]`` RGB in its annotation frame (maybe JPEG-draft reduced).
-
-    Raises :class:`SampleReadError` if the file broke after the check or its frame no longer matches.
-    """
-    arr = _open_rgb(entry.path, entry.exif_transpose, draft_size)
-    h, w = arr.shape[:2]
-    # A draft-reduced image keeps the aspect ratio; anything else means the file changed under us.
-    if abs(h * entry.width - w * entry.height) > max(h, w, entry.height, entry.width):
-        raise SampleReadError(f"image {shorten(entry.path)} is {w}x{h}, annotations say {entry.width}x{entry.height}")
-    return arr
-
-
-def probe_image(path: Path) -> dict[str, Any]:
-    """Decode an image once; return ``{"raw": [w, h], "orientation": int}`` or ``{"error": reason}``."""
-    header: dict[str, Any] = {}
-    try:
-        _open_rgb(path, exif_transpose=False, draft_size=256, header=header)  # classifies every unreadable case
-    except SampleReadError as e:
-        return {"error": str(e)}
-    orientation = header["orientation"]
-    return {"raw": header["raw"], "orientation": orientation if 1 <= orientation <= 8 else 1}
-
-
+# ------------------------------------------------------------------------------------------------ the checks
 def _error_kind(reason: str) -> str:
     for kind in ("missing", "empty", "permission", "not an image"):
         if kind in reason:
             return f"image {kind}"
     return "image corrupt"
-
-
-# ------------------------------------------------------------------------------------------------ probe cache
-def cache_root() -> Path:
-    """Root of cspwrc's caches: ``$CSPWRC_CACHE`` or ``~/.cache/cspwrc``."""
-    env = os.environ.get("CSPWRC_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cspwrc"
-
-
-def _stat_key(path: Path) -> list[int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
-
-
-def _cache_file(image_dir: Path) -> Path:
-    digest = hashlib.sha256(f"v{CHECK_VERSION}:{image_dir.resolve()}".encode()).hexdigest()[:24]
-    return cache_root() / "checks" / f"{digest}.json"
-
-
-def _read_cache(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}  # a missing or damaged cache only costs a re-probe
-
-
-def _write_cache(path: Path, data: dict[str, Any]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, data, indent=None)
-    except (OSError, WriteError) as e:  # read-only home etc.: verification still worked, only the cache is lost
-        log.debug("cannot write check cache %s: %s", path, e)
-
-
-def probe_images(paths: dict[str, Path], image_dir: Path, progress: bool = True,
-                 use_cache: bool = True) -> dict[str, Any]:
-    """Probe every image (threaded, tqdm bar), reusing cached results whose file stat is unchanged.
-
-    The cache is one JSON per image directory; each entry is keyed by ``file_name`` and stores the file's
-    ``(size, mtime_ns, inode)``: hashing the bytes would cost as much as decoding them, which is what the
-    cache saves; any rewrite of a file changes its stat. (The JSON side is re-checked every time: cheap.)
-    """
-    cache_path = _cache_file(image_dir)
-    cache = _read_cache(cache_path) if use_cache else {}
-    stats = {name: _stat_key(p) for name, p in paths.items()}
-    results = {n: cache[n]["result"] for n in paths if stats[n] and n in cache and cache[n].get("stat") == stats[n]}
-    todo = [n for n in paths if n not in results]
-    if todo:
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            found = pool.map(lambda n: probe_image(paths[n]), todo)
-            bar = tqdm(found, total=len(todo), desc=f"checking {image_dir.name}", disable=not progress, leave=False)
-            results.update(zip(todo, bar))
-    if use_cache and todo:
-        cache.update({n: {"stat": stats[n], "result": results[n]} for n in todo if stats[n]})
-        _write_cache(cache_path, cache)
-    return results
-
-
-# ------------------------------------------------------------------------------------------------ the checks
-def oriented_size(probe: dict[str, Any]) -> tuple[int, int]:
-    """``(width, height)`` of a probed image after its EXIF orientation (the frame viewers show)."""
-    raw_w, raw_h = probe["raw"]
-    return (raw_h, raw_w) if probe["orientation"] in _SWAPS_AXES else (raw_w, raw_h)
 
 
 def _frame(probe: dict[str, Any], json_wh: tuple[int, int]) -> tuple[bool, str | None]:

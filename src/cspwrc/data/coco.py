@@ -24,11 +24,12 @@ from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from cspwrc.data.checks import CheckReport, DataError, ImageEntry, SampleReadError, load_image, verify_coco
+from cspwrc.data.checks import CheckReport, verify_coco
+from cspwrc.data.image_io import ImageEntry, load_image
 from cspwrc.data.letterbox import letterbox, letterbox_params, resize_longest
 from cspwrc.data.mosaic import Tile
 from cspwrc.data.transforms import TrainAugment, check_augment
-from cspwrc.errors import shorten
+from cspwrc.errors import DataError, SampleReadError, shorten
 
 log = logging.getLogger("cspwrc.data")
 

@@ -27,7 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cspwrc.data.checks import CheckReport, DataError, oriented_size, probe_images, verify_coco
+from cspwrc.data.cache import probe_images
+from cspwrc.data.checks import CheckReport, DataError, verify_coco
+from cspwrc.data.image_io import oriented_size
 
 IMAGE_SUFFIXES = (".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp")
 FORMATS = ("coco", "yolo", "voc")

@@ -19,7 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cspwrc.data.checks import cache_root
+from cspwrc.data.cache import cache_root
 
 VERSION = 1
 CLASSES = ("circle", "square", "triangle", "star", "cross")

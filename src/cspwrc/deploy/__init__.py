@@ -5,5 +5,6 @@ TorchScript, end-to-end NMS), ``parity`` (the tolerant check of an end-to-end ex
 ``postprocess`` (numpy twin of the detector's post-processing), and the benchmark:
 ``benchmark`` (settings, rows, the run), ``modes`` and ``runtimes`` (what a model is converted to before timing),
 ``cost`` (params, FLOPs), ``timing`` (the one timing loop), ``peak`` (matmul peak), ``report`` (environment, table).
-Folding lives with the modules it folds (:func:`cspwrc.layers.fold_model`, ``YoloDetector.fold()``).
+This package holds no folding code: folding lives with the modules it folds (:func:`cspwrc.layers.fold_model`,
+``YoloDetector.fold()``), and the detector to export is loaded by :func:`cspwrc.det.load_detector`.
 """

@@ -28,8 +28,8 @@ from cspwrc import __version__ as cspwrc_version
 from cspwrc.atomic import write_bytes
 from cspwrc.deploy.parity import NmsParity, NmsTolerance, compare_nms
 from cspwrc.det import RawPredictions, build_detector
+from cspwrc.det.load import load_detector
 from cspwrc.det.postprocess import PostprocessCfg, postprocess
-from cspwrc.engine.checkpoint import load_detector
 
 ONNX_OPSET = 17
 INPUT_NAME = "images"

@@ -2,13 +2,16 @@
 
 Modules in data-flow order: :mod:`.neck` (PAN), :mod:`.head` (decoupled DFL head, anchor points, decoding),
 :mod:`.assigner` (ATSS, TAL), :mod:`.loss`, :mod:`.postprocess` (NMS, undo letterbox), :mod:`.detector`
-(:func:`build_detector`), :mod:`.adapters` (timm backbone + FPN for torchvision FCOS / RetinaNet / Faster R-CNN).
+(:func:`build_detector`), :mod:`.adapters` (timm backbone + FPN for torchvision FCOS / RetinaNet / Faster R-CNN),
+:mod:`.legacy` (the flat options of older files). A trained detector: :mod:`.load` (:func:`load_detector`, from its
+checkpoint file) and :mod:`.predict` (``detect`` on one image; imported on use: its letterbox brings the data side).
 """
 
 from .adapters import TimmBackboneWithFPN, fasterrcnn_timm, fcos_timm, retinanet_timm, timm_fpn_backbone
 from .assigner import AssignerCfg, Assignment, AtssAssigner, TaskAlignedAssigner
 from .detector import BackboneCfg, DetectorConfig, RawPredictions, YoloDetector, build_detector
 from .head import DecoupledHead, HeadCfg, dfl_decode, make_anchor_points
+from .load import input_size, load_detector
 from .loss import DetectionLoss, LossCfg
 from .neck import NeckCfg, YoloPan
 from .postprocess import PostprocessCfg, postprocess, undo_letterbox
@@ -18,4 +21,5 @@ __all__ = [
     "build_detector", "DecoupledHead", "dfl_decode", "make_anchor_points", "DetectionLoss", "YoloPan",
     "postprocess", "undo_letterbox", "TimmBackboneWithFPN", "timm_fpn_backbone", "fcos_timm", "retinanet_timm",
     "fasterrcnn_timm", "AssignerCfg", "BackboneCfg", "HeadCfg", "LossCfg", "NeckCfg", "PostprocessCfg",
+    "input_size", "load_detector",
 ]

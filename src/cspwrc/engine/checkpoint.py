@@ -4,7 +4,8 @@ A run directory holds, for ``last`` and ``best``:
 
 - ``NAME.safetensors``: the weights to run (EMA when on) plus metadata key ``cspwrc`` = JSON of ``model`` (the
   detector's nested config, ``model.config``), ``num_classes``, ``class_names``, ``category_ids``, ``img``, ``epoch``.
-  Files of earlier versions (``model`` = the backbone name, flat ``options``) are read through :func:`model_section`.
+  Reading it back into a detector is :mod:`cspwrc.det.load`'s (:func:`~cspwrc.det.load.load_detector`, also
+  importable from here, as are ``model_section`` and ``backbone_section``), so that inference needs no engine.
 - ``NAME.state.pt``: the training state, plain tensors and containers only, read with
   ``torch.load(weights_only=True)``.
 
@@ -16,7 +17,6 @@ and leaves the previous file untouched. A file that is not a checkpoint raises :
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,7 @@ import torch
 from safetensors.torch import save as st_save_bytes
 
 from cspwrc.atomic import atomic_write, write_bytes
-from cspwrc.det import DetectorConfig, YoloDetector
-from cspwrc.det.legacy import upgrade_model_section
+from cspwrc.det.load import backbone_section, load_detector, model_section  # noqa: F401 - re-exported: old home
 from cspwrc.errors import CheckpointError
 from cspwrc.weights import META_KEY, read_any_weights, read_pth, read_safetensors, rename_like
 
@@ -65,47 +64,6 @@ def save_checkpoint(run_dir: str | Path, name: str, weights: dict[str, torch.Ten
 # Reading lives in cspwrc.weights (the one loader); these names stay for the engine's callers.
 read_weights = read_safetensors
 read_state = read_pth
-
-
-def model_section(meta: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The nested detector config (``model.config``) a checkpoint's metadata holds, or None when it holds none.
-
-    Metadata of earlier versions (``"model"`` = the backbone name, flat ``"options"``) is translated by
-    :func:`cspwrc.det.legacy.upgrade_model_section`, the one place that knows the old spelling.
-    """
-    model = meta.get("model")
-    if isinstance(model, str):
-        return upgrade_model_section({"name": model, "options": meta.get("options") or {}})
-    return dict(model) if isinstance(model, Mapping) else None
-
-
-def backbone_section(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``backbone`` section (``name``, ``kwargs``, ...) a checkpoint's metadata records, any version; ``{}``."""
-    return dict((model_section(meta) or {}).get("backbone") or {})
-
-
-def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Build the detector a cspwrc ``.safetensors`` checkpoint describes and load its weights (eval mode).
-
-    Used by eval, predict and export: the file alone is enough. The returned metadata has today's shape
-    (``meta["model"]`` = ``model.config``, the full nested config, also for a file of an earlier version).
-    """
-    path = Path(path)
-    tensors, meta = read_any_weights(path)
-    if not isinstance(meta.get("model"), (str, Mapping)) or "num_classes" not in meta:
-        raise CheckpointError(f"{path}: no detector config ('model') or 'num_classes' in the {META_KEY!r} metadata; "
-                              f"not a cspwrc detector checkpoint (a backbone-only file can initialise training via "
-                              f"--weights)")
-    try:
-        model = YoloDetector(DetectorConfig.from_dict(model_section(meta), "model"), int(meta["num_classes"]))
-    except (ValueError, TypeError, RuntimeError) as err:  # e.g. options of another version, unknown model
-        raise CheckpointError(f"{path}: cannot build the detector its metadata describes: {err}") from err
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not match the model the metadata describes: {err}") from err
-    # Today's shape whatever the file's age: the full nested config of the model built (every default filled in).
-    return model.to(device).eval(), {k: v for k, v in meta.items() if k != "options"} | {"model": model.config}
 
 
 def init_from_weights(model: torch.nn.Module, path: str | Path, backbone_attr: str = "backbone") -> str:

@@ -23,7 +23,8 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from cspwrc.engine.checkpoint import backbone_section, read_state
+from cspwrc.det.load import backbone_section
+from cspwrc.engine.checkpoint import read_state
 from cspwrc.engine.config import ConfigError, RunConfig, from_dict, merge, validate
 from cspwrc.engine.optim import WarmupScheduler
 from cspwrc.errors import CheckpointError, shorten

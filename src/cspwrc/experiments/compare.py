@@ -47,7 +47,7 @@ import yaml
 from cspwrc.atomic import write_bytes, write_json
 from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.deploy.cost import model_cost
-from cspwrc.engine.checkpoint import load_detector
+from cspwrc.det.load import load_detector
 from cspwrc.errors import InputError
 from cspwrc.experiments.paired_stats import arm_statistics, plot_statistics, stats_table
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from cspwrc.deploy.export import INPUT_NAME, EndToEnd, deploy_model, export_onnx, export_onnx_nms, ort_session
 from cspwrc.deploy.timing import latency_ms
-from cspwrc.engine.checkpoint import load_detector
+from cspwrc.det.load import load_detector
 from cspwrc.layers import fold_model
 
 __all__ = ["LATENCY_CONF", "LATENCY_IOU", "latency_done", "time_ours", "time_onnxruntime", "time_pytorch"]

@@ -45,7 +45,7 @@ from cspwrc.atomic import write_bytes, write_json
 from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.data.config import load_data_config
 from cspwrc.deploy.cost import model_cost
-from cspwrc.engine.checkpoint import load_detector
+from cspwrc.det.load import load_detector
 from cspwrc.errors import InputError
 from cspwrc.experiments.latency import LATENCY_CONF, LATENCY_IOU, latency_done, time_ours
 from cspwrc.experiments.optimizers import ours_optimizer, ultralytics_optimizer
