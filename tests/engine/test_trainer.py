@@ -279,8 +279,7 @@ def test_the_callbacks_example_of_the_docs_runs(data, tmp_path, capsys):
     """docs/training.md's callback class, on a tiny run (its last two lines train the default recipe: not here)."""
     text = (ROOT / "docs" / "training.md").read_text()
     section = text.split("### Callbacks: your code in the loop", 1)[1].split("\n## ", 1)[0]
-    (snippet,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
-    definitions, usage = snippet.split("\ncfg = ", 1)
+    definitions, usage = re.findall(r"```python\n(.*?)```", section, flags=re.S)  # the class, then its use
     assert "Trainer(cfg, callbacks=[LossLog(" in usage
     namespace: dict = {}
     exec(definitions, namespace)  # noqa: S102 - the project's own documentation
