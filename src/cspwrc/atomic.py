@@ -18,8 +18,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from cspwrc.errors import InputError, WriteError, shorten  # WriteError: re-exported (its old home)
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np

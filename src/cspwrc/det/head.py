@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from cspwrc.layers import FoldableConvNormAct
 from cspwrc.validate import require
 
-__all__ = ["HeadCfg", "DecoupledHead", "make_anchor_points", "dfl_decode", "check_layer_names"]
+__all__ = ["DecoupledHead", "HeadCfg", "check_layer_names", "dfl_decode", "make_anchor_points"]
 
 
 def check_layer_names(act_layer: str, norm_layer: str) -> None:

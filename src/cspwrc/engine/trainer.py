@@ -15,8 +15,9 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from timm.utils import ModelEmaV3

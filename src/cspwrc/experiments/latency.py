@@ -28,7 +28,7 @@ from cspwrc.deploy.timing import latency_ms
 from cspwrc.engine.checkpoint import load_detector
 from cspwrc.layers import fold_model
 
-__all__ = ["LATENCY_CONF", "LATENCY_IOU", "latency_done", "time_ours", "time_onnxruntime", "time_pytorch"]
+__all__ = ["LATENCY_CONF", "LATENCY_IOU", "latency_done", "time_onnxruntime", "time_ours", "time_pytorch"]
 
 # NMS settings of the latency phase, the same for every contestant: Ultralytics' predict defaults (a deployed
 # detector keeps confident boxes; the val-time 0.001 threshold would time NMS on thousands of boxes).
