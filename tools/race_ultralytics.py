@@ -30,10 +30,10 @@ from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # nothing to download: model from its YAML, no fonts, no hub
 
-import torch  # noqa: E402
-from ultralytics import YOLO  # noqa: E402
-from ultralytics.utils.nms import non_max_suppression  # noqa: E402
-from ultralytics.utils.torch_utils import get_flops  # noqa: E402
+import torch  # after YOLO_OFFLINE, which Ultralytics reads on import
+from ultralytics import YOLO
+from ultralytics.utils.nms import non_max_suppression
+from ultralytics.utils.torch_utils import get_flops
 
 
 def parse_args() -> argparse.Namespace:

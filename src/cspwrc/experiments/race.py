@@ -155,7 +155,7 @@ def start(contestant: str, args: argparse.Namespace, yolo: tuple[Path, Path] | N
         cmd = ours_command(args, contestant, out / "train")
     write_json(out / "command.json", {"command": cmd, "started": time.time()})
     print(f"{contestant}: {shlex.join(cmd)}", flush=True)
-    log = open(out / "train.log", "w")  # noqa: SIM115 - the child writes it until it ends
+    log = open(out / "train.log", "w")  # no `with`: the child writes it until it ends
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(args.threads)), log
 
 
