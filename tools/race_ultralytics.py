@@ -74,7 +74,7 @@ def predict(model: YOLO, args: argparse.Namespace, index: dict) -> list[dict]:
     for file, image_id in index["images"].items():
         pred = model.predict(file, imgsz=args.img, conf=0.001, iou=0.7, max_det=300, device="cpu", verbose=False)[0]
         for (x1, y1, x2, y2), score, cls in zip(pred.boxes.xyxy.tolist(), pred.boxes.conf.tolist(),
-                                                pred.boxes.cls.tolist()):
+                                                pred.boxes.cls.tolist(), strict=True):
             results.append({"image_id": image_id, "category_id": index["category_ids"][int(cls)],
                             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
     return results

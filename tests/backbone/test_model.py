@@ -98,7 +98,7 @@ def test_grad_checkpointing_checkpoints_and_matches() -> None:
         outs.append(out.detach())
         grads.append([p.grad for p in model.parameters()])
     torch.testing.assert_close(outs[1], outs[0])
-    for g_plain, g_ckpt in zip(*grads):
+    for g_plain, g_ckpt in zip(*grads, strict=True):
         torch.testing.assert_close(g_ckpt, g_plain)
 
 

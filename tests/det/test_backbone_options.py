@@ -38,7 +38,7 @@ def test_one_training_step_with_the_default_recipe_options(name: str, caplog: py
     loss.backward()
     opt.step()
     assert torch.isfinite(loss)
-    assert any(not torch.equal(b, p) for b, p in zip(before, model.head.parameters()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.head.parameters(), strict=True))
 
 
 def test_a_typo_is_not_dropped() -> None:

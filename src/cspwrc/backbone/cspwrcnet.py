@@ -154,7 +154,7 @@ class CspWrcNet(nn.Module):
         dpr = calculate_drop_path_rates(drop_path_rate, list(cfg.depths), stagewise=True)
         stages = []
         prev_chs, reduction, dilation = cfg.stem_chs[-1], 2, 1
-        for i, (chs, depth) in enumerate(zip(cfg.stage_chs, cfg.depths)):
+        for i, (chs, depth) in enumerate(zip(cfg.stage_chs, cfg.depths, strict=True)):
             stride = 2
             if reduction >= output_stride:
                 dilation, stride = dilation * 2, 1

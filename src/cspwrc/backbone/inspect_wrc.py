@@ -77,8 +77,8 @@ def plot_wrc_weights(model_or_rows: nn.Module | Sequence[WrcRow], path: str | Pa
     for key, label, offset in (("a", "a (branch F(x))", -0.1), ("b", "b (shortcut x)", 0.1)):
         mean = [getattr(r, f"{key}_mean") for r in rows]
         # clamp: the float mean of equal values can be an ulp outside their min/max
-        low = [max(0.0, m - getattr(r, f"{key}_min")) for m, r in zip(mean, rows)]
-        high = [max(0.0, getattr(r, f"{key}_max") - m) for m, r in zip(mean, rows)]
+        low = [max(0.0, m - getattr(r, f"{key}_min")) for m, r in zip(mean, rows, strict=True)]
+        high = [max(0.0, getattr(r, f"{key}_max") - m) for m, r in zip(mean, rows, strict=True)]
         ax.errorbar([x + offset for x in xs], mean, yerr=[low, high], fmt="o", capsize=3, label=label)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xticks(xs, [r.block for r in rows], rotation=60, ha="right", fontsize=7)

@@ -127,7 +127,7 @@ def describe(det: dict[str, torch.Tensor], meta: dict[str, Any]) -> list[dict[st
     cat_ids = meta.get("category_ids") or list(range(len(names)))
     return [{"box": [round(v, 2) for v in box], "score": round(float(score), 4), "label": int(label),
              "class_name": names[int(label)], "category_id": int(cat_ids[int(label)])}
-            for box, score, label in zip(det["boxes"].tolist(), det["scores"], det["labels"])]
+            for box, score, label in zip(det["boxes"].tolist(), det["scores"], det["labels"], strict=True)]
 
 
 def class_names(meta: dict[str, Any]) -> list[str]:

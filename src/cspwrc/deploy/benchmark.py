@@ -159,10 +159,10 @@ def bench_group(built: dict[str, Built], target: str, img: int, batch: int, sett
                 log(progress_line(_skipped(row, exc)))
     probes = [SgemmProbe(device, settings.peak_size, p) for p in base_precisions(settings.modes, device)]
     times = round_robin_times([c for _, c in ready] + probes, settings.iters, settings.max_seconds, settings.min_iters)
-    for (row, _), ts in zip(ready, times):
+    for (row, _), ts in zip(ready, times[:len(ready)], strict=True):  # times: the ready calls', then the probes'
         _fill(row, ts, row.gflops * 1e9)
         log(progress_line(row))
-    return rows, {p.precision: p.gflops(ts) for p, ts in zip(probes, times[len(ready):])}
+    return rows, {p.precision: p.gflops(ts) for p, ts in zip(probes, times[len(ready):], strict=True)}
 
 
 def build_all(target: str, settings: BenchSettings, device: torch.device,
