@@ -26,6 +26,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # nothing to download: model from its YAML, no fonts, no hub
@@ -104,10 +105,10 @@ def time_pytorch(net: torch.nn.Module, args: argparse.Namespace, end2end: bool) 
     for s in args.latency_img:
         x = torch.rand(1, 3, s, s).contiguous(memory_format=torch.channels_last)
         if end2end:
-            timed[str(s)] = {"with_nms": latency_ms(lambda: net(x))}
+            timed[str(s)] = {"with_nms": latency_ms(partial(net, x))}
         else:
-            timed[str(s)] = {"forward": latency_ms(lambda: net(x)), "with_nms": latency_ms(
-                lambda: non_max_suppression(net(x), conf_thres=args.nms_conf, iou_thres=args.nms_iou, max_det=300))}
+            timed[str(s)] = {"forward": latency_ms(partial(net, x)), "with_nms": latency_ms(  # x=x: this size's input
+                lambda x=x: non_max_suppression(net(x), conf_thres=args.nms_conf, iou_thres=args.nms_iou, max_det=300))}
     return timed
 
 
@@ -134,7 +135,7 @@ def time_onnxruntime(weights: Path, args: argparse.Namespace, end2end: bool) -> 
                                     verbose=False, **kwargs)
                 session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
                 feed = {session.get_inputs()[0].name: x}
-                timed.setdefault(str(s), {})[key] = latency_ms(lambda: session.run(None, feed))
+                timed.setdefault(str(s), {})[key] = latency_ms(partial(session.run, None, feed))
     return timed
 
 
