@@ -53,7 +53,7 @@ class WrcBottleneck(Foldable, nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         ckw = dict(act_layer=act_layer, norm_layer=norm_layer, **dd)
-        mid_chs = int(round(out_chs * expansion))
+        mid_chs = round(out_chs * expansion)
         self.conv1 = FoldableConvNormAct(in_chs, mid_chs, 1, **ckw)
         self.conv2 = FoldableConvNormAct(mid_chs, out_chs, 3, dilation=dilation, **ckw)
         self.drop_path = _drop_path(drop_path)
@@ -155,7 +155,7 @@ class CspStage(Foldable, nn.Module):
         self.conv_down = FoldableConvNormAct(
             in_chs, down_chs, 3, stride=stride, dilation=first_dilation, **ckw,
         ) if has_down else nn.Identity()
-        self.expand_chs = exp_chs = int(round(out_chs * expand_ratio))
+        self.expand_chs = exp_chs = round(out_chs * expand_ratio)
         half = exp_chs // 2
         self.conv_exp = FoldableConvNormAct(down_chs, exp_chs, 1, **ckw)
         dpr = list(drop_path) if isinstance(drop_path, Sequence) else [drop_path] * depth
