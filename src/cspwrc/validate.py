@@ -72,7 +72,7 @@ def _wrong_type(value: Any, tp: Any) -> Fault:
     return Fault(f"expected {type_name(tp)}, got {type(value).__name__} {value!r:.60}")
 
 
-def check_value(value: Any, tp: Any) -> Any:
+def check_value(value: Any, tp: Any) -> Any:  # noqa: C901 - one flat branch per type form reads best in one place
     """``value`` checked against type ``tp`` and returned, or :class:`Fault`.
 
     ``tp``: a class, a tuple of classes (any of them), or a typing form (``X | None``, ``Literal[...]``,
