@@ -21,7 +21,7 @@ def test_failed_write_keeps_previous_and_cleans_temp(tmp_path):
         fh.write(b"partial")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(WriteError, match="results.csv.*No space left.*previous file"):
+    with pytest.raises(WriteError, match=r"results\.csv.*No space left.*previous file"):
         atomic_write(target, full_disk)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]
@@ -33,7 +33,7 @@ def test_read_only_filesystem_simulated(tmp_path, monkeypatch):
         raise OSError(30, "Read-only file system")
 
     monkeypatch.setattr(atomic.tempfile, "mkstemp", erofs)
-    with pytest.raises(WriteError, match="metrics.json.*Read-only file system"):
+    with pytest.raises(WriteError, match=r"metrics\.json.*Read-only file system"):
         write_json(tmp_path / "metrics.json", {})
     assert not any(tmp_path.iterdir())
 
@@ -75,7 +75,7 @@ def test_any_failure_of_the_writer_is_a_write_error(tmp_path):
         fh.write(b"partial")
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1984 vs 1878")
 
-    with pytest.raises(WriteError, match="last.state.pt.*inline_container.*previous file") as info:
+    with pytest.raises(WriteError, match=r"last\.state\.pt.*inline_container.*previous file") as info:
         atomic_write(target, torn_zip)
     assert isinstance(info.value.__cause__, RuntimeError)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["last.state.pt"]

@@ -39,11 +39,11 @@ def test_check_value_faults(value, tp, fault):
 
 
 def test_every_caller_raises_an_input_error_with_the_same_wording():
-    with pytest.raises(DataError, match="data.yaml: top level: unknown key 'trian'; did you mean 'train'"):
+    with pytest.raises(DataError, match=r"data\.yaml: top level: unknown key 'trian'; did you mean 'train'"):
         check_keys({"trian": 1}, ["train", "val"], "data.yaml", "top level")
-    with pytest.raises(ConfigError, match="build_detector: unknown key 'head.reg_maks'; did you mean 'reg_max'"):
+    with pytest.raises(ConfigError, match=r"build_detector: unknown key 'head\.reg_maks'; did you mean 'reg_max'"):
         build_detector("cspwrc_n", head={"reg_maks": 8})
-    with pytest.raises(ConfigError, match="build_detector: post.score_thresh: expected float, got str"):
+    with pytest.raises(ConfigError, match=r"build_detector: post\.score_thresh: expected float, got str"):
         build_detector("cspwrc_n", post={"score_thresh": "high"})
     assert issubclass(DataError, InputError) and issubclass(ConfigError, InputError)
 

@@ -21,7 +21,7 @@ def test_safetensors_metadata_comes_from_safe_open(tmp_path):
     with pytest.raises(CheckpointError, match="not valid JSON"):
         read_safetensors(path)
     path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!")
-    with pytest.raises(CheckpointError, match="w.safetensors: not a valid safetensors file"):
+    with pytest.raises(CheckpointError, match=r"w\.safetensors: not a valid safetensors file"):
         read_safetensors(path)
 
 

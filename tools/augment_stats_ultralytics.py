@@ -17,10 +17,10 @@ import os
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-from ultralytics.cfg import get_cfg  # noqa: E402
-from ultralytics.data.build import build_yolo_dataset  # noqa: E402
-from ultralytics.data.utils import check_det_dataset  # noqa: E402
+import numpy as np  # after YOLO_OFFLINE, which Ultralytics reads on import
+from ultralytics.cfg import get_cfg
+from ultralytics.data.build import build_yolo_dataset
+from ultralytics.data.utils import check_det_dataset
 
 
 def main() -> None:

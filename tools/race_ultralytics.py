@@ -26,14 +26,15 @@ import shutil
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # nothing to download: model from its YAML, no fonts, no hub
 
-import torch  # noqa: E402
-from ultralytics import YOLO  # noqa: E402
-from ultralytics.utils.nms import non_max_suppression  # noqa: E402
-from ultralytics.utils.torch_utils import get_flops  # noqa: E402
+import torch  # after YOLO_OFFLINE, which Ultralytics reads on import
+from ultralytics import YOLO
+from ultralytics.utils.nms import non_max_suppression
+from ultralytics.utils.torch_utils import get_flops
 
 
 def parse_args() -> argparse.Namespace:
@@ -74,7 +75,7 @@ def predict(model: YOLO, args: argparse.Namespace, index: dict) -> list[dict]:
     for file, image_id in index["images"].items():
         pred = model.predict(file, imgsz=args.img, conf=0.001, iou=0.7, max_det=300, device="cpu", verbose=False)[0]
         for (x1, y1, x2, y2), score, cls in zip(pred.boxes.xyxy.tolist(), pred.boxes.conf.tolist(),
-                                                pred.boxes.cls.tolist()):
+                                                pred.boxes.cls.tolist(), strict=True):
             results.append({"image_id": image_id, "category_id": index["category_ids"][int(cls)],
                             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
     return results
@@ -104,10 +105,10 @@ def time_pytorch(net: torch.nn.Module, args: argparse.Namespace, end2end: bool) 
     for s in args.latency_img:
         x = torch.rand(1, 3, s, s).contiguous(memory_format=torch.channels_last)
         if end2end:
-            timed[str(s)] = {"with_nms": latency_ms(lambda: net(x))}
+            timed[str(s)] = {"with_nms": latency_ms(partial(net, x))}
         else:
-            timed[str(s)] = {"forward": latency_ms(lambda: net(x)), "with_nms": latency_ms(
-                lambda: non_max_suppression(net(x), conf_thres=args.nms_conf, iou_thres=args.nms_iou, max_det=300))}
+            timed[str(s)] = {"forward": latency_ms(partial(net, x)), "with_nms": latency_ms(  # x=x: this size's input
+                lambda x=x: non_max_suppression(net(x), conf_thres=args.nms_conf, iou_thres=args.nms_iou, max_det=300))}
     return timed
 
 
@@ -134,7 +135,7 @@ def time_onnxruntime(weights: Path, args: argparse.Namespace, end2end: bool) -> 
                                     verbose=False, **kwargs)
                 session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
                 feed = {session.get_inputs()[0].name: x}
-                timed.setdefault(str(s), {})[key] = latency_ms(lambda: session.run(None, feed))
+                timed.setdefault(str(s), {})[key] = latency_ms(partial(session.run, None, feed))
     return timed
 
 

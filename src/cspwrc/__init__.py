@@ -5,4 +5,4 @@
 
 __version__ = "0.1.0"
 
-from . import backbone  # noqa: E402,F401  (registers the cspwrc_* models with timm)
+from . import backbone  # noqa: F401  (registers the cspwrc_* models with timm)

@@ -18,8 +18,9 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from cspwrc.errors import InputError, WriteError, shorten  # WriteError: re-exported (its old home)
 
@@ -69,7 +70,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
         _fsync_dir(path.parent)
     except WriteError:
         raise
-    except Exception as err:  # noqa: BLE001 - see the module doc: the failure's type depends on the writer
+    except Exception as err:  # any: see the module doc, the failure's type depends on the writer
         raise WriteError(f"could not write {shorten(path)}: {shorten(err, 300)}; the previous file (if any) "
                          "is kept") from err
     finally:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["PALETTE", "draw_boxes", "batch_grid"]
+__all__ = ["PALETTE", "batch_grid", "draw_boxes"]
 
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
@@ -28,7 +28,7 @@ def draw_boxes(image: np.ndarray, boxes: Sequence[Sequence[float]], labels: Sequ
     side = max(image.shape[:2])
     width = max(1, round(side / 320))
     font = ImageFont.load_default(size=max(10, round(side / 45)))
-    for k, ((x1, y1, x2, y2), label) in enumerate(zip(boxes, labels)):
+    for k, ((x1, y1, x2, y2), label) in enumerate(zip(boxes, labels, strict=True)):
         color = PALETTE[int(label) % len(PALETTE)]
         pen.rectangle((x1, y1, x2, y2), outline=color, width=width)
         text = names[int(label)] if scores is None else f"{names[int(label)]} {scores[k]:.2f}"

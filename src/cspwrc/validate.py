@@ -19,8 +19,17 @@ from typing import Any, Literal, TypeVar
 
 from cspwrc.errors import ConfigError, Fault  # Fault re-exported: raised here, defined with the other errors
 
-__all__ = ["Fault", "nearest", "unknown_key", "check_keys", "check_value", "type_name", "build_dataclass", "merge",
-           "require"]
+__all__ = [
+    "Fault",
+    "build_dataclass",
+    "check_keys",
+    "check_value",
+    "merge",
+    "nearest",
+    "require",
+    "type_name",
+    "unknown_key",
+]
 
 T = TypeVar("T")
 
@@ -63,7 +72,7 @@ def _wrong_type(value: Any, tp: Any) -> Fault:
     return Fault(f"expected {type_name(tp)}, got {type(value).__name__} {value!r:.60}")
 
 
-def check_value(value: Any, tp: Any) -> Any:
+def check_value(value: Any, tp: Any) -> Any:  # noqa: C901 - one flat branch per type form reads best in one place
     """``value`` checked against type ``tp`` and returned, or :class:`Fault`.
 
     ``tp``: a class, a tuple of classes (any of them), or a typing form (``X | None``, ``Literal[...]``,
@@ -100,7 +109,7 @@ def check_value(value: Any, tp: Any) -> Any:
         return [check_value(v, args[0]) if args else v for v in value]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if isinstance(value, bool) and tp is not bool or not isinstance(value, tp):
+    if (isinstance(value, bool) and tp is not bool) or not isinstance(value, tp):
         raise _wrong_type(value, tp)
     return value
 

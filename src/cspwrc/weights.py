@@ -31,8 +31,14 @@ from timm.models import clean_state_dict
 from cspwrc.errors import CheckpointError
 
 __all__ = [
-    "META_KEY", "CONTAINER_KEYS", "read_safetensors", "read_pth", "state_dict_of", "read_any_weights",
-    "feature_key", "rename_like",
+    "CONTAINER_KEYS",
+    "META_KEY",
+    "feature_key",
+    "read_any_weights",
+    "read_pth",
+    "read_safetensors",
+    "rename_like",
+    "state_dict_of",
 ]
 
 META_KEY = "cspwrc"  # safetensors metadata key holding the detector's JSON config

@@ -24,7 +24,8 @@ def _assert_fold_equivalent(model: nn.Module, fold=reparameterize_model) -> nn.M
     assert not any(isinstance(m, (nn.BatchNorm2d, WeightedResidual)) for m in folded.modules())
     with torch.no_grad():
         got, want = folded(X), model(X)
-        for g, w in zip(got if isinstance(got, list) else [got], want if isinstance(want, list) else [want]):
+        got, want = (got if isinstance(got, list) else [got]), (want if isinstance(want, list) else [want])
+        for g, w in zip(got, want, strict=True):
             assert (g - w).abs().max().item() <= TOL
     return folded
 

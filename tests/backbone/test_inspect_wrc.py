@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _trained_like(**kwargs) -> torch.nn.Module:
     model = timm.create_model("cspwrc_n", **kwargs)
     with torch.no_grad():
-        for i, (name, p) in enumerate((n, p) for n, p in model.named_parameters() if n.endswith("wrc.weight")):
+        for i, p in enumerate(p for n, p in model.named_parameters() if n.endswith("wrc.weight")):
             # squared: the per-channel (a, b) pairs differ after normalisation (a linear ramp would make every
             # channel's softmax equal, and min == mean == max only up to float32 rounding)
             p.copy_(torch.linspace(0.2, 1.8, p.numel()).square().reshape(p.shape) + 0.1 * i)

@@ -43,7 +43,7 @@ def test_features_only_new_head_and_channel_wrc(tmp_path: Path) -> None:
                               out_indices=(2, 3, 4), wrc_weights="channel").eval()
     with torch.no_grad():
         expected = ref.forward_intermediates(X, indices=[2, 3, 4], intermediates_only=True)
-        for got, want in zip(feats(X), expected):
+        for got, want in zip(feats(X), expected, strict=True):
             assert (got - want).abs().max().item() <= 1e-5
     # another class count: the classifier is dropped from the checkpoint, the rest loads
     model = timm.create_model("cspwrc_s", pretrained=True, pretrained_cfg_overlay=overlay, num_classes=3).eval()

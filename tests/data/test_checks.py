@@ -80,7 +80,7 @@ def test_file_name_escaping_the_image_dir_is_refused(coco_builder, tmp_path, fil
 
 def test_no_usable_image_is_fatal(coco_builder):
     ann, images = coco_builder([image_rec(1)], [], CATS, write_files=False)
-    with pytest.raises(DataError, match="no usable images.*image file missing"):
+    with pytest.raises(DataError, match=r"no usable images.*image file missing"):
         verify(ann, images)
 
 

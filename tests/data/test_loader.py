@@ -17,8 +17,11 @@ def _batches(loader, epoch, mosaic=None):
 
 
 def _same(a, b) -> bool:
-    return all(torch.equal(x[0], y[0]) and x[1] == y[1] and all(torch.equal(p, q) for p, q in zip(x[2], y[2]))
-               for x, y in zip(a, b)) and len(a) == len(b)
+    # The batch count first: a predicate, so another count is False rather than zip's ValueError. The boxes are
+    # compared only once the image ids matched, so there are as many on both sides.
+    return len(a) == len(b) and all(
+        torch.equal(x[0], y[0]) and x[1] == y[1] and all(torch.equal(p, q) for p, q in zip(x[2], y[2], strict=True))
+        for x, y in zip(a, b, strict=True))
 
 
 def test_collate_stacks_images_and_keeps_targets():
@@ -50,7 +53,8 @@ def test_close_mosaic_reaches_the_workers(shapes_yaml):
     train_val = build_datasets(shapes_yaml, img=64, progress=False)[0]
     train_val.train = False
     reference = _batches(build_loader(train_val, 4, train=False), 0)
-    assert all(all(torch.allclose(p, q) for p, q in zip(x[2], y[2])) for x, y in zip(without, reference))
+    assert all(all(torch.allclose(p, q) for p, q in zip(x[2], y[2], strict=True))
+               for x, y in zip(without, reference, strict=True))
     assert plain.dataset.class_names == train.class_names
 
 

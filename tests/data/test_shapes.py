@@ -30,7 +30,7 @@ def test_boxes_are_the_exact_extent_of_the_shapes():
         image, objects = shapes.make_image(0, 0, i, masks)
         assert 1 <= len(objects) <= 5 and len(masks) == len(objects)
         h, w = image.shape[:2]
-        for (cls, (x, y, bw, bh)), mask in zip(objects, masks):
+        for (cls, (x, y, bw, bh)), mask in zip(objects, masks, strict=True):
             assert 0 <= cls < len(shapes.CLASSES) and 20 <= max(bw, bh) <= 143
             ys, xs = np.nonzero(mask)
             assert (x, y, x + bw, y + bh) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)

@@ -33,7 +33,7 @@ def assert_pixels_match_boxes(image: np.ndarray, boxes: np.ndarray, labels: np.n
     """Inside each box (less a margin) the pixels have the label's colour; a ring just outside does not."""
     assert len(boxes) > 0
     size = image.shape[0]
-    for (x0, y0, x1, y1), label in zip(boxes, labels):
+    for (x0, y0, x1, y1), label in zip(boxes, labels, strict=True):
         colour = COLOURS[label].astype(int)
         inner = image[int(np.ceil(y0)) + margin:int(y1) - margin, int(np.ceil(x0)) + margin:int(x1) - margin]
         if inner.size:
@@ -101,7 +101,7 @@ def test_mosaic_keeps_boxes_on_their_pixels(seed):
     if len(out_boxes):
         assert_pixels_match_boxes(out, out_boxes, labels)
     # a colour visible over more than min_visibility (0.1) of its box's largest zoomed area belongs to a kept box
-    for k, ((x0, y0, x1, y1), colour) in enumerate(zip(rects, COLOURS)):
+    for k, ((x0, y0, x1, y1), colour) in enumerate(zip(rects, COLOURS, strict=True)):
         if (np.abs(out.astype(int) - colour).max(axis=-1) <= 40).sum() > 0.11 * (x1 - x0) * (y1 - y0) * 1.3**2:
             assert k in labels.tolist()
 

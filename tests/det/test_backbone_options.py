@@ -38,9 +38,9 @@ def test_one_training_step_with_the_default_recipe_options(name: str, caplog: py
     loss.backward()
     opt.step()
     assert torch.isfinite(loss)
-    assert any(not torch.equal(b, p) for b, p in zip(before, model.head.parameters()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.head.parameters(), strict=True))
 
 
 def test_a_typo_is_not_dropped() -> None:
-    with pytest.raises(ConfigError, match="backbone.kwargs: cspwrc_n refuses .*unexpected keyword.*'wrc_normalise'"):
+    with pytest.raises(ConfigError, match=r"backbone\.kwargs: cspwrc_n refuses .*unexpected keyword.*'wrc_normalise'"):
         build_detector({"name": "cspwrc_n", "kwargs": {"wrc_normalise": "relu"}}, num_classes=2, cfg=RECIPE)

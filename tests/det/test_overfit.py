@@ -61,8 +61,8 @@ def test_tiny_detector_overfits_and_finds_the_boxes():
     model.eval()
     with torch.no_grad():
         detections = model(images)
-    for det, target in zip(detections, targets):
-        for box, label in zip(target["boxes"], target["labels"]):
+    for det, target in zip(detections, targets, strict=True):
+        for box, label in zip(target["boxes"], target["labels"], strict=True):
             same_class = det["labels"] == label
             assert same_class.any(), f"no detection of class {int(label)}"
             iou = box_iou(box[None], det["boxes"][same_class])[0]

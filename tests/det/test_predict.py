@@ -58,7 +58,7 @@ def test_input_size() -> None:
     assert input_size({"img": 320}) == 320
     assert input_size({"img": 320}, 256) == 256
     assert input_size({}) == DEFAULT_IMG
-    with pytest.raises(ConfigError, match="input size 100 .*multiple of 32"):
+    with pytest.raises(ConfigError, match=r"input size 100 .*multiple of 32"):
         input_size({"img": 320}, 100)
 
 

@@ -62,11 +62,11 @@ def test_corrupt_files_are_clear_errors(tmp_path):
     trunc = tmp_path / "t.state.pt"
     torch.save({"x": torch.randn(100)}, trunc)
     trunc.write_bytes(trunc.read_bytes()[:50])
-    with pytest.raises(CheckpointError, match="t.state.pt"):
+    with pytest.raises(CheckpointError, match=r"t\.state\.pt"):
         ck.read_state(trunc)
     junk = tmp_path / "j.safetensors"
     junk.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
-    with pytest.raises(CheckpointError, match="j.safetensors"):
+    with pytest.raises(CheckpointError, match=r"j\.safetensors"):
         ck.read_weights(junk)
 
 
@@ -91,7 +91,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(30, "Read-only file system")
 
     monkeypatch.setattr(atomic.tempfile, "mkstemp", erofs)
-    with pytest.raises(WriteError, match="last.state.pt.*Read-only file system.*previous file"):
+    with pytest.raises(WriteError, match=r"last\.state\.pt.*Read-only file system.*previous file"):
         ck.save_state(tmp_path / "last.state.pt", {"epoch": 2})
     monkeypatch.undo()
     assert ck.read_state(tmp_path / "last.state.pt") == {"epoch": 1}
@@ -141,9 +141,9 @@ def test_load_detector_needs_cspwrc_metadata(tmp_path):
     with pytest.raises(CheckpointError, match="or 'num_classes' in the 'cspwrc' metadata"):
         ck.load_detector(path)
     ck.save_weights(path, _weights(), {"model": {"backbone": {"name": "cspwrc_n"}, "bogus": 1}, "num_classes": 2})
-    with pytest.raises(CheckpointError, match="cannot build the detector.*unknown key 'bogus'"):
+    with pytest.raises(CheckpointError, match=r"cannot build the detector.*unknown key 'bogus'"):
         ck.load_detector(path)
     # An old file's flat options go through the one translation: an unknown one is named the same way.
     ck.save_weights(path, _weights(), {"model": "cspwrc_n", "num_classes": 2, "options": {"bogus_option": 1}})
-    with pytest.raises(CheckpointError, match="cannot build the detector.*bogus_option"):
+    with pytest.raises(CheckpointError, match=r"cannot build the detector.*bogus_option"):
         ck.load_detector(path)

@@ -17,7 +17,7 @@ def _coco(tmp_path):
     cats = [{"id": 2, "name": "circle"}, {"id": 7, "name": "square"}, {"id": 40, "name": "triangle"}]
     anns, aid = [], 1
     for img in images:
-        for cat, box in zip((2, 7, 40), ([10, 20, 20, 20], [100, 100, 60, 80], [300, 50, 200, 300])):
+        for cat, box in zip((2, 7, 40), ([10, 20, 20, 20], [100, 100, 60, 80], [300, 50, 200, 300]), strict=True):
             anns.append({"id": aid, "image_id": img["id"], "category_id": cat, "bbox": box,
                          "area": box[2] * box[3], "iscrowd": 0})
             aid += 1

@@ -70,7 +70,7 @@ def test_malformed_yaml_and_unsafe_tags(tmp_path):
 def test_img_multiple_of_32_and_model_name(tmp_path):
     with pytest.raises(ConfigError, match="multiple of 32"):
         load_config(None, {"model": {"backbone": {"name": "resnet18"}}, "train": {"img": 100}})
-    with pytest.raises(ConfigError, match="model.backbone.name: unknown model 'resnet1'; close matches: .*resnet18"):
+    with pytest.raises(ConfigError, match=r"model\.backbone\.name: unknown model 'resnet1'; close matches: .*resnet18"):
         load_config(None, {"model": {"backbone": {"name": "resnet1"}}})
 
 
@@ -84,7 +84,7 @@ def test_cli_overrides_and_set():
     assert cfg.train.epochs == 4 and cfg.model.backbone.name == "resnet18"
     assert cfg.optim.lr == 0.01 and cfg.ema.enabled is False and cfg.model.head.reg_max == 8
     assert cfg.model.backbone.kwargs["wrc_normalize"] == "softmax"  # --set goes into an open mapping key by key
-    with pytest.raises(ConfigError, match="command line: unknown key 'optim.lrr'"):
+    with pytest.raises(ConfigError, match=r"command line: unknown key 'optim\.lrr'"):
         load_config(None, cli_overrides(parser.parse_args(["--model", "resnet18", "--set", "optim.lrr=1"])))
 
 
@@ -100,7 +100,7 @@ def test_flags_override_only_when_given():
 def test_default_recipe_is_valid():
     cfg = load_config(ROOT / "configs" / "det" / "default.yaml")
     assert cfg.model.backbone.name == "cspwrc_s" and cfg.train.img % 32 == 0 and cfg.optim.opt == "adamw"
-    with pytest.raises(ConfigError, match="close matches: .*cspwrc_s"):
+    with pytest.raises(ConfigError, match=r"close matches: .*cspwrc_s"):
         load_config(None, {"model": {"backbone": {"name": "cspwrc_ss"}}})
 
 

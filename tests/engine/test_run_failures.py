@@ -13,8 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -279,9 +279,8 @@ def test_images_gone_for_good_during_a_run_stop_it_with_exit_3_and_the_epoch_kep
     root = Path(shutil.copytree(data.parent, tmp_path / "shapes"))
     delete = AfterEpoch1(lambda: [image.unlink() for image in (root / "images" / split).iterdir()])
     out = tmp_path / "run"
-    rc = train.main(cli_args(root / data.name, out) + ["--workers", str(workers), "--set", "train.eval_interval=2",
-                                                        "--set", "train.max_steps_per_epoch=1",
-                                                        "--set", "data.cache=none"],  # read the files every epoch
+    rc = train.main([*cli_args(root / data.name, out), "--workers", str(workers), "--set", "train.eval_interval=2",
+                     "--set", "train.max_steps_per_epoch=1", "--set", "data.cache=none"],  # read files every epoch
                     callbacks=[delete])
     err = capsys.readouterr().err
     stopped = [line for line in err.splitlines() if line.startswith("stopped: ")]

@@ -60,7 +60,7 @@ def test_csp_stage_fold(weights: str, normalize: str) -> None:
     assert _max_diff(stage, fused, x) <= TOL
     _no_unfolded_left(fused)
     # the WRC weights left the branches: no block multiplies its branch output unless |a| was ~0
-    for block, folded in zip(stage.blocks, fused.blocks):
+    for block, folded in zip(stage.blocks, fused.blocks, strict=True):
         a, _ = block.wrc.channel_weights()
         assert (folded.wrc.alpha is None) == bool((a.abs() >= MIN_PUSHED_SCALE).all())
 

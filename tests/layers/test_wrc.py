@@ -52,7 +52,8 @@ def test_training_gradients_match_autograd(weights: str, normalize: str, memory_
     expected = a * branch + b * shortcut
     torch.testing.assert_close(out, expected)
     inputs = [branch, shortcut, wrc.weight]
-    for got, want in zip(torch.autograd.grad(out, inputs, grad_out), torch.autograd.grad(expected, inputs, grad_out)):
+    grads = torch.autograd.grad(out, inputs, grad_out), torch.autograd.grad(expected, inputs, grad_out)
+    for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want)
 
 

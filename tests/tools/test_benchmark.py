@@ -192,5 +192,5 @@ def test_deploy_modes_compute_the_same_features(mode: str) -> None:
     with torch.inference_mode():
         expected, actual = model(x), fn(x_mode)
     assert len(actual) == len(expected) == 3
-    for a, e in zip(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
         torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)

@@ -105,7 +105,7 @@ def test_eval_on_real_coco_subset(tmp_path, capsys):
     (["--resume", "/nonexistent/run"], "no such checkpoint file"),
 ])
 def test_train_rejects_bad_input_before_training(args, fragment, capsys):
-    rc = _tool("train_det").main(args + ["--no-progress"])
+    rc = _tool("train_det").main([*args, "--no-progress"])
     assert rc == 2 and fragment in capsys.readouterr().err
 
 

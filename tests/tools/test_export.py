@@ -67,7 +67,7 @@ def test_onnx_parity_dynamic_batch_and_postprocess(detector: torch.nn.Module, tm
         expected = detector(images)
     cfg = detector.cfg.post
     actual = postprocess_numpy(raw, cfg.score_thresh, cfg.nms_iou, cfg.max_det, cfg.pre_nms_topk, (IMG, IMG))
-    for act, exp in zip(actual, expected):
+    for act, exp in zip(actual, expected, strict=True):
         np.testing.assert_array_equal(act["labels"], exp["labels"].numpy())
         np.testing.assert_allclose(act["boxes"], exp["boxes"].numpy(), atol=1e-3)
         np.testing.assert_allclose(act["scores"], exp["scores"].numpy(), atol=1e-4)

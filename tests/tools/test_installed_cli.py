@@ -37,7 +37,7 @@ def test_recipes_ship_inside_the_package() -> None:
     assert resolve_config("sgd") == RECIPES / "sgd.yaml" and load_config(resolve_config("sgd")).optim.opt == "sgd"
     # the checkout's configs/det is the same files (docs quote those paths)
     assert (ROOT / "configs" / "det" / "default.yaml").read_bytes() == DEFAULT_CONFIG.read_bytes()
-    with pytest.raises(ConfigError, match="not a packaged recipe.*default.*sgd"):
+    with pytest.raises(ConfigError, match=r"not a packaged recipe.*default.*sgd"):
         resolve_config("sdg")
     assert resolve_config("my/run.yaml") == Path("my/run.yaml")  # paths stay paths
 

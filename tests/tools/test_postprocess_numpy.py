@@ -26,7 +26,7 @@ def test_postprocess_numpy_matches_torch(score_thresh: float, topk: int) -> None
     kwargs = dict(score_thresh=score_thresh, nms_iou=0.6, max_det=100, pre_nms_topk=topk, image_size=(60, 64))
     expected = postprocess(raw, **kwargs)
     actual = postprocess_numpy(raw.numpy(), **kwargs)
-    for exp, act in zip(expected, actual):
+    for exp, act in zip(expected, actual, strict=True):
         assert len(act["scores"]) == len(exp["scores"]) > 0
         np.testing.assert_allclose(act["boxes"], exp["boxes"].numpy(), atol=1e-5)
         np.testing.assert_allclose(act["scores"], exp["scores"].numpy(), atol=1e-6)

@@ -52,7 +52,7 @@ def test_glob_with_images_and_a_video(tmp_path: Path) -> None:
 
     lines = (out / "labels" / "42.txt").read_text().splitlines()
     assert len(lines) == len(records[0]["detections"])
-    for line, det in zip(lines, records[0]["detections"]):
+    for line, det in zip(lines, records[0]["detections"], strict=True):
         label, xc, _, _, h, score = line.split()
         x1, y1, x2, y2 = det["box"]
         assert label == "1" and float(score) == pytest.approx(det["score"], abs=1e-4)
@@ -89,7 +89,7 @@ def test_bad_flags_are_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     src = _sources(tmp_path / "src")
     (src / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     args = {"--weights": str(weights), "--source": str(src), "--out": str(tmp_path / "p"), "--device": "cpu"}
-    args.update(dict(zip(flags[::2], flags[1::2])))
+    args.update(dict(zip(flags[::2], flags[1::2], strict=True)))
     if args["--source"] == "BROKEN":
         args["--source"] = str(src / "broken.jpg")
     rc = predict.main([x for kv in args.items() for x in kv])

@@ -82,8 +82,8 @@ def test_yolo_view_matches_the_coco_boxes(data_yaml, tmp_path):
     lines = (tmp_path / "yolo" / "labels" / "val" / f"{link.stem}.txt").read_text().splitlines()
     anns = [a for a in spec_val["annotations"] if a["image_id"] == image["id"]]
     assert len(lines) == len(anns)
-    cls, cx, cy, w, h = lines[0].split()
-    x, y, bw, bh = anns[0]["bbox"]
+    cls, cx, _cy, _w, h = lines[0].split()
+    x, _y, bw, bh = anns[0]["bbox"]
     assert int(cls) == idx["category_ids"].index(anns[0]["category_id"])
     assert float(cx) * image["width"] == pytest.approx(x + bw / 2, abs=1e-3)
     assert float(h) * image["height"] == pytest.approx(bh, abs=1e-3)

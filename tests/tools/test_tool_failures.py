@@ -4,8 +4,8 @@ unwritable output is exit 3, and only --debug (or CSPWRC_DEBUG=1) prints a trace
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch

@@ -7,6 +7,15 @@ from .cspwrcnet import P3_P5, CspWrcCfg, CspWrcNet, checkpoint_filter_fn, defaul
 from .inspect_wrc import WrcRow, backbone_state_dict, format_wrc_table, plot_wrc_weights, wrc_weights
 
 __all__ = [
-    "CspWrcCfg", "CspWrcNet", "checkpoint_filter_fn", "model_cfgs", "default_cfgs", "P3_P5",
-    "WrcRow", "wrc_weights", "format_wrc_table", "plot_wrc_weights", "backbone_state_dict",
+    "P3_P5",
+    "CspWrcCfg",
+    "CspWrcNet",
+    "WrcRow",
+    "backbone_state_dict",
+    "checkpoint_filter_fn",
+    "default_cfgs",
+    "format_wrc_table",
+    "model_cfgs",
+    "plot_wrc_weights",
+    "wrc_weights",
 ]

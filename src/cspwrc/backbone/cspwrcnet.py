@@ -12,7 +12,7 @@ channels and depths of ``cs3darknet_s/m/l/x``. ``n`` has no cs3darknet peer and 
 
 import socket
 from dataclasses import dataclass, replace
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -26,7 +26,7 @@ from timm.models._manipulate import MATCH_PREV_GROUP
 from cspwrc.errors import CheckpointError
 from cspwrc.layers import CspStage, FoldableConvNormAct
 
-__all__ = ["CspWrcCfg", "CspWrcNet", "checkpoint_filter_fn", "model_cfgs", "default_cfgs", "P3_P5"]
+__all__ = ["P3_P5", "CspWrcCfg", "CspWrcNet", "checkpoint_filter_fn", "default_cfgs", "model_cfgs"]
 
 # out_indices of the stride 8, 16, 32 features (index 0 is the stride-2 stem output).
 P3_P5 = (2, 3, 4)
@@ -52,9 +52,9 @@ class CspWrcCfg:
         zero_init_last: Zero-init the last BN of each bottleneck branch (as timm's cspnet).
     """
 
-    stem_chs: Tuple[int, ...] = (32, 64)
-    stage_chs: Tuple[int, ...] = (128, 256, 512, 1024)
-    depths: Tuple[int, ...] = (3, 6, 9, 3)
+    stem_chs: tuple[int, ...] = (32, 64)
+    stage_chs: tuple[int, ...] = (128, 256, 512, 1024)
+    depths: tuple[int, ...] = (3, 6, 9, 3)
     expand_ratio: float = 1.0
     bottle_ratio: float = 1.0
     down_growth: bool = False
@@ -81,7 +81,7 @@ class CspWrcCfg:
 
 
 def _create_stem(
-        in_chans: int, cfg: CspWrcCfg, device: Optional[torch.device], dtype: Optional[torch.dtype],
+        in_chans: int, cfg: CspWrcCfg, device: torch.device | None, dtype: torch.dtype | None,
 ) -> nn.Sequential:
     """3x3 stride-2 conv then 3x3 stride-1 convs: ``[B, in_chans, H, W]`` -> ``[B, stem_chs[-1], H/2, W/2]``."""
     stem = nn.Sequential()
@@ -112,8 +112,8 @@ class CspWrcNet(nn.Module):
             global_pool: str = "avg",
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
-            device: Optional[torch.device] = None,
-            dtype: Optional[torch.dtype] = None,
+            device: torch.device | None = None,
+            dtype: torch.dtype | None = None,
             **kwargs: Any,
     ) -> None:
         """
@@ -138,7 +138,7 @@ class CspWrcNet(nn.Module):
         self.grad_checkpointing = False
 
         self.stem = _create_stem(in_chans, cfg, **dd)
-        self.feature_info: List[Dict[str, Any]] = [
+        self.feature_info: list[dict[str, Any]] = [
             dict(num_chs=cfg.stem_chs[-1], reduction=2, module=f"stem.conv{len(cfg.stem_chs)}")]
         self.stages = self._create_stages(cfg, output_stride, drop_path_rate, **dd)
 
@@ -148,13 +148,13 @@ class CspWrcNet(nn.Module):
 
     def _create_stages(
             self, cfg: CspWrcCfg, output_stride: int, drop_path_rate: float,
-            device: Optional[torch.device], dtype: Optional[torch.dtype],
+            device: torch.device | None, dtype: torch.dtype | None,
     ) -> nn.Sequential:
         """Stride-2 CSP stages (dilated past ``output_stride``, as timm's cspnet); appends to ``feature_info``."""
         dpr = calculate_drop_path_rates(drop_path_rate, list(cfg.depths), stagewise=True)
         stages = []
         prev_chs, reduction, dilation = cfg.stem_chs[-1], 2, 1
-        for i, (chs, depth) in enumerate(zip(cfg.stage_chs, cfg.depths)):
+        for i, (chs, depth) in enumerate(zip(cfg.stage_chs, cfg.depths, strict=True)):
             stride = 2
             if reduction >= output_stride:
                 dilation, stride = dilation * 2, 1
@@ -193,7 +193,7 @@ class CspWrcNet(nn.Module):
         return {name for name, _ in self.named_parameters() if name.endswith("wrc.weight")}
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(
             stem=r"^stem",
             blocks=r"^stages\.(\d+)" if coarse else [
@@ -214,7 +214,7 @@ class CspWrcNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool, in_features=self.num_features, **get_device_dtype(self))
         self.head_hidden_size = self.head.num_features
@@ -222,12 +222,12 @@ class CspWrcNet(nn.Module):
     def forward_intermediates(
             self,
             x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
+            indices: int | list[int] | None = None,
             norm: bool = False,
             stop_early: bool = False,
             output_fmt: str = "NCHW",
             intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Forward returning intermediate features.
 
         Args:
@@ -262,10 +262,10 @@ class CspWrcNet(nn.Module):
 
     def prune_intermediate_layers(
             self,
-            indices: Union[int, List[int]] = 1,
+            indices: int | list[int] = 1,
             prune_norm: bool = False,
             prune_head: bool = True,
-    ) -> List[int]:
+    ) -> list[int]:
         """Drop the stages after the last requested feature (and the head when asked or when stages go).
 
         Returns:
@@ -294,7 +294,7 @@ class CspWrcNet(nn.Module):
 
 
 @torch.no_grad()
-def checkpoint_filter_fn(state_dict: Dict[str, torch.Tensor], model: CspWrcNet) -> Dict[str, torch.Tensor]:
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: CspWrcNet) -> dict[str, torch.Tensor]:
     """Map a timm ``cs3darknet_*`` (or cspwrc) state dict onto ``model``.
 
     cs3darknet and cspwrc share every module name, so the tensors carry over unchanged; each WRC weight the
@@ -333,7 +333,7 @@ def _no_weights_message(variant: str, where: str, reason: str) -> str:
             f"--weights FILE instead of pretrained=true")
 
 
-def _check_pretrained_source(variant: str, kwargs: Dict[str, Any]) -> None:
+def _check_pretrained_source(variant: str, kwargs: dict[str, Any]) -> None:
     """Fail fast (not after ~45 s of hub retries) when the weights are neither local, cached nor downloadable."""
     # The same resolution build_model_with_cfg does (tag, pretrained_cfg and overlay given to create_model).
     cfg = resolve_pretrained_cfg(variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"))
@@ -380,7 +380,7 @@ model_cfgs = dict(
 )
 
 
-def _cfg(url: str = "", **kwargs: Any) -> Dict[str, Any]:
+def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
     return {
         "url": url,
         "num_classes": 1000, "input_size": (3, 256, 256), "pool_size": (8, 8),
@@ -391,7 +391,7 @@ def _cfg(url: str = "", **kwargs: Any) -> Dict[str, Any]:
     }
 
 
-def _cs3darknet_cfg(size: str, **kwargs: Any) -> Dict[str, Any]:
+def _cs3darknet_cfg(size: str, **kwargs: Any) -> dict[str, Any]:
     """The ImageNet weights timm publishes for ``cs3darknet_<size>``, loaded through :func:`checkpoint_filter_fn`."""
     release = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-tpu-weights"
     return _cfg(

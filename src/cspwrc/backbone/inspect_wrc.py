@@ -1,9 +1,9 @@
 """What did the weighted residual connections learn? Per-block effective ``(a, b)``: table and plot."""
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -11,7 +11,7 @@ import torch.nn as nn
 from cspwrc.layers import WeightedResidual
 from cspwrc.weights import rename_like
 
-__all__ = ["WrcRow", "wrc_weights", "format_wrc_table", "plot_wrc_weights", "backbone_state_dict"]
+__all__ = ["WrcRow", "backbone_state_dict", "format_wrc_table", "plot_wrc_weights", "wrc_weights"]
 
 
 @dataclass
@@ -30,7 +30,7 @@ class WrcRow:
 
 
 @torch.no_grad()
-def wrc_weights(model: nn.Module) -> List[WrcRow]:
+def wrc_weights(model: nn.Module) -> list[WrcRow]:
     """One row per :class:`WeightedResidual` in ``model`` (any model: backbone, features_only, detector), in
     module order. Blocks with ``weights="none"`` report ``a = b = 1``; a folded model has no rows."""
     rows = []
@@ -61,8 +61,8 @@ def format_wrc_table(rows: Sequence[WrcRow]) -> str:
     return "\n".join(lines)
 
 
-def plot_wrc_weights(model_or_rows: Union[nn.Module, Sequence[WrcRow]], path: Union[str, Path],
-                     title: Optional[str] = None) -> Path:
+def plot_wrc_weights(model_or_rows: nn.Module | Sequence[WrcRow], path: str | Path,
+                     title: str | None = None) -> Path:
     """Save a PNG of ``a`` (branch) and ``b`` (shortcut) per block, bars spanning the per-channel min..max."""
     # Imported here, not at module level, because matplotlib costs ~1 s and this module is part of `import cspwrc`;
     # matplotlib.figure, no pyplot: no global state, no GUI backend needed.
@@ -77,8 +77,8 @@ def plot_wrc_weights(model_or_rows: Union[nn.Module, Sequence[WrcRow]], path: Un
     for key, label, offset in (("a", "a (branch F(x))", -0.1), ("b", "b (shortcut x)", 0.1)):
         mean = [getattr(r, f"{key}_mean") for r in rows]
         # clamp: the float mean of equal values can be an ulp outside their min/max
-        low = [max(0.0, m - getattr(r, f"{key}_min")) for m, r in zip(mean, rows)]
-        high = [max(0.0, getattr(r, f"{key}_max") - m) for m, r in zip(mean, rows)]
+        low = [max(0.0, m - getattr(r, f"{key}_min")) for m, r in zip(mean, rows, strict=True)]
+        high = [max(0.0, getattr(r, f"{key}_max") - m) for m, r in zip(mean, rows, strict=True)]
         ax.errorbar([x + offset for x in xs], mean, yerr=[low, high], fmt="o", capsize=3, label=label)
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set_xticks(xs, [r.block for r in rows], rotation=60, ha="right", fontsize=7)
@@ -95,8 +95,8 @@ _STEM_KEY = re.compile(r"^(.*?)stem[._]conv1\.conv\.weight$")
 
 
 def backbone_state_dict(
-    state_dict: Dict[str, torch.Tensor], prefix: Optional[str] = None, like: Optional[Iterable[str]] = None
-) -> Dict[str, torch.Tensor]:
+    state_dict: dict[str, torch.Tensor], prefix: str | None = None, like: Iterable[str] | None = None
+) -> dict[str, torch.Tensor]:
     """The backbone part of a checkpoint, keys spelled as in ``like`` (the target model's state dict keys).
 
     Accepts a plain backbone state dict, a ``features_only`` one, or a detector's (backbone under a prefix such

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from cspwrc.errors import CspwrcError, RunStopped
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from cspwrc.cli import benchmark, convert, export, merge, predict, train, val, wrc_weights
 

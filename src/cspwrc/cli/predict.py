@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -138,6 +139,20 @@ def open_video(path: Path, fps: float, width: int, height: int) -> cv2.VideoWrit
     return video
 
 
+def predict_video(path: Path, out: Path, predict: Callable[[Path, np.ndarray, int | None], np.ndarray]) -> None:
+    """Every frame of the video ``path`` through ``predict`` (which returns it drawn), into ``out/STEM.mp4``."""
+    frames, fps = video_frames(path)
+    target = out / f"{path.stem}.mp4"
+    video, count = None, 0
+    for count, frame in enumerate(frames, 1):
+        if video is None:  # sized by the first frame (container headers may not say)
+            video = open_video(target, fps, frame.shape[1], frame.shape[0])
+        video.write(cv2.cvtColor(predict(path, frame, count - 1), cv2.COLOR_RGB2BGR))
+    if video is not None:
+        video.release()
+    print(f"{path.name}: {count} frames -> {target}")
+
+
 class Writer:
     """Everything ``predict`` writes besides the drawn images and videos."""
 
@@ -197,16 +212,7 @@ def run(args: argparse.Namespace) -> int:
 
     for path in sources:
         if path.suffix.lower() in VIDEO_SUFFIXES:
-            frames, fps = video_frames(path)
-            target = out / f"{path.stem}.mp4"
-            video, count = None, 0
-            for count, frame in enumerate(frames, 1):
-                if video is None:  # sized by the first frame (container headers may not say)
-                    video = open_video(target, fps, frame.shape[1], frame.shape[0])
-                video.write(cv2.cvtColor(predict(path, frame, count - 1), cv2.COLOR_RGB2BGR))
-            if video is not None:
-                video.release()
-            print(f"{path.name}: {count} frames -> {target}")
+            predict_video(path, out, predict)
             continue
         try:
             image = read_rgb(path)  # EXIF orientation applied, as COCO and the training data define it

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.engine.callbacks import Callback

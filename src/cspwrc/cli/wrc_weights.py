@@ -12,7 +12,7 @@ the model name and WRC options come from its ``cspwrc`` metadata unless given he
 
 import argparse
 import sys
-from typing import Any, Dict, Optional
+from typing import Any
 
 import timm
 import torch
@@ -26,7 +26,7 @@ from cspwrc.errors import CheckpointError
 from cspwrc.weights import read_any_weights
 
 
-def model_kwargs(meta: Dict[str, Any], args: argparse.Namespace) -> Dict[str, Any]:
+def model_kwargs(meta: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """WRC options: command line first, then the detector metadata's ``model.backbone.kwargs``."""
     saved = backbone_section(meta).get("kwargs") or {}
     kwargs = {k: saved[k] for k in ("wrc_weights", "wrc_normalize") if k in saved}
@@ -37,8 +37,8 @@ def model_kwargs(meta: Dict[str, Any], args: argparse.Namespace) -> Dict[str, An
 
 
 def build(args: argparse.Namespace) -> torch.nn.Module:
-    meta: Dict[str, Any] = {}
-    state: Optional[Dict[str, torch.Tensor]] = None
+    meta: dict[str, Any] = {}
+    state: dict[str, torch.Tensor] | None = None
     if args.weights:
         state, meta = read_any_weights(args.weights)
     name = args.model or backbone_section(meta).get("name")
@@ -57,7 +57,7 @@ def build(args: argparse.Namespace) -> torch.nn.Module:
     return model.eval()
 
 
-def main(argv: Optional[list] = None) -> int:
+def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="timm model name, e.g. cspwrc_s (default: from the checkpoint metadata)")
     parser.add_argument("--weights", help="backbone or detector checkpoint (.safetensors or .pth)")

@@ -80,7 +80,7 @@ def probe_images(paths: dict[str, Path], image_dir: Path, progress: bool = True,
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             found = pool.map(lambda n: probe_image(paths[n]), todo)
             bar = tqdm(found, total=len(todo), desc=f"checking {image_dir.name}", disable=not progress, leave=False)
-            results.update(zip(todo, bar))
+            results.update(zip(todo, bar, strict=True))
     if use_cache and todo:
         cache.update({n: {"stat": stats[n], "result": results[n]} for n in todo if stats[n]})
         _write_cache(cache_path, cache)

@@ -148,7 +148,8 @@ def load_json(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _check_records(records: list[Any], spec: Mapping[str, Any], file: Path, section: str) -> None:
-    """Every record is a dict with the required keys of the right types; ids are unique."""
+    """Every record is a dict with the required keys of the right types; ids are unique. Then the section's own
+    checks, once every record has its keys: annotation boxes, image sizes."""
     seen: dict[int, int] = {}
     for i, rec in enumerate(records):
         where = f"{section}[{i}]"
@@ -163,14 +164,22 @@ def _check_records(records: list[Any], spec: Mapping[str, Any], file: Path, sect
             raise DataError(file, where, f"duplicate id {rec['id']} (first at {section}[{seen[rec['id']]}])")
         seen[rec["id"]] = i
     if section == "annotations":
-        for i, rec in enumerate(records):
-            _check_bbox_shape(rec, file, f"annotations[{i}] (id={rec['id']})")
-            if "iscrowd" in rec:
-                check_type(rec["iscrowd"], int, file, f"annotations[{i}] (id={rec['id']}).iscrowd")
+        _check_annotation_values(records, file)
     if section == "images":
-        for i, rec in enumerate(records):
-            if rec["width"] <= 0 or rec["height"] <= 0:
-                raise DataError(file, f"images[{i}] (id={rec['id']})", "width and height must be positive")
+        _check_image_sizes(records, file)
+
+
+def _check_annotation_values(records: list[dict[str, Any]], file: Path) -> None:
+    for i, rec in enumerate(records):
+        _check_bbox_shape(rec, file, f"annotations[{i}] (id={rec['id']})")
+        if "iscrowd" in rec:
+            check_type(rec["iscrowd"], int, file, f"annotations[{i}] (id={rec['id']}).iscrowd")
+
+
+def _check_image_sizes(records: list[dict[str, Any]], file: Path) -> None:
+    for i, rec in enumerate(records):
+        if rec["width"] <= 0 or rec["height"] <= 0:
+            raise DataError(file, f"images[{i}] (id={rec['id']})", "width and height must be positive")
 
 
 def _check_bbox_shape(rec: dict[str, Any], file: Path, where: str) -> None:

@@ -101,9 +101,9 @@ def yolo_to_coco(source: Path, names: Sequence[str], *, progress: bool = True, u
     paths = yolo_image_paths(source)
     image_dir = Path(os.path.commonpath([p.parent for p in paths]))
     file_names = [p.relative_to(image_dir).as_posix() for p in paths]
-    probes = probe_images(dict(zip(file_names, paths)), image_dir, progress, use_cache)
+    probes = probe_images(dict(zip(file_names, paths, strict=True)), image_dir, progress, use_cache)
     images, annotations = [], []
-    for image_id, name, path in zip(_image_ids([p.stem for p in paths]), file_names, paths):
+    for image_id, name, path in zip(_image_ids([p.stem for p in paths]), file_names, paths, strict=True):
         width, height = oriented_size(probes[name]) if "error" not in probes[name] else (1, 1)
         images.append({"id": image_id, "file_name": name, "width": width, "height": height})
         label_file = yolo_label_path(path)
@@ -186,7 +186,7 @@ def voc_to_coco(root: Path, image_set: Path, names: Sequence[str]) -> tuple[dict
     if not ids:
         raise DataError(image_set, "file", "the image set lists no images")
     images, annotations = [], []
-    for image_id, voc_id in zip(_image_ids(ids), ids):
+    for image_id, voc_id in zip(_image_ids(ids), ids, strict=True):
         width, height, objects = _read_voc_xml(root / "Annotations" / f"{voc_id}.xml", names)
         images.append({"id": image_id, "file_name": f"{voc_id}.jpg", "width": width, "height": height})
         for cat, bbox, difficult, source in objects:

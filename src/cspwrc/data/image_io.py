@@ -20,7 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cspwrc.errors import SampleReadError, shorten
 
-__all__ = ["EXIF_ORIENTATION", "ImageEntry", "read_rgb", "to_rgb", "load_image", "probe_image", "oriented_size"]
+__all__ = ["EXIF_ORIENTATION", "ImageEntry", "load_image", "oriented_size", "probe_image", "read_rgb", "to_rgb"]
 
 EXIF_ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90/270 degrees

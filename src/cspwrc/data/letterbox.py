@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["PAD_VALUE", "letterbox_params", "resize_longest", "letterbox", "letterbox_boxes"]
+__all__ = ["PAD_VALUE", "letterbox", "letterbox_boxes", "letterbox_params", "resize_longest"]
 
 PAD_VALUE = 114  # YOLO grey for letterbox, mosaic and augmentation borders
 

@@ -31,7 +31,7 @@ Target = dict[str, Any]
 
 def collate_detection(batch: Sequence[tuple[torch.Tensor, Target]]) -> tuple[torch.Tensor, list[Target]]:
     """``[(image uint8 [3, S, S], target), ...]`` -> ``(images uint8 [B, 3, S, S], [target, ...])``."""
-    images, targets = zip(*batch)
+    images, targets = zip(*batch, strict=True)
     return torch.stack(images), list(targets)
 
 

@@ -20,7 +20,7 @@ __all__ = ["merge_coco"]
 
 def _check_unique(files: Sequence[Path], datas: Sequence[dict[str, Any]], section: str) -> None:
     owner: dict[Any, Path] = {}
-    for file, data in zip(files, datas):
+    for file, data in zip(files, datas, strict=True):
         for rec in data[section]:
             if rec["id"] in owner:
                 raise DataError(file, f"{section} id={rec['id']}", f"id also used in {owner[rec['id']]}")
@@ -37,7 +37,7 @@ def merge_coco(ann_files: Sequence[str | os.PathLike[str]], out: str | os.PathLi
     if not files:
         raise ValueError("merge_coco needs at least one annotation file")
     datas = [load_json(f) for f in files]
-    for file, data in zip(files[1:], datas[1:]):
+    for file, data in zip(files[1:], datas[1:], strict=True):
         if data["categories"] != datas[0]["categories"]:
             raise DataError(file, "categories", f"differ from the categories of {files[0]}")
     for section in ("images", "annotations"):

@@ -26,7 +26,7 @@ import numpy as np
 
 from cspwrc.data.letterbox import PAD_VALUE
 
-__all__ = ["Tile", "mosaic4", "random_affine", "box_candidates"]
+__all__ = ["Tile", "box_candidates", "mosaic4", "random_affine"]
 
 Tile = tuple[np.ndarray, np.ndarray, np.ndarray]  # (image uint8 [H, W, 3], boxes float32 [N, 4], labels int64 [N])
 

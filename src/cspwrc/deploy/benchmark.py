@@ -155,14 +155,14 @@ def bench_group(built: dict[str, Built], target: str, img: int, batch: int, sett
             try:
                 fn, x = prepare(b.model, mode, example)
                 ready.append((row, _timed_call(fn, x, settings.warmup)))
-            except Exception as exc:  # noqa: BLE001 - any backend failure means "mode not available here"
+            except Exception as exc:  # any backend failure means "mode not available here"
                 log(progress_line(_skipped(row, exc)))
     probes = [SgemmProbe(device, settings.peak_size, p) for p in base_precisions(settings.modes, device)]
     times = round_robin_times([c for _, c in ready] + probes, settings.iters, settings.max_seconds, settings.min_iters)
-    for (row, _), ts in zip(ready, times):
+    for (row, _), ts in zip(ready, times[:len(ready)], strict=True):  # times: the ready calls', then the probes'
         _fill(row, ts, row.gflops * 1e9)
         log(progress_line(row))
-    return rows, {p.precision: p.gflops(ts) for p, ts in zip(probes, times[len(ready):])}
+    return rows, {p.precision: p.gflops(ts) for p, ts in zip(probes, times[len(ready):], strict=True)}
 
 
 def build_all(target: str, settings: BenchSettings, device: torch.device,
@@ -174,7 +174,7 @@ def build_all(target: str, settings: BenchSettings, device: torch.device,
         try:
             model = build_target(name, target, settings.num_classes).to(device)
             flops = {img: count_flops(model, torch.rand(1, 3, img, img, device=device)) for img in settings.img}
-        except Exception as exc:  # noqa: BLE001 - report and continue with the other models
+        except Exception as exc:  # any: report it and continue with the other models
             for img in settings.img:
                 for batch in settings.batch:
                     failed += [_skipped(BenchRow(name, target, m, img, batch), exc, "build: ") for m in settings.modes]

@@ -240,7 +240,7 @@ def export_onnx_nms(module: nn.Module, path: str | Path, img: int, opset: int = 
 
 def run_onnx_nms(path: str | Path, images: torch.Tensor) -> dict[str, np.ndarray]:
     """Run an end-to-end ONNX file with onnxruntime on CPU: ``{boxes, scores, labels, batch_index}``."""
-    return dict(zip(NMS_OUTPUTS, ort_session(path).run(list(NMS_OUTPUTS), {INPUT_NAME: images.numpy()})))
+    return dict(zip(NMS_OUTPUTS, ort_session(path).run(list(NMS_OUTPUTS), {INPUT_NAME: images.numpy()}), strict=True))
 
 
 def check_export_nms(module: EndToEnd, path: str | Path, images: torch.Tensor,

@@ -105,7 +105,7 @@ def compare_nms(raw: np.ndarray, expected: dict[str, np.ndarray], actual: dict[s
     boxes, probs = np.clip(raw[:, :4], 0, img), raw[:, 4:]
     out = NmsParity(image, len(expected["scores"]), len(actual["scores"]))
     # 1. every ONNX detection is a candidate of the model
-    for j, (box, score, label) in enumerate(zip(actual["boxes"], actual["scores"], actual["labels"])):
+    for j, (box, score, label) in enumerate(zip(actual["boxes"], actual["scores"], actual["labels"], strict=True)):
         close = np.abs(probs[:, int(label)] - score) <= tol.score
         diff = float(np.abs(boxes[close] - box).max(-1).min()) if close.any() else np.inf
         out.max_box_diff = max(out.max_box_diff, diff)

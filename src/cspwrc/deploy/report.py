@@ -95,7 +95,8 @@ def format_table(report: dict[str, Any], markdown: bool = False) -> str:
         if r["status"] != "ok":
             rows.append(([str(c) for c in cells[:4]] + [""] * (len(header) - 4), f"skipped: {r['error']}"))
         else:
-            rows.append(([("-" if v is None else f.format(v)) for (_, f), v in zip(TABLE_COLUMNS, cells)], ""))
+            formatted = [("-" if v is None else f.format(v)) for (_, f), v in zip(TABLE_COLUMNS, cells, strict=True)]
+            rows.append((formatted, ""))
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(cells) + (f" {note}" if note else "") + " |" for cells, note in rows]
@@ -103,6 +104,7 @@ def format_table(report: dict[str, Any], markdown: bool = False) -> str:
     widths = [max([len(h)] + [len(cells[i]) for cells, _ in rows]) for i, h in enumerate(header)]
 
     def line(cells: Sequence[str], note: str = "") -> str:
-        return "  ".join(c.rjust(w) if i > 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + note
+        padded = (c.rjust(w) if i > 3 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(padded) + note
 
     return "\n".join([line(header)] + [line(cells, note) for cells, note in rows])

@@ -52,7 +52,7 @@ def round_robin_times(calls: Sequence[Callable[[], Any]], iters: int, max_second
     times: list[list[float]] = [[] for _ in calls]
     start = time.perf_counter()
     for round_ in range(iters):
-        for call, ts in zip(calls, times):
+        for call, ts in zip(calls, times, strict=True):
             t0 = time.perf_counter()
             call()
             ts.append(time.perf_counter() - t0)

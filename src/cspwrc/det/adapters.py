@@ -30,7 +30,12 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 from .detector import create_feature_backbone
 
 __all__ = [
-    "TimmBackboneWithFPN", "timm_fpn_backbone", "fcos_timm", "retinanet_timm", "fasterrcnn_timm", "normalization",
+    "TimmBackboneWithFPN",
+    "fasterrcnn_timm",
+    "fcos_timm",
+    "normalization",
+    "retinanet_timm",
+    "timm_fpn_backbone",
 ]
 
 

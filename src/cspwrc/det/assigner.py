@@ -90,7 +90,7 @@ def _batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise IoU per image: ``[B, M, 4] x [B, A, 4] -> [B, M, A]`` (``boxes2`` may also be ``[A, 4]``)."""
     if boxes2.dim() == 2:
         return box_iou(boxes1.reshape(-1, 4), boxes2).reshape(boxes1.shape[0], boxes1.shape[1], -1)
-    return torch.stack([box_iou(b1, b2) for b1, b2 in zip(boxes1, boxes2)])
+    return torch.stack([box_iou(b1, b2) for b1, b2 in zip(boxes1, boxes2, strict=True)])
 
 
 def _resolve_and_gather(

@@ -38,8 +38,15 @@ from .neck import NeckCfg, YoloPan
 from .postprocess import PostprocessCfg, postprocess
 
 __all__ = [
-    "BackboneCfg", "DetectorConfig", "YoloDetector", "RawPredictions", "build_detector",
-    "check_backbone", "create_feature_backbone", "freeze_first_levels", "select_feature_levels",
+    "BackboneCfg",
+    "DetectorConfig",
+    "RawPredictions",
+    "YoloDetector",
+    "build_detector",
+    "check_backbone",
+    "create_feature_backbone",
+    "freeze_first_levels",
+    "select_feature_levels",
     "supported_backbone_kwargs",
 ]
 

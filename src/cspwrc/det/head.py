@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from cspwrc.layers import FoldableConvNormAct
 from cspwrc.validate import require
 
-__all__ = ["HeadCfg", "DecoupledHead", "make_anchor_points", "dfl_decode", "check_layer_names"]
+__all__ = ["DecoupledHead", "HeadCfg", "check_layer_names", "dfl_decode", "make_anchor_points"]
 
 
 def check_layer_names(act_layer: str, norm_layer: str) -> None:
@@ -85,7 +85,7 @@ def make_anchor_points(
         row-major inside a level (matches :meth:`DecoupledHead.flatten`), and ``stride_per_point [A, 1]``.
     """
     points, stride_list = [], []
-    for (h, w), s in zip(feat_shapes, strides):
+    for (h, w), s in zip(feat_shapes, strides, strict=True):
         ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) * s
         xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) * s
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
@@ -174,7 +174,8 @@ class DecoupledHead(nn.Module):
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
         """Per level ``[B, 4 * reg_max + C, H_i, W_i]``: box logits first, then class logits."""
-        return [torch.cat((bb(f), cb(f)), 1) for f, bb, cb in zip(feats, self.box_branches, self.cls_branches)]
+        branches = zip(feats, self.box_branches, self.cls_branches, strict=True)
+        return [torch.cat((bb(f), cb(f)), 1) for f, bb, cb in branches]
 
     def flatten(self, outs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Concatenate levels: box logits ``[B, A, 4, reg_max]`` and class logits ``[B, A, C]``."""

@@ -17,7 +17,7 @@ from typing import Any
 from cspwrc.errors import ConfigError
 from cspwrc.validate import merge, unknown_key
 
-__all__ = ["upgrade_model_section", "nested_spelling"]
+__all__ = ["nested_spelling", "upgrade_model_section"]
 
 # Old flat option -> the nested field(s) it set (``act_layer`` set the neck's and the head's).
 _FLAT: dict[str, tuple[str, ...]] = {

@@ -23,7 +23,7 @@ from cspwrc.weights import META_KEY, read_any_weights
 from .detector import DetectorConfig, YoloDetector
 from .legacy import upgrade_model_section
 
-__all__ = ["DEFAULT_IMG", "load_detector", "input_size", "model_section", "backbone_section"]
+__all__ = ["DEFAULT_IMG", "backbone_section", "input_size", "load_detector", "model_section"]
 
 DEFAULT_IMG = 640  # input size of a detector whose metadata records none (a freshly built one; our files record it)
 

@@ -22,7 +22,7 @@ from cspwrc.validate import require
 from .assigner import AssignerCfg, Assignment, AtssAssigner, TaskAlignedAssigner
 from .head import HeadCfg
 
-__all__ = ["LossCfg", "DetectionLoss", "varifocal_loss", "dfl_loss", "pad_targets"]
+__all__ = ["DetectionLoss", "LossCfg", "dfl_loss", "pad_targets", "varifocal_loss"]
 
 
 def pad_targets(targets: Sequence[dict[str, Tensor]], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:

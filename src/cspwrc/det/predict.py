@@ -25,7 +25,7 @@ from cspwrc.data.letterbox import letterbox
 from .load import input_size, load_detector
 from .postprocess import undo_letterbox
 
-__all__ = ["load_detector", "input_size", "detect", "select", "class_names", "describe"]
+__all__ = ["class_names", "describe", "detect", "input_size", "load_detector", "select"]
 
 Detections = dict[str, Tensor]  # "boxes" float32 [K, 4] xyxy, "scores" float32 [K], "labels" int64 [K]
 
@@ -73,4 +73,4 @@ def describe(det: Detections, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
     cat_ids = meta.get("category_ids") or list(range(len(names)))
     return [{"box": [round(v, 2) for v in box], "score": round(float(score), 4), "label": int(label),
              "class_name": names[int(label)], "category_id": int(cat_ids[int(label)])}
-            for box, score, label in zip(det["boxes"].tolist(), det["scores"], det["labels"])]
+            for box, score, label in zip(det["boxes"].tolist(), det["scores"], det["labels"], strict=True)]

@@ -14,8 +14,9 @@ connection at once, a hung peer hits the process group's timeout), which the tra
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as tdist

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ class EvalResult:
         return self.stats[1]
 
     def format(self) -> str:
-        lines = [f"{name:<14} {value:.4f}" for name, value in zip(STAT_NAMES, self.stats)]
+        lines = [f"{name:<14} {value:.4f}" for name, value in zip(STAT_NAMES, self.stats, strict=True)]
         empty = [r.name for r in self.per_class if r.instances == 0]
         lines.append(f"scored classes: {len(self.per_class)} ({shorten(', '.join(r.name for r in self.per_class))})"
                      + (f"; without instances in these images: {shorten(', '.join(empty))}" if empty else ""))
@@ -99,7 +100,7 @@ def detections_to_coco(output: dict[str, torch.Tensor], target: dict[str, Any],
     return [
         {"image_id": image_id, "category_id": int(label_to_cat[label]), "bbox": [round(v, 3) for v in box],
          "score": round(float(score), 5)}
-        for box, score, label in zip(xywh, scores, labels)
+        for box, score, label in zip(xywh, scores, labels, strict=True)
     ]
 
 
@@ -121,7 +122,7 @@ def predict_loader(model: torch.nn.Module, loader: Iterable, label_to_cat: Seque
         images = images.to(device, non_blocking=True).float().div_(255.0)
         with torch.autocast(device_type=device.type, enabled=use_amp):
             outputs = model(images)
-        for output, target in zip(outputs, targets):
+        for output, target in zip(outputs, targets, strict=True):
             if skipped is not None:
                 skipped.extend(target.get("skipped", ()))
             if int(target["image_id"]) in seen:  # a substitute already scored: its detections count once
@@ -158,7 +159,8 @@ def coco_evaluate(coco_gt: COCO, results: list[dict[str, Any]], image_ids: Seque
 
 def _with_counts(rows: list[ClassAP], detection: DetectionStats) -> list[ClassAP]:
     # Both list the ground truth's categories sorted by id.
-    for row, n, p, r, f1 in zip(rows, detection.instances, detection.precision, detection.recall, detection.f1):
+    for row, n, p, r, f1 in zip(rows, detection.instances, detection.precision, detection.recall, detection.f1,
+                                strict=True):
         row.instances, row.precision, row.recall, row.f1 = n, p, r, f1
     return rows
 

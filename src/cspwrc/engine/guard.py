@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -65,7 +66,8 @@ def all_finite(value: torch.Tensor) -> bool:
 
 def describe(names: Sequence[str], values: Sequence[Any]) -> str:
     """``loss=nan, loss_cls=0.5``: the values of a bad step for a message."""
-    return ", ".join(f"{k}={float(v.detach()) if torch.is_tensor(v) else v}" for k, v in zip(names, values))
+    return ", ".join(f"{k}={float(v.detach()) if torch.is_tensor(v) else v}"
+                     for k, v in zip(names, values, strict=True))
 
 
 def cannot_save(error: str) -> TrainingStopped:

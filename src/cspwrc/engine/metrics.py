@@ -17,8 +17,9 @@ that :func:`cspwrc.engine.evaluate.coco_evaluate` scores. All at IoU 0.5, crowd 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -10,8 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import cv2
 import torch
@@ -132,7 +133,7 @@ def run_metrics(result: EvalResult, run: RunState, cfg: RunConfig, wall_s: float
                 train_set: Any, val_set: Any) -> dict[str, Any]:
     """The ``metrics.json`` of a finished run: the final evaluation ``result``, the run's progress and skips."""
     return {
-        "map": result.map, "map50": result.map50, "stats": dict(zip(STAT_NAMES, result.stats)),
+        "map": result.map, "map50": result.map50, "stats": dict(zip(STAT_NAMES, result.stats, strict=True)),
         **result.summary(),  # per_class (instances, P/R/F1, AP) and the confusion matrix
         "val_images": result.num_images, "val_detections": result.num_detections, "world_size": dist.world_size(),
         "best_map": run.best_map, "best_epoch": run.best_epoch, "epochs": run.epoch,

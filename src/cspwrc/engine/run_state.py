@@ -110,7 +110,8 @@ def check_resume_fits(st: dict[str, Any], model_name: str, num_classes: int, out
     meta = st.get("meta") if isinstance(st.get("meta"), dict) else {}
     saved = (backbone_section(meta).get("name"), meta.get("num_classes"))
     now = (model_name, num_classes)
-    diffs = [f"{what}: saved {a!r}, now {b!r}" for what, a, b in zip(("model", "number of classes"), saved, now)
+    diffs = [f"{what}: saved {a!r}, now {b!r}"
+             for what, a, b in zip(("model", "number of classes"), saved, now, strict=True)
              if a is not None and a != b]
     if diffs:
         raise CheckpointError(resume_mismatch(out, st, "; ".join(diffs)))

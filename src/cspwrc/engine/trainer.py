@@ -15,8 +15,9 @@ import contextlib
 import copy
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from timm.utils import ModelEmaV3
@@ -337,12 +338,12 @@ class Trainer:
             if (i + 1) % self.finite_check_steps == 0:
                 self._check_guard(epoch)
                 bar.set_postfix_str(" ".join(f"{k.removeprefix('loss_')}={v:.3f}" for k, v in
-                                             zip(LOSS_KEYS, (sums / max(done, 1)).tolist()))
+                                             zip(LOSS_KEYS, (sums / max(done, 1)).tolist(), strict=True))
                                     + f" lr={self.scheduler.lr():.2e}")
         self._check_guard(epoch)  # before evaluation and before this epoch's checkpoint
         means = dist.all_reduce_mean(sums / max(done, 1))
         self.state.read_skipped += dist.all_reduce_sum_int(skipped)  # every rank's substitutions, not rank 0's
-        return dict(zip(LOSS_KEYS, means.tolist())), dist.all_reduce_sum_int(done * self.cfg.train.batch)
+        return dict(zip(LOSS_KEYS, means.tolist(), strict=True)), dist.all_reduce_sum_int(done * self.cfg.train.batch)
 
     def _save_batch_picture(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> None:
         """``OUT/train_batch{step}.jpg``: the batch as the model gets it, boxes and class names drawn."""

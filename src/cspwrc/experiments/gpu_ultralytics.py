@@ -18,9 +18,9 @@ import time
 
 os.environ.setdefault("YOLO_OFFLINE", "1")  # nothing to download: model from its YAML, no fonts, no hub
 
-import torch  # noqa: E402 - after YOLO_OFFLINE, which Ultralytics reads on import
-import ultralytics.engine.trainer as ultra_trainer  # noqa: E402
-from ultralytics import YOLO  # noqa: E402
+import torch  # after YOLO_OFFLINE, which Ultralytics reads on import
+import ultralytics.engine.trainer as ultra_trainer
+from ultralytics import YOLO
 
 
 def main(argv: list[str]) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import tempfile
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from cspwrc.deploy.timing import latency_ms
 from cspwrc.det.load import load_detector
 from cspwrc.layers import fold_model
 
-__all__ = ["LATENCY_CONF", "LATENCY_IOU", "latency_done", "time_ours", "time_onnxruntime", "time_pytorch"]
+__all__ = ["LATENCY_CONF", "LATENCY_IOU", "latency_done", "time_onnxruntime", "time_ours", "time_pytorch"]
 
 # NMS settings of the latency phase, the same for every contestant: Ultralytics' predict defaults (a deployed
 # detector keeps confident boxes; the val-time 0.001 threshold would time NMS on thousands of boxes).
@@ -54,7 +55,7 @@ def time_pytorch(model: nn.Module, sizes: Sequence[int]) -> dict[str, dict[str, 
     net = fold_model(model.eval()).to(memory_format=torch.channels_last)  # a folded copy
     net.cfg.post.score_thresh, net.cfg.post.nms_iou = LATENCY_CONF, LATENCY_IOU
     inputs = {s: torch.rand(1, 3, s, s).contiguous(memory_format=torch.channels_last) for s in sizes}
-    return {str(s): {"forward": latency_ms(lambda: net.forward_raw(x)), "with_nms": latency_ms(lambda: net(x))}
+    return {str(s): {"forward": latency_ms(partial(net.forward_raw, x)), "with_nms": latency_ms(partial(net, x))}
             for s, x in inputs.items()}
 
 
@@ -70,8 +71,8 @@ def time_onnxruntime(model: nn.Module, sizes: Sequence[int], threads: int) -> di
             end_to_end = EndToEnd(raw, s, LATENCY_CONF, LATENCY_IOU, cfg.max_det, cfg.pre_nms_topk)
             forward = ort_session(export_onnx(raw, Path(tmp) / f"raw_{s}.onnx", s), threads)
             with_nms = ort_session(export_onnx_nms(end_to_end, Path(tmp) / f"nms_{s}.onnx", s), threads)
-            timed[str(s)] = {"forward": latency_ms(lambda: forward.run(None, feed)),
-                             "with_nms": latency_ms(lambda: with_nms.run(None, feed))}
+            timed[str(s)] = {"forward": latency_ms(partial(forward.run, None, feed)),
+                             "with_nms": latency_ms(partial(with_nms.run, None, feed))}
     return timed
 
 

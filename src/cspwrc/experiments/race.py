@@ -83,6 +83,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     """Everything that can be wrong with the flags, found before anything trains (InputError, exit 2)."""
+    _check_numbers(args)
+    _check_contestants(args)
+    _check_race_data(args.data)
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
     if args.img <= 0 or args.img % 32:
         raise InputError(f"--img {args.img}: must be a positive multiple of 32")
     for flag in ("minutes", "threads", "latency_threads", "batch"):
@@ -90,6 +96,10 @@ def check_args(args: argparse.Namespace) -> None:
             raise InputError(f"--{flag} {getattr(args, flag)}: must be positive")
     if args.workers < 0:
         raise InputError(f"--workers {args.workers}: must be >= 0")
+
+
+def _check_contestants(args: argparse.Namespace) -> None:
+    """Distinct, well-formed names; Ultralytics contestants need their venv's python and the script it runs."""
     if len(set(args.contestants)) != len(args.contestants):
         raise InputError(f"--contestants {args.contestants}: a contestant is named twice")
     for name in args.contestants:
@@ -102,10 +112,13 @@ def check_args(args: argparse.Namespace) -> None:
                              "venv (python -m venv ultra && ultra/bin/pip install ultralytics)")
         if not ULTRA_SCRIPT.is_file():
             raise InputError(f"{ULTRA_SCRIPT}: not found; Ultralytics contestants need a source checkout of cspwrc")
-    cfg = load_data_config(args.data)
+
+
+def _check_race_data(data: str) -> None:
+    cfg = load_data_config(data)
     if any(getattr(split, key) is not None for split in (cfg.train, cfg.val) for key in ("num_images", "image_ids")) \
             or cfg.categories is not None:
-        raise InputError(f"{args.data}: the race takes whole splits with all classes (no num_images, image_ids or "
+        raise InputError(f"{data}: the race takes whole splits with all classes (no num_images, image_ids or "
                          "categories), so that every contestant sees the same images and boxes")
 
 
@@ -155,7 +168,7 @@ def start(contestant: str, args: argparse.Namespace, yolo: tuple[Path, Path] | N
         cmd = ours_command(args, contestant, out / "train")
     write_json(out / "command.json", {"command": cmd, "started": time.time()})
     print(f"{contestant}: {shlex.join(cmd)}", flush=True)
-    log = open(out / "train.log", "w")  # noqa: SIM115 - the child writes it until it ends
+    log = open(out / "train.log", "w")  # no `with`: the child writes it until it ends
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(args.threads)), log
 
 

@@ -129,7 +129,7 @@ def run_train_benchmark(settings: TrainBenchSettings, log: Callable[[str], None]
     steps = {w: warmed_up(make_step(settings, w), settings.warmup) for w in settings.wrc_weights}
     # Round-robin (A, B, A, B, ...): load drift on a shared machine hits both settings equally.
     rounds = round_robin_times(list(steps.values()), settings.iters, settings.max_seconds, min_iters=1)
-    times = dict(zip(steps, rounds))
+    times = dict(zip(steps, rounds, strict=True))
     report: dict[str, Any] = {"settings": asdict(settings), "steps": {}}
     for key, ts in times.items():
         median = statistics.median(ts)

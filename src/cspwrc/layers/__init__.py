@@ -12,7 +12,18 @@ from .fold import (
 from .wrc import WRC_NORMALIZE, WRC_WEIGHTS, ScaledAdd, WeightedResidual
 
 __all__ = [
-    "WeightedResidual", "ScaledAdd", "WRC_WEIGHTS", "WRC_NORMALIZE", "WrcBottleneck", "CspStage", "Sppf",
-    "MIN_PUSHED_SCALE", "Foldable", "ConvAct", "FoldableConvNormAct", "fold_conv_norm", "fold_model",
+    "MIN_PUSHED_SCALE",
+    "WRC_NORMALIZE",
+    "WRC_WEIGHTS",
+    "ConvAct",
+    "CspStage",
+    "Foldable",
+    "FoldableConvNormAct",
+    "ScaledAdd",
+    "Sppf",
+    "WeightedResidual",
+    "WrcBottleneck",
+    "fold_conv_norm",
+    "fold_model",
     "scale_conv_input_",
 ]

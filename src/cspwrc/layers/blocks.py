@@ -5,7 +5,7 @@
 is each block's ``wrc.weight``.
 """
 
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -15,7 +15,7 @@ from timm.models import checkpoint_seq
 from .fold import ConvAct, Foldable, FoldableConvNormAct, fold_conv_norm, scale_conv_input_, split_conv_output
 from .wrc import ScaledAdd, WeightedResidual
 
-__all__ = ["WrcBottleneck", "CspStage", "Sppf", "MIN_PUSHED_SCALE"]
+__all__ = ["MIN_PUSHED_SCALE", "CspStage", "Sppf", "WrcBottleneck"]
 
 # A WRC branch weight |a| below this is not divided out and pushed to the consumer (see WrcBottleneck.fold_scaled):
 # the folded shortcut would carry b/a, and 1/a <= 1e3 keeps folded activations inside float16 range.
@@ -47,18 +47,18 @@ class WrcBottleneck(Foldable, nn.Module):
             act_layer: LayerType = "silu",
             norm_layer: LayerType = "batchnorm",
             drop_path: float = 0.,
-            device: Optional[torch.device] = None,
-            dtype: Optional[torch.dtype] = None,
+            device: torch.device | None = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         ckw = dict(act_layer=act_layer, norm_layer=norm_layer, **dd)
-        mid_chs = int(round(out_chs * expansion))
+        mid_chs = round(out_chs * expansion)
         self.conv1 = FoldableConvNormAct(in_chs, mid_chs, 1, **ckw)
         self.conv2 = FoldableConvNormAct(mid_chs, out_chs, 3, dilation=dilation, **ckw)
         self.drop_path = _drop_path(drop_path)
         has_shortcut = shortcut and in_chs == out_chs
-        self.wrc: Optional[nn.Module] = WeightedResidual(out_chs, wrc_weights, wrc_normalize, **dd) \
+        self.wrc: nn.Module | None = WeightedResidual(out_chs, wrc_weights, wrc_normalize, **dd) \
             if has_shortcut else None
         self.folded = False
 
@@ -78,7 +78,7 @@ class WrcBottleneck(Foldable, nn.Module):
         return self
 
     @torch.no_grad()
-    def fold_scaled(self, in_scale: Optional[torch.Tensor], push_scale: bool) -> Optional[torch.Tensor]:
+    def fold_scaled(self, in_scale: torch.Tensor | None, push_scale: bool) -> torch.Tensor | None:
         """Fold BN, an input scale and the WRC weights; return the output scale left for the consumer.
 
         The branch ends in an activation, so ``a`` cannot go into ``conv2``. Instead
@@ -131,7 +131,7 @@ class CspStage(Foldable, nn.Module):
             depth: int,
             stride: int = 1,
             dilation: int = 1,
-            first_dilation: Optional[int] = None,
+            first_dilation: int | None = None,
             expand_ratio: float = 1.0,
             bottle_ratio: float = 1.0,
             down_growth: bool = False,
@@ -140,9 +140,9 @@ class CspStage(Foldable, nn.Module):
             wrc_normalize: str = "none",
             act_layer: LayerType = "silu",
             norm_layer: LayerType = "batchnorm",
-            drop_path: Union[float, Sequence[float]] = 0.,
-            device: Optional[torch.device] = None,
-            dtype: Optional[torch.dtype] = None,
+            drop_path: float | Sequence[float] = 0.,
+            device: torch.device | None = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         dd = dict(device=device, dtype=dtype)
@@ -155,7 +155,7 @@ class CspStage(Foldable, nn.Module):
         self.conv_down = FoldableConvNormAct(
             in_chs, down_chs, 3, stride=stride, dilation=first_dilation, **ckw,
         ) if has_down else nn.Identity()
-        self.expand_chs = exp_chs = int(round(out_chs * expand_ratio))
+        self.expand_chs = exp_chs = round(out_chs * expand_ratio)
         half = exp_chs // 2
         self.conv_exp = FoldableConvNormAct(down_chs, exp_chs, 1, **ckw)
         dpr = list(drop_path) if isinstance(drop_path, Sequence) else [drop_path] * depth
@@ -199,7 +199,7 @@ class CspStage(Foldable, nn.Module):
             self.conv_exp_blocks, self.conv_exp_bypass = split_conv_output(self.conv_exp, self.expand_chs // 2)
             self.conv_exp, self.exp_split = nn.Identity(), True
         self.conv_transition = fold_conv_norm(self.conv_transition)
-        scale: Optional[torch.Tensor] = None
+        scale: torch.Tensor | None = None
         for block in self.blocks:
             scale = block.fold_scaled(scale, push_scale=True)
         if scale is not None:  # blocks' output is the first half of the concat
@@ -221,8 +221,8 @@ class Sppf(nn.Module):
             kernel_size: int = 5,
             act_layer: LayerType = "silu",
             norm_layer: LayerType = "batchnorm",
-            device: Optional[torch.device] = None,
-            dtype: Optional[torch.dtype] = None,
+            device: torch.device | None = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         ckw = dict(act_layer=act_layer, norm_layer=norm_layer, device=device, dtype=dtype)

@@ -18,8 +18,13 @@ from timm.utils import reparameterize_model
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 __all__ = [
-    "Foldable", "ConvAct", "FoldableConvNormAct", "fold_conv_norm", "fold_model",
-    "scale_conv_input_", "split_conv_output",
+    "ConvAct",
+    "Foldable",
+    "FoldableConvNormAct",
+    "fold_conv_norm",
+    "fold_model",
+    "scale_conv_input_",
+    "split_conv_output",
 ]
 
 

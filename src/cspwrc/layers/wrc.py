@@ -1,12 +1,11 @@
 """Weighted residual connection (WRC): ``H(x) = a * F(x) + b * x`` with learnable ``a``, ``b``."""
 
-from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["WeightedResidual", "ScaledAdd", "WRC_WEIGHTS", "WRC_NORMALIZE"]
+__all__ = ["WRC_NORMALIZE", "WRC_WEIGHTS", "ScaledAdd", "WeightedResidual"]
 
 WRC_WEIGHTS = ("scalar", "channel", "none")
 WRC_NORMALIZE = ("none", "relu", "softmax")
@@ -34,8 +33,8 @@ class WeightedResidual(nn.Module):
             weights: str = "scalar",
             normalize: str = "none",
             eps: float = 1e-4,
-            device: Optional[torch.device] = None,
-            dtype: Optional[torch.dtype] = None,
+            device: torch.device | None = None,
+            dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if weights not in WRC_WEIGHTS:
@@ -58,7 +57,7 @@ class WeightedResidual(nn.Module):
         if self.weight is not None:
             nn.init.ones_(self.weight)
 
-    def effective_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
+    def effective_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised ``(a, b)``: 0-dim tensors (``"scalar"``, ``"none"``) or ``[C]`` (``"channel"``)."""
         w = self.weight
         if w is None:
@@ -72,7 +71,7 @@ class WeightedResidual(nn.Module):
         return w[0], w[1]
 
     @torch.jit.unused
-    def channel_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
+    def channel_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The normalised ``(a, b)`` expanded to ``[C]`` each, detached (for folding and inspection)."""
         a, b = self.effective_weights()
         return a.detach().expand(self.channels).clone(), b.detach().expand(self.channels).clone()
@@ -101,7 +100,7 @@ class ScaledAdd(nn.Module):
     ``alpha``/``beta`` are ``[C]`` buffers or ``None`` (= 1, no multiply), so a fully folded block is one add.
     """
 
-    def __init__(self, alpha: Optional[torch.Tensor] = None, beta: Optional[torch.Tensor] = None) -> None:
+    def __init__(self, alpha: torch.Tensor | None = None, beta: torch.Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("alpha", _drop_if_ones(alpha))
         self.register_buffer("beta", _drop_if_ones(beta))
@@ -120,7 +119,7 @@ class ScaledAdd(nn.Module):
         return f"branch_scale={self.alpha is not None}, shortcut_scale={self.beta is not None}"
 
 
-def _drop_if_ones(scale: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+def _drop_if_ones(scale: torch.Tensor | None) -> torch.Tensor | None:
     if scale is None or bool(torch.all(scale == 1)):
         return None
     return scale.detach().clone()
