@@ -64,3 +64,16 @@ def test_input_size() -> None:
 
 def test_one_loader_under_both_names() -> None:
     assert checkpoint.load_detector is load_detector  # the engine's old name is a re-export, not a copy
+
+
+def test_weights_of_another_layout_fail_with_one_line(tmp_path) -> None:
+    """A cspwrc_n trained before its defaults changed (bottle_ratio 1): one line naming the first difference, the
+    recorded backbone and why, not torch's hundreds of shape lines."""
+    old = build_detector({"name": "cspwrc_n", "kwargs": {"bottle_ratio": 1.0}}, 2)
+    path = tmp_path / "old.safetensors"
+    checkpoint.save_weights(path, old.state_dict(), {"model": {"backbone": {"name": "cspwrc_n"}}, "num_classes": 2})
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        load_detector(path)
+    message = str(info.value)
+    assert "\n" not in message and "differences, first: size mismatch for backbone.stages_0" in message
+    assert "backbone 'cspwrc_n' with kwargs {}" in message and "bottle_ratio 2" in message

@@ -67,9 +67,19 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not match the model the metadata describes: {err}") from err
+        raise CheckpointError(_mismatch_message(path, model, err)) from err
     # Today's shape whatever the file's age: the full nested config of the model built (every default filled in).
     return model.to(device).eval(), {k: v for k, v in meta.items() if k != "options"} | {"model": model.config}
+
+
+def _mismatch_message(path: str | Path, model: YoloDetector, err: RuntimeError) -> str:
+    """One line for a state dict that does not fit (torch lists every tensor: hundreds of lines)."""
+    lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+    backbone = model.config["backbone"]
+    return (f"{path}: weights do not match the model its metadata describes ({len(lines)} differences, first: "
+            f"{lines[0] if lines else err}). It records backbone {backbone['name']!r} with kwargs "
+            f"{backbone['kwargs'] or {}}: the registered model's own defaults may have changed since it was trained "
+            f"(cspwrc_n did, to bottle_ratio 2, docs/backbone.md); load it with the cspwrc version that trained it")
 
 
 def input_size(meta: Mapping[str, Any], img: int | None = None) -> int:
