@@ -9,7 +9,15 @@ import torch
 from safetensors.torch import save_file
 
 from cspwrc.errors import CheckpointError
-from cspwrc.weights import META_KEY, feature_key, read_any_weights, read_safetensors, rename_like, state_dict_of
+from cspwrc.weights import (
+    META_KEY,
+    feature_key,
+    load_mismatch,
+    read_any_weights,
+    read_safetensors,
+    rename_like,
+    state_dict_of,
+)
 
 
 def test_safetensors_metadata_comes_from_safe_open(tmp_path):
@@ -44,3 +52,11 @@ def test_flattened_feature_names_match_the_model_spelling():
     renamed = rename_like(["stem.conv1.conv.weight", "stages.0.conv_exp.bn.weight"],
                           {"stem_conv1.conv.weight": 1, "stages_0.conv_exp.bn.weight": 2, "head.w": 3})
     assert renamed == {"stem.conv1.conv.weight": 1, "stages.0.conv_exp.bn.weight": 2, "head.w": 3}
+
+
+def test_load_mismatch_is_one_line():
+    """torch's per-tensor lines become a count and the first; a one-line error stays as it is."""
+    err = RuntimeError("Error(s) in loading state_dict for Net:\n\tsize mismatch for a.weight: [2] vs [3]\n\t"
+                       "Missing key(s) in state_dict: \"b.bias\".")
+    assert load_mismatch(err) == "2 differences, first: size mismatch for a.weight: [2] vs [3]"
+    assert load_mismatch(ValueError("different number of parameter groups")) == "different number of parameter groups"

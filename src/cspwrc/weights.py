@@ -28,12 +28,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from timm.models import clean_state_dict
 
-from cspwrc.errors import CheckpointError
+from cspwrc.errors import CheckpointError, shorten
 
 __all__ = [
     "CONTAINER_KEYS",
     "META_KEY",
     "feature_key",
+    "load_mismatch",
     "read_any_weights",
     "read_pth",
     "read_safetensors",
@@ -131,3 +132,12 @@ def rename_like(reference: Iterable[str], tensors: Mapping[str, T]) -> dict[str,
     exact = set(reference)
     by_key = {feature_key(k): k for k in reference}
     return {(key if key in exact else by_key.get(feature_key(key), key)): value for key, value in tensors.items()}
+
+
+def load_mismatch(err: Exception, limit: int = 200) -> str:
+    """``load_state_dict``'s error as one line: torch writes a line per tensor (hundreds for another layout), this
+    gives their count and the first (``N differences, first: size mismatch for ...``); a one-line error as is."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if len(lines) < 2:
+        return shorten(lines[0] if lines else repr(err), limit)
+    return f"{len(lines) - 1} differences, first: {shorten(lines[1], limit)}"

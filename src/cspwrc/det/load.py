@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from cspwrc.errors import CheckpointError, ConfigError
-from cspwrc.weights import META_KEY, read_any_weights
+from cspwrc.weights import META_KEY, load_mismatch, read_any_weights
 
 from .detector import DetectorConfig, YoloDetector
 from .legacy import upgrade_model_section
@@ -74,10 +74,9 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> tuple
 
 def _mismatch_message(path: str | Path, model: YoloDetector, err: RuntimeError) -> str:
     """One line for a state dict that does not fit (torch lists every tensor: hundreds of lines)."""
-    lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
     backbone = model.config["backbone"]
-    return (f"{path}: weights do not match the model its metadata describes ({len(lines)} differences, first: "
-            f"{lines[0] if lines else err}). It records backbone {backbone['name']!r} with kwargs "
+    return (f"{path}: weights do not match the model its metadata describes ({load_mismatch(err)}). It records "
+            f"backbone {backbone['name']!r} with kwargs "
             f"{backbone['kwargs'] or {}}: the registered model's own defaults may have changed since it was trained "
             f"(cspwrc_n did, to bottle_ratio 2, docs/backbone.md); load it with the cspwrc version that trained it")
 

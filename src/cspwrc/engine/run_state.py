@@ -28,6 +28,7 @@ from cspwrc.engine.checkpoint import read_state
 from cspwrc.engine.config import ConfigError, RunConfig, from_dict, merge, validate
 from cspwrc.engine.optim import WarmupScheduler
 from cspwrc.errors import CheckpointError, shorten
+from cspwrc.weights import load_mismatch
 
 __all__ = ["RunState", "build_training_state", "check_resume_fits", "epoch_seed", "extension_note", "load_resume",
            "restore_training_state", "seed_everything"]
@@ -129,7 +130,7 @@ def restore_training_state(st: dict[str, Any], out: Path, model: nn.Module, opti
         optimizer.load_state_dict(st["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:  # e.g. other model options: hundreds of shape lines
         raise CheckpointError(resume_mismatch(out, st, f"the saved weights do not fit this model "
-                                                       f"({shorten(str(err).splitlines()[-1], 200)})")) from err
+                                                       f"({load_mismatch(err)})")) from err
     scaler.load_state_dict(st["scaler"])
     if ema is not None and st.get("ema") is not None:
         ema.module.load_state_dict(st["ema"])
