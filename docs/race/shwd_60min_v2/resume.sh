@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # resume.sh NAME -- continue a cut race arm (--resume keeps the fitted epochs), then score it as race.py does
 set -eu
+# As run, the scoring step's race_table failed on the NaN train_wall_s (a cut run has no one wall time): each
+# summary.json then got train_wall_s = train_time_s and `tools/race.py ... --report-only` tabulated it (ARMS.md).
 name=$1
 cd /work/race-wt
 export PYTHONPATH=/work/race-wt/src OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
