@@ -15,6 +15,14 @@ and in ONNX Runtime where onnx and onnxruntime are importable (its own ONNX expo
 ``nms=True`` the graph with NMS inside). An end-to-end NMS-free head (YOLO26: ``model.model[-1].end2end``, output
 ``[B, 300, 6]``, already the detections) is timed without NMS in both runtimes (ONNX: ``nms=False``, the NMS-free
 graph) and recorded as ``end2end``; ``latency_timed`` says what each runtime timed.
+
+A fair race on any CPU: Ultralytics' MuSGD (its ``optimizer=auto`` choice under ``time=``) runs the Newton-Schulz
+iterations of its Muon part in bfloat16. On a CPU without native bf16 (AVX2 only, e.g. AMD Zen 3) a bf16 matmul is
+~16x slower than fp32, the first epochs take 3-4x longer and the ``time=`` planner then cuts the schedule: the race
+would measure the machine, not the recipe. Before training, :func:`matmul_check` times one Newton-Schulz-sized
+product in both dtypes (``--newton-schulz auto``); where bf16 is over :data:`BF16_SLOW` times slower, the same
+iteration runs in float32 (:func:`newton_schulz_fp32`, the same algorithm and coefficients) and the summary says so
+(``newton_schulz``).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from pathlib import Path
 os.environ.setdefault("YOLO_OFFLINE", "1")  # nothing to download: model from its YAML, no fonts, no hub
 
 import torch  # after YOLO_OFFLINE, which Ultralytics reads on import
+import ultralytics.optim.muon as muon
 from ultralytics import YOLO
 from ultralytics.utils.nms import non_max_suppression
 from ultralytics.utils.torch_utils import get_flops
@@ -52,8 +61,56 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--latency-img", type=int, nargs="*", default=[320, 640])
     p.add_argument("--nms-conf", type=float, default=0.25, help="NMS score threshold of the latency phase")
     p.add_argument("--nms-iou", type=float, default=0.7, help="NMS IoU threshold of the latency phase")
+    p.add_argument("--newton-schulz", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="dtype of MuSGD's Newton-Schulz iteration: auto = fp32 where this CPU's bf16 matmul is slow")
     p.add_argument("--out", type=Path, required=True)
     return p.parse_args()
+
+
+# bf16 / fp32 time ratio of the check's matmul above which bf16 is emulated (native bf16: ~0.5-1.5x; emulated: ~16x).
+BF16_SLOW = 3.0
+
+
+def matmul_check(repeats: int = 5) -> dict[str, float]:
+    """Median ms of one ``[256, 1152] @ [1152, 256]`` product (a MuSGD Newton-Schulz step's size) in bf16 and fp32,
+    with the threads this process trains with."""
+    a, b = torch.randn(256, 1152), torch.randn(1152, 256)
+    times = {}
+    for name, dtype in (("bf16_ms", torch.bfloat16), ("fp32_ms", torch.float32)):
+        x, y = a.to(dtype), b.to(dtype)
+        times[name] = latency_ms(partial(torch.matmul, x, y), repeats=repeats, warmup=2)
+    return times
+
+
+def newton_schulz_fp32(G: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Ultralytics' ``zeropower_via_newtonschulz5`` (same quintic iteration, coefficients and steps), in float32."""
+    X = G.reshape(-1, G.size(-2), G.size(-1)).float()
+    X /= X.norm(dim=(-2, -1), keepdim=True) + eps
+    if G.size(-2) > G.size(-1):
+        X = X.transpose(-2, -1)
+    a, b, c = 3.4445, -4.7750, 2.0315
+    for _ in range(5):
+        A = X @ X.transpose(-2, -1)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        X = torch.baddbmm(X, B, X, beta=a)
+    if G.size(-2) > G.size(-1):
+        X = X.transpose(-2, -1)
+    return X.reshape(G.shape)
+
+
+def choose_newton_schulz(mode: str) -> dict:
+    """Apply ``--newton-schulz`` to MuSGD (module-level patch of ``ultralytics.optim.muon``, which its update calls)
+    and return what the summary records: the dtype used, the check's timings and why."""
+    check = matmul_check()
+    ratio = check["bf16_ms"] / check["fp32_ms"]
+    fp32 = mode == "fp32" or (mode == "auto" and ratio > BF16_SLOW)
+    if fp32:
+        muon.zeropower_via_newtonschulz5 = newton_schulz_fp32
+    why = (f"--newton-schulz {mode}" if mode != "auto" else
+           f"bf16 matmul {ratio:.1f}x fp32 on this CPU ({'>' if fp32 else '<='} {BF16_SLOW}: "
+           f"{'no native bf16, run in fp32' if fp32 else 'Ultralytics own bf16'})")
+    print(f"MuSGD Newton-Schulz in {'float32' if fp32 else 'bfloat16'}: {why}", flush=True)
+    return {"dtype": "float32" if fp32 else "bfloat16", **check, "ratio": ratio, "why": why}
 
 
 def train(args: argparse.Namespace) -> tuple[YOLO, dict]:
@@ -177,7 +234,9 @@ def main() -> int:
     else:
         if not (args.data and args.val_index and args.time_h):
             raise SystemExit("training needs --data, --val-index and --time-h")
+        newton_schulz = choose_newton_schulz(args.newton_schulz)
         model, summary = train(args)
+        summary["newton_schulz"] = newton_schulz
         (args.out / "detections.json").write_text(json.dumps(predict(model, args, json.loads(
             Path(args.val_index).read_text()))))
         net = model.model.float().fuse().eval()

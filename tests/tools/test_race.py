@@ -124,7 +124,8 @@ def test_report_scores_every_contestant_with_pycocotools(data_yaml, tmp_path, ca
     assert rows["cspwrc_n"]["optimizer"] is None and rows["ultralytics:yolov8n"]["optimizer"]["name"] == "MuSGD"
     table = (tmp_path / "race" / "race.md").read_text()
     assert "| bs1@320 ms | ORT bs1@320 ms | latency threads | optimizer |" in table
-    assert "| cspwrc_n | 1.00 | 2.00 | 3 | 60 | 1.0000 | 1.0000 | 9.5 | – | 2 | – |" in table
+    small = rows["cspwrc_n"]["map_small"]  # COCOeval's AP small (its own area ranges; -1 where there are none)
+    assert f"| cspwrc_n | 1.00 | 2.00 | 3 | – | 60 | 1.0000 | 1.0000 | {small:.4f} | 9.5 | – | 2 | – |" in table
     assert "| MuSGD lr 0.01 m 0.8→0.937 wd 0.0005 nbs 64 |" in table
 
 
@@ -248,15 +249,29 @@ def test_finished_ultralytics_summary_gets_its_optimizer(data_yaml, tmp_path):
 
 def test_table_cells_for_both_runtimes_and_an_nms_free_head():
     base = {"params_m": 1.0, "gflops_at_img": 2.0, "epochs": 3, "train_wall_s": 60.0, "map": 0.5, "map50": 0.7,
-            "latency_threads": 2}
+            "map_small": 0.25, "s_per_epoch": 20.0, "latency_threads": 2}
     rows = [{"contestant": "cspwrc_n", **base, "latency_ms": {"320": {"forward": 8.0, "with_nms": 9.0}},
              "latency_ort_ms": {"320": {"forward": 6.0, "with_nms": 6.5}}},
             {"contestant": "ultralytics:yolo26n", **base, "end2end": True, "latency_ms": {"320": {"with_nms": 7.0}},
-             "latency_ort_ms": None}]
+             "latency_ort_ms": None, "optimizer": {"name": "MuSGD", "lr": 0.01, "momentum": 0.937},
+             "newton_schulz": {"dtype": "float32"}}]
     table = race_report.race_table(rows, [320])
+    assert "| 3 | 20 | 60 | 0.5000 | 0.7000 | 0.2500 |" in table
+    assert "(NS fp32) |" in table.splitlines()[-1]
     assert "| 9.0 (8.0 w/o NMS) | 6.5 (6.0 w/o NMS) | 2 | – |" in table
-    assert "| 7.0 (NMS-free head) | – | 2 | – |" in table
+    assert "| 7.0 (NMS-free head) | – | 2 | MuSGD" in table
     assert "bs1@" not in race_report.race_table(rows, [])
+
+
+def test_epoch_seconds_from_either_results_csv(tmp_path):
+    """Ours write cumulative ``time_s``, Ultralytics ``time``: both give per-epoch seconds; no file gives none."""
+    for column, out in (("time_s", tmp_path / "ours"), ("time", tmp_path / "ultra")):
+        (out / "train").mkdir(parents=True)
+        (out / "train" / "results.csv").write_text(f"epoch,loss,{column}\n1,2.0,150.0\n2,1.5,290.0\n3,1.2,300.0\n")
+        assert race_report.epoch_seconds(out) == pytest.approx([150.0, 140.0, 10.0])
+        speed = race_report._speed(out, 1000)
+        assert (speed["s_per_epoch"], speed["ms_per_image"]) == pytest.approx((140.0, 140.0))
+    assert race_report.epoch_seconds(tmp_path / "none") == [] and race_report._speed(tmp_path / "none", 10) == {}
 
 
 def test_tool_is_a_thin_entry_point():

@@ -62,6 +62,10 @@ class EvalResult:
     def map50(self) -> float:
         return self.stats[1]
 
+    @property
+    def map_small(self) -> float:
+        return self.stats[3]
+
     def format(self) -> str:
         lines = [f"{name:<14} {value:.4f}" for name, value in zip(STAT_NAMES, self.stats, strict=True)]
         empty = [r.name for r in self.per_class if r.instances == 0]

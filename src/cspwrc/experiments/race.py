@@ -74,6 +74,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="bs1 latency sizes; none (a bare --latency-img) skips the phase, to time later in quiet")
     p.add_argument("--latency-threads", type=int, default=2,
                    help="threads of the latency phase (a latency timed with other threads is timed again)")
+    p.add_argument("--newton-schulz", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="Ultralytics' MuSGD Newton-Schulz dtype: auto = fp32 where this CPU has no fast bf16 matmul "
+                        "(tools/race_ultralytics.py times both first and records it)")
     p.add_argument("--parallel", action="store_true", help="train all contestants at the same time")
     p.add_argument("--report-only", action="store_true", help="train and time nothing: tabulate finished results")
     p.add_argument("--out", type=Path, default=Path("runs/race"))
@@ -148,7 +151,7 @@ def ultralytics_command(args: argparse.Namespace, model: str, out: Path, data: P
             "--data", str(data), "--val-index", str(index), "--img", str(args.img),
             "--time-h", f"{args.minutes / 60:.6f}", "--threads", str(args.threads), "--workers", str(args.workers),
             "--batch", str(args.batch), "--seed", str(args.seed), "--latency-img", *map(str, args.latency_img),
-            "--out", str(out)]
+            "--newton-schulz", args.newton_schulz, "--out", str(out)]
 
 
 def ultralytics_latency_command(args: argparse.Namespace, model: str, out: Path) -> list[str]:
