@@ -50,10 +50,11 @@ def test_every_caller_raises_an_input_error_with_the_same_wording():
 
 def test_build_dataclass_names_the_dotted_key_also_of_a_range_check():
     assert build_dataclass(RunConfig, {"model": {"head": {"reg_max": 8}}}).model.head.reg_max == 8
-    with pytest.raises(Fault, match=r"^model.head.reg_max: must be >= 2 \(a distribution needs two bins\), got 1$"):
-        build_dataclass(RunConfig, {"model": {"head": {"reg_max": 1}}})
-    with pytest.raises(ConfigError, match=r"^reg_max: must be >= 2"):  # the same check in Python
-        HeadCfg(reg_max=1)
+    with pytest.raises(Fault, match=r"^model.head.reg_max: must be >= 1 \(1: direct regression, >= 2: DFL bins\), "
+                                  r"got 0$"):
+        build_dataclass(RunConfig, {"model": {"head": {"reg_max": 0}}})
+    with pytest.raises(ConfigError, match=r"^reg_max: must be >= 1"):  # the same check in Python
+        HeadCfg(reg_max=0)
     with pytest.raises(Fault, match=r"^unknown key 'model.head.regmax'; did you mean 'reg_max'\?$"):
         build_dataclass(RunConfig, {"model": {"head": {"regmax": 8}}})
     assert merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}, "d": 4}) == {"a": {"b": 1, "c": 3}, "d": 4}

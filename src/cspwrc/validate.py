@@ -117,7 +117,7 @@ def check_value(value: Any, tp: Any) -> Any:  # noqa: C901 - one flat branch per
 def require(ok: bool, key: str, rule: str, value: Any) -> None:
     """The range check of a config: :class:`~cspwrc.errors.ConfigError` ``KEY: must be RULE, got VALUE`` unless
     ``ok``. In a ``__post_init__`` the key is the field's name; :func:`build_dataclass` puts the section's path before
-    it (``model.head.reg_max: must be >= 2 ...``)."""
+    it (``model.head.reg_max: must be >= 1 ...``)."""
     if not ok:
         raise ConfigError(f"{key}: must be {rule}, got {value!r:.80}")
 
@@ -127,8 +127,8 @@ def build_dataclass(cls: type[T], data: Any, prefix: str = "") -> T:
     :func:`check_value`), a dataclass-typed field built from a nested mapping; missing keys keep their defaults.
 
     Faults name the dotted key (``prefix.key``). A range check in a config's ``__post_init__`` raises
-    :class:`~cspwrc.errors.ConfigError` naming its field (``reg_max: must be >= 2``); it comes back as a Fault under
-    the dotted path of that config (``model.head.reg_max: must be >= 2``). An instance of ``cls`` passes through.
+    :class:`~cspwrc.errors.ConfigError` naming its field (``reg_max: must be >= 1``); it comes back as a Fault under
+    the dotted path of that config (``model.head.reg_max: must be >= 1``). An instance of ``cls`` passes through.
     """
     if isinstance(data, cls):
         return data

@@ -9,9 +9,10 @@ import timm
 import torch
 from timm.layers import FrozenBatchNormAct2d, SyncBatchNormAct
 
+from cspwrc.deploy.cost import count_flops
 from cspwrc.det import DetectionLoss, RawPredictions, build_detector
 from cspwrc.det.detector import DetectorConfig, select_feature_levels
-from cspwrc.det.head import DecoupledHead, HeadCfg, dfl_decode, make_anchor_points
+from cspwrc.det.head import DecoupledHead, HeadCfg, decode_boxes, make_anchor_points
 from cspwrc.validate import merge
 
 # test_byobnet: timm's 0.2M-parameter test model, features at strides 2..32 (channels 24..256).
@@ -48,16 +49,49 @@ def test_output_shapes_per_level(tiny):
     assert (raw[..., 2:4] >= raw[..., :2]).all()
 
 
-def test_anchor_points_and_dfl_decode():
+def test_anchor_points_and_decode_boxes():
     points, strides = make_anchor_points([(2, 3), (1, 1)], [8, 16], device=torch.device("cpu"), dtype=torch.float32)
     assert points.tolist() == [[4, 4], [12, 4], [20, 4], [4, 12], [12, 12], [20, 12], [8, 8]]
     assert strides.flatten().tolist() == [8] * 6 + [16]
     # A one-hot distribution on bin 2 for every side = distance 2 strides.
     logits = torch.full((1, 7, 4, 16), -1e4)
     logits[..., 2] = 0
-    boxes = dfl_decode(logits, points, strides)
+    boxes = decode_boxes(logits, points, strides)
     torch.testing.assert_close(boxes[0, 0], torch.tensor([-12.0, -12.0, 20.0, 20.0]))
     torch.testing.assert_close(boxes[0, 6], torch.tensor([-24.0, -24.0, 40.0, 40.0]))
+
+
+def test_direct_regression_decodes_distances_in_strides():
+    """reg_max 1: the four outputs are the side distances (stride units), unbounded, no softmax."""
+    points, strides = make_anchor_points([(1, 2)], [8], device=torch.device("cpu"), dtype=torch.float32)
+    out = torch.tensor([[[[1.0], [2.0], [3.0], [0.5]], [[-0.5], [0.0], [0.0], [0.0]]]])  # [1, 2, 4, 1]
+    boxes = decode_boxes(out, points, strides)
+    torch.testing.assert_close(boxes[0], torch.tensor([[-4.0, -12.0, 28.0, 8.0], [16.0, 4.0, 12.0, 4.0]]))
+
+
+@pytest.mark.parametrize("cls_branch", ["conv", "dw"])
+def test_yolo26_head_shapes_flops_and_folding(cls_branch):
+    """reg_max 1 (4 box channels, a box branch of max(16, C3 // 4) channels) and the depthwise class branch: the
+    outputs have the documented shapes, the head costs a fraction of the DFL head, and it folds exactly."""
+    model = _trained_like(tiny_detector(head={"reg_max": 1, "cls_branch": cls_branch}))
+    dfl = _trained_like(tiny_detector())
+    x = torch.rand(2, 3, 64, 64)
+    outs = model.forward_features(x)
+    assert [o.shape[1] for o in outs] == [4 + 3] * 3
+    assert model.head.box_branches[0][-1].in_channels == max(16, model.neck.out_channels[0] // 4)
+    feats = [f[:1] for f in model.neck(model.backbone(x))]
+    flops = {name: count_flops(lambda f, m=m: m.head(f), feats) for name, m in (("ours", model), ("dfl", dfl))}
+    assert flops["ours"] < (0.8 if cls_branch == "conv" else 0.4) * flops["dfl"]
+    depthwise = [m for m in model.head.cls_branches.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert bool(depthwise) == (cls_branch == "dw")
+    with torch.no_grad():
+        ref = model.forward_raw(x)
+        torch.testing.assert_close(copy.deepcopy(model).fold().forward_raw(x), ref, atol=1e-4, rtol=0)
+    model.train().set_epoch(10)
+    losses = model(x, _targets())
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_dfl"] > 0
+    losses["loss"].backward()
+    assert model.head.box_branches[0][-1].weight.grad.abs().sum() > 0
 
 
 def test_head_prior_bias():
@@ -108,7 +142,8 @@ def test_set_epoch_switches_assigner(tiny):
 
 
 @pytest.mark.parametrize("opts", [dict(loss=dict(cls_loss="varifocal", iou_loss="giou")),
-                                  dict(head=dict(reg_max=8), loss=dict(assigner=dict(tal_topk=5)))])
+                                  dict(head=dict(reg_max=8), loss=dict(assigner=dict(tal_topk=5))),
+                                  dict(head=dict(reg_max=1, cls_branch="dw"))])
 def test_loss_options(opts):
     model = tiny_detector(**opts)
     model.train().set_epoch(10)

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from cspwrc.det.assigner import AssignerCfg
-from cspwrc.det.head import dfl_decode, make_anchor_points
-from cspwrc.det.loss import DetectionLoss, LossCfg, dfl_loss, pad_targets, varifocal_loss
+from cspwrc.det.head import decode_boxes, make_anchor_points
+from cspwrc.det.loss import DetectionLoss, LossCfg, dfl_loss, l1_side_loss, pad_targets, varifocal_loss
 
 
 def test_dfl_loss_formula():
@@ -66,16 +66,16 @@ def test_loss_is_small_for_perfect_predictions_and_large_for_wrong_ones(epoch):
     points, strides, box_logits, cls_logits = _perfect_predictions(box, 1)
     inside = ((points > 0) & (points < 16)).all(-1)
     cls_logits[0, inside, 1] = 12.0
-    pred_boxes = dfl_decode(box_logits, points, strides)
+    pred_boxes = decode_boxes(box_logits, points, strides)
     loss_fn = DetectionLoss(num_classes=2, cfg=LossCfg(assigner=AssignerCfg(static_epochs=1)))
     loss_fn.epoch = epoch
     targets = [{"boxes": box[None], "labels": torch.tensor([1])}]
-    good = loss_fn(cls_logits, box_logits, pred_boxes, points, strides, [16], targets)
+    good = loss_fn(cls_logits, box_logits, pred_boxes, points, strides, [16], targets, (32, 32))
     assert good["loss_box"] < 1e-4 and good["loss_cls"] < 0.01
     # DFL's minimum is the entropy of the two-bin target, not 0: bounded by log(2) per side.
     assert good["loss_dfl"] <= 1.5 * math.log(2) + 1e-4
     wrong = loss_fn(cls_logits, box_logits, pred_boxes, points, strides, [16],
-                    [{"boxes": torch.tensor([[16.0, 16.0, 32.0, 32.0]]), "labels": torch.tensor([0])}])
+                    [{"boxes": torch.tensor([[16.0, 16.0, 32.0, 32.0]]), "labels": torch.tensor([0])}], (32, 32))
     assert wrong["loss_box"] > 1.0 and wrong["loss_cls"] > 1.0
 
 
@@ -85,8 +85,25 @@ def test_background_only_loss_is_normalised_by_one():
     cls_logits = torch.full((1, 4, 3), -2.0)
     box_logits = torch.zeros(1, 4, 4, 16)
     losses = DetectionLoss(num_classes=3)(
-        cls_logits, box_logits, dfl_decode(box_logits, points, strides), points, strides, [4],
-        [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}],
+        cls_logits, box_logits, decode_boxes(box_logits, points, strides), points, strides, [4],
+        [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}], (16, 16),
     )
     torch.testing.assert_close(losses["loss_cls"], 0.5 * 12 * F.softplus(torch.tensor(-2.0)))
     assert losses["loss_box"] == 0 and losses["loss_dfl"] == 0
+
+
+def test_direct_regression_l1_term_is_zero_for_exact_boxes_and_scales_with_the_image():
+    """reg_max 1: the distance term is L1 on the box sides over the image size (0 for an exact box)."""
+    box = torch.tensor([[8.0, 8.0, 40.0, 24.0]])
+    assert l1_side_loss(box, box, (32, 64)).item() == 0
+    moved = box + torch.tensor([[4.0, 2.0, 4.0, 2.0]])
+    torch.testing.assert_close(l1_side_loss(moved, box, (32, 64)), torch.tensor([(4 / 64 + 2 / 32) / 2]))
+    points, strides = make_anchor_points([(4, 4)], [16], device=torch.device("cpu"), dtype=torch.float32)
+    target = torch.tensor([16.0, 16.0, 48.0, 48.0])
+    dist = torch.cat((points - target[:2], target[2:] - points), -1) / strides  # exact distances, stride units
+    box_out = dist[None, :, :, None]  # [1, A, 4, 1]
+    loss_fn = DetectionLoss(num_classes=1, reg_max=1, cfg=LossCfg(assigner=AssignerCfg(static_epochs=0)))
+    cls_logits = torch.full((1, len(points), 1), 8.0)
+    losses = loss_fn(cls_logits, box_out, decode_boxes(box_out, points, strides), points, strides, [16],
+                     [{"boxes": target[None], "labels": torch.tensor([0])}], (64, 64))
+    assert losses["loss_dfl"] < 1e-6 and losses["loss_box"] < 1e-4

@@ -24,8 +24,9 @@ def _train(args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 CASES = [
     # the config's own checks (the detector's part configs, the run config)
-    (["--set", "model.head.reg_max=1"], "command line: model.head.reg_max: must be >= 2 (a distribution needs two "
-                                        "bins)"),
+    (["--set", "model.head.reg_max=0"], "command line: model.head.reg_max: must be >= 1 (1: direct regression, "
+                                        ">= 2: DFL bins)"),
+    (["--set", "model.head.cls_branch=depthwise"], "model.head.cls_branch: must be one of conv, dw"),
     (["--set", "model.neck.channels=[64,128]"], "model.neck.channels: must be 3 positive widths (P3, P4, P5)"),
     (["--set", "model.neck.act_layer=sliu"], "model.neck.act_layer: must be a timm layer name"),
     (["--set", "model.post.nms_iou=1.5"], "model.post.nms_iou: must be in (0, 1], got 1.5"),
@@ -59,9 +60,9 @@ def test_a_config_mistake_is_exit_2_first_and_in_one_line(args: list[str], messa
 
 def test_an_old_recipe_file_is_checked_the_same_way(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     recipe = tmp_path / "old.yaml"
-    recipe.write_text("model:\n  name: cspwrc_n\n  options: {reg_max: 1}\n")
+    recipe.write_text("model:\n  name: cspwrc_n\n  options: {reg_max: 0}\n")
     code, err = _train(["--config", str(recipe)], tmp_path, capsys)
-    assert code == 2 and f"{recipe}: model.head.reg_max: must be >= 2" in err and "Traceback" not in err
+    assert code == 2 and f"{recipe}: model.head.reg_max: must be >= 1" in err and "Traceback" not in err
 
 
 def test_without_a_config_mistake_the_data_is_what_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -48,7 +48,7 @@ def _all_changed(pretrained_file: Path) -> DetectorConfig:
                              freeze_stages=1, pretrained_cfg_overlay={"file": str(pretrained_file)}),
         neck=NeckCfg(channels=[16, 24, 32], depth=2, shortcut=True, wrc_weights="channel", wrc_normalize="softmax",
                      sppf_kernel=3, act_layer="relu", norm_layer="groupnorm1"),
-        head=HeadCfg(reg_max=8, prior_prob=0.02, cls_channels=24, box_channels=40, act_layer="gelu",
+        head=HeadCfg(reg_max=8, prior_prob=0.02, cls_channels=24, box_channels=40, cls_branch="dw", act_layer="gelu",
                      norm_layer="groupnorm1"),
         loss=LossCfg(cls_loss="varifocal", iou_loss="giou", cls_weight=0.6, box_weight=7.0, dfl_weight=1.2,
                      assigner=AssignerCfg(static_epochs=2, tal_topk=7, tal_alpha=0.6, tal_beta=5.0, atss_topk=5,

@@ -10,7 +10,7 @@ checkpoint file) and :mod:`.predict` (``detect`` on one image; imported on use: 
 from .adapters import TimmBackboneWithFPN, fasterrcnn_timm, fcos_timm, retinanet_timm, timm_fpn_backbone
 from .assigner import AssignerCfg, Assignment, AtssAssigner, TaskAlignedAssigner
 from .detector import BackboneCfg, DetectorConfig, RawPredictions, YoloDetector, build_detector
-from .head import DecoupledHead, HeadCfg, dfl_decode, make_anchor_points
+from .head import DecoupledHead, HeadCfg, decode_boxes, make_anchor_points
 from .load import input_size, load_detector
 from .loss import DetectionLoss, LossCfg
 from .neck import NeckCfg, YoloPan
@@ -34,7 +34,7 @@ __all__ = [
     "YoloDetector",
     "YoloPan",
     "build_detector",
-    "dfl_decode",
+    "decode_boxes",
     "fasterrcnn_timm",
     "fcos_timm",
     "input_size",

@@ -32,7 +32,7 @@ from cspwrc.layers import Foldable, fold_model
 from cspwrc.validate import Fault, build_dataclass, check_value, merge, require
 from cspwrc.weights import feature_key
 
-from .head import DecoupledHead, HeadCfg, dfl_decode, make_anchor_points
+from .head import DecoupledHead, HeadCfg, decode_boxes, make_anchor_points
 from .loss import DetectionLoss, LossCfg
 from .neck import NeckCfg, YoloPan
 from .postprocess import PostprocessCfg, postprocess
@@ -323,7 +323,7 @@ class YoloDetector(Foldable, nn.Module):
         points, stride_per_point = make_anchor_points(
             [tuple(o.shape[-2:]) for o in outs], self.strides, device=outs[0].device, dtype=box_logits.dtype
         )
-        boxes = dfl_decode(box_logits, points, stride_per_point)
+        boxes = decode_boxes(box_logits, points, stride_per_point)
         return box_logits, cls_logits, boxes, points, stride_per_point
 
     def forward_raw(self, images: Tensor) -> Tensor:
@@ -349,7 +349,8 @@ class YoloDetector(Foldable, nn.Module):
             outs = self.forward_features(images)
             box_logits, cls_logits, boxes, points, stride_per_point = self._decode(outs)
             counts = [o.shape[-2] * o.shape[-1] for o in outs]
-            return self.criterion(cls_logits, box_logits, boxes, points, stride_per_point, counts, targets)
+            return self.criterion(cls_logits, box_logits, boxes, points, stride_per_point, counts, targets,
+                                  (images.shape[-2], images.shape[-1]))
         raw = self.forward_raw(images)
         return postprocess(raw, **dataclasses.asdict(self.cfg.post), image_size=(images.shape[-2], images.shape[-1]))
 

@@ -1,17 +1,21 @@
-"""Anchor-free decoupled head with distribution-focal (DFL) box regression.
+"""Anchor-free decoupled head; box sides as a distribution (DFL, ``reg_max > 1``) or regressed directly (``1``).
 
 Data flow: neck features ``P3..P5`` → :class:`DecoupledHead` (per level ``[B, 4 * reg_max + C, H_i, W_i]``)
 → :meth:`DecoupledHead.flatten` (``[B, A, 4, reg_max]`` box logits, ``[B, A, C]`` class logits, ``A = sum H_i W_i``)
-→ :func:`make_anchor_points` + :func:`dfl_decode` (``[B, A, 4]`` xyxy boxes in input-image pixels).
+→ :func:`make_anchor_points` + :func:`decode_boxes` (``[B, A, 4]`` xyxy boxes in input-image pixels).
 
-Box regression choice: each anchor point predicts its distances to the four box sides (left, top, right,
-bottom, in units of the level's stride) as a *discrete distribution* over ``reg_max`` bins ``0 .. reg_max - 1``
-(Generalized Focal Loss, as used by YOLOv8 / PP-YOLOE / RTMDet). The distance is the expectation of that
-distribution. Compared with regressing one number per side this lets the head express ambiguous edges (blur,
-occlusion) as a spread-out distribution instead of a compromise value, gives a bounded and well-conditioned
-output (softmax over bins, no exp/scale tricks per level), and the DFL term supplies a dense gradient around
-the true edge from the first step. ``reg_max = 16`` covers distances up to ``15 * stride`` (480 px at
-stride 32), enough for a 640 px input; raise it for larger inputs.
+Box regression: each anchor point predicts its distances to the four box sides (left, top, right, bottom, in units
+of the level's stride). With ``reg_max > 1`` each distance is a *discrete distribution* over ``reg_max`` bins
+``0 .. reg_max - 1`` and the distance is its expectation (Generalized Focal Loss, as used by YOLOv8 / PP-YOLOE /
+RTMDet): ambiguous edges (blur, occlusion) can be expressed as a spread-out distribution, the output is bounded, and
+the DFL term gives a dense gradient around the true edge from the first step. ``reg_max = 16`` covers distances up
+to ``15 * stride`` (480 px at stride 32). With ``reg_max = 1`` (YOLO26) the branch outputs the four distances
+themselves, unbounded, trained by an L1 term beside the IoU loss: a 4-channel output instead of 64, a box branch a
+quarter as wide (its default width follows ``4 * reg_max``), no softmax in the exported graph, any distance
+reachable. Early in training such boxes can be inverted (a negative distance); the IoU and L1 terms pull them back.
+
+Classification branch (``cls_branch``): two 3x3 convs (``"conv"``, YOLOv8) or two depthwise-separable pairs, a 3x3
+depthwise conv then a 1x1 conv (``"dw"``, YOLO11 / YOLO26): about a tenth of the multiply-adds at equal width.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from torch import Tensor, nn
 from cspwrc.layers import FoldableConvNormAct
 from cspwrc.validate import require
 
-__all__ = ["DecoupledHead", "HeadCfg", "check_layer_names", "dfl_decode", "make_anchor_points"]
+__all__ = ["CLS_BRANCHES", "DecoupledHead", "HeadCfg", "check_layer_names", "decode_boxes", "make_anchor_points"]
+
+CLS_BRANCHES = ("conv", "dw")
 
 
 def check_layer_names(act_layer: str, norm_layer: str) -> None:
@@ -47,11 +53,13 @@ class HeadCfg:
     """Options of :class:`DecoupledHead`.
 
     Attributes:
-        reg_max: DFL bins per box side (see module docstring); the loss uses the same value.
+        reg_max: DFL bins per box side, or 1: direct regression of the four distances (see module docstring); the
+            loss uses the same value.
         prior_prob: initial foreground probability of every class logit; ``bias = -log((1 - p) / p)``
             (RetinaNet), so the thousands of background points do not swamp the loss in the first steps.
         cls_channels / box_channels: branch widths; ``None`` follows YOLOv8 (``max(C3, min(C, 100))`` and
             ``max(16, C3 // 4, 4 * reg_max)`` with ``C3`` the P3 width).
+        cls_branch: ``"conv"`` (two 3x3 convs) or ``"dw"`` (two depthwise 3x3 + 1x1 pairs), see module docstring.
         act_layer / norm_layer: timm layer names of the conv-norm-act layers.
     """
 
@@ -59,11 +67,13 @@ class HeadCfg:
     prior_prob: float = 0.01
     cls_channels: int | None = None
     box_channels: int | None = None
+    cls_branch: str = "conv"
     act_layer: str = "silu"
     norm_layer: str = "batchnorm"
 
     def __post_init__(self) -> None:
-        require(self.reg_max >= 2, "reg_max", ">= 2 (a distribution needs two bins)", self.reg_max)
+        require(self.reg_max >= 1, "reg_max", ">= 1 (1: direct regression, >= 2: DFL bins)", self.reg_max)
+        require(self.cls_branch in CLS_BRANCHES, "cls_branch", f"one of {', '.join(CLS_BRANCHES)}", self.cls_branch)
         require(0.0 < self.prior_prob < 1.0, "prior_prob", "in (0, 1)", self.prior_prob)
         for key in ("cls_channels", "box_channels"):
             value = getattr(self, key)
@@ -94,36 +104,47 @@ def make_anchor_points(
     return torch.cat(points), torch.cat(stride_list)
 
 
-def dfl_decode(box_logits: Tensor, points: Tensor, stride_per_point: Tensor) -> Tensor:
-    """Decode DFL box logits into xyxy boxes.
+def decode_boxes(box_logits: Tensor, points: Tensor, stride_per_point: Tensor) -> Tensor:
+    """Decode box outputs into xyxy boxes.
 
     Args:
-        box_logits: ``[B, A, 4, reg_max]`` logits over distance bins for (left, top, right, bottom).
+        box_logits: ``[B, A, 4, reg_max]``: logits over distance bins for (left, top, right, bottom), or with
+            ``reg_max == 1`` the four distances themselves (stride units).
         points: ``[A, 2]`` anchor points in pixels.
         stride_per_point: ``[A, 1]`` stride of each anchor point.
 
     Returns:
-        ``[B, A, 4]`` boxes ``(x1, y1, x2, y2)`` in input-image pixels; always ``x2 >= x1`` and ``y2 >= y1``.
+        ``[B, A, 4]`` boxes ``(x1, y1, x2, y2)`` in input-image pixels; with DFL always ``x2 >= x1`` and ``y2 >= y1``.
     """
     reg_max = box_logits.shape[-1]
-    bins = torch.arange(reg_max, device=box_logits.device, dtype=box_logits.dtype)
-    dist = box_logits.softmax(-1).matmul(bins) * stride_per_point  # [B, A, 4] pixels
+    if reg_max == 1:
+        dist = box_logits.squeeze(-1) * stride_per_point  # [B, A, 4] pixels
+    else:
+        bins = torch.arange(reg_max, device=box_logits.device, dtype=box_logits.dtype)
+        dist = box_logits.softmax(-1).matmul(bins) * stride_per_point
     lt, rb = dist[..., :2], dist[..., 2:]
     return torch.cat((points - lt, points + rb), -1)
 
 
 class _Branch(nn.Sequential):
-    """Two 3x3 conv-norm-act layers followed by a 1x1 prediction conv (with bias).
+    """Two feature layers followed by a 1x1 prediction conv (with bias).
 
-    The conv-norm-acts are timm ``ConvNormAct`` subclasses that ``timm.utils.reparameterize_model`` folds.
+    A feature layer is a 3x3 conv-norm-act (``depthwise=False``) or a depthwise 3x3 conv-norm-act then a 1x1
+    conv-norm-act (``depthwise=True``, YOLO11's ``DWConv`` + ``Conv``). All are timm ``ConvNormAct`` subclasses that
+    ``timm.utils.reparameterize_model`` folds.
     """
 
-    def __init__(self, in_chs: int, mid_chs: int, out_chs: int, act_layer: str, norm_layer: str) -> None:
-        super().__init__(
-            FoldableConvNormAct(in_chs, mid_chs, 3, act_layer=act_layer, norm_layer=norm_layer),
-            FoldableConvNormAct(mid_chs, mid_chs, 3, act_layer=act_layer, norm_layer=norm_layer),
-            nn.Conv2d(mid_chs, out_chs, 1),
-        )
+    def __init__(self, in_chs: int, mid_chs: int, out_chs: int, act_layer: str, norm_layer: str,
+                 depthwise: bool = False) -> None:
+        kw = dict(act_layer=act_layer, norm_layer=norm_layer)
+
+        def layer(c_in: int) -> nn.Module:
+            if not depthwise:
+                return FoldableConvNormAct(c_in, mid_chs, 3, **kw)
+            return nn.Sequential(FoldableConvNormAct(c_in, c_in, 3, groups=c_in, **kw),
+                                 FoldableConvNormAct(c_in, mid_chs, 1, **kw))
+
+        super().__init__(layer(in_chs), layer(mid_chs), nn.Conv2d(mid_chs, out_chs, 1))
 
 
 class DecoupledHead(nn.Module):
@@ -158,19 +179,20 @@ class DecoupledHead(nn.Module):
             _Branch(c, box_channels, 4 * reg_max, act_layer, norm_layer) for c in in_channels
         )
         self.cls_branches = nn.ModuleList(
-            _Branch(c, cls_channels, num_classes, act_layer, norm_layer) for c in in_channels
+            _Branch(c, cls_channels, num_classes, act_layer, norm_layer, cfg.cls_branch == "dw") for c in in_channels
         )
         self.init_bias(cfg.prior_prob)
 
     @torch.no_grad()
     def init_bias(self, prior_prob: float) -> None:
-        """Prior-probability bias for class logits; box logits start flat (uniform distribution over bins)."""
+        """Prior-probability bias for class logits; box outputs start at boxes that overlap nearby objects."""
         for branch in self.cls_branches:
             branch[-1].bias.fill_(-math.log((1.0 - prior_prob) / prior_prob))
         for branch in self.box_branches:
-            # Equal bias for all bins: the initial distances are the bin mean ((reg_max - 1) / 2 strides), i.e.
-            # large boxes that overlap most objects, so the IoU-based TAL assigner finds candidates at step 0.
-            branch[-1].bias.fill_(1.0)
+            # DFL: equal bias for all bins, the initial distances are the bin mean ((reg_max - 1) / 2 strides).
+            # Direct: 2 strides per side (Ultralytics' value). Either way large boxes that overlap most objects, so
+            # the IoU-based TAL assigner finds candidates at step 0.
+            branch[-1].bias.fill_(1.0 if self.reg_max > 1 else 2.0)
 
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
         """Per level ``[B, 4 * reg_max + C, H_i, W_i]``: box logits first, then class logits."""

@@ -1,4 +1,6 @@
-"""Detection loss: assignment, then classification (BCE or varifocal), IoU (torchvision CIoU/GIoU) and DFL.
+"""Detection loss: assignment, then classification (BCE or varifocal), IoU (torchvision CIoU/GIoU) and a distance
+term: DFL on the box distributions (``reg_max > 1``) or, for direct regression (``reg_max == 1``, YOLO26), L1 on the
+box sides divided by the image size (Ultralytics' normalisation, so the term does not grow with the input size).
 
 Every term is a sum over points divided by the total classification target of the batch
 (``max(sum(target_scores), 1)``, the "number of positives" softened by their quality, as in YOLOv8 /
@@ -22,7 +24,7 @@ from cspwrc.validate import require
 from .assigner import AssignerCfg, Assignment, AtssAssigner, TaskAlignedAssigner
 from .head import HeadCfg
 
-__all__ = ["DetectionLoss", "LossCfg", "dfl_loss", "pad_targets", "varifocal_loss"]
+__all__ = ["DetectionLoss", "LossCfg", "dfl_loss", "l1_side_loss", "pad_targets", "varifocal_loss"]
 
 
 def pad_targets(targets: Sequence[dict[str, Tensor]], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
@@ -56,6 +58,21 @@ def varifocal_loss(logits: Tensor, target: Tensor, alpha: float = 0.75, gamma: f
     return F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight
 
 
+def l1_side_loss(pred_boxes: Tensor, target_boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """Mean absolute error of the four box sides, x in image widths and y in image heights.
+
+    Args:
+        pred_boxes / target_boxes: ``[N, 4]`` xyxy pixels (a side's error is the error of the distance from the
+            anchor point to it). image_size: ``(height, width)`` of the input.
+
+    Returns:
+        ``[N]`` loss per point (mean over the four sides).
+    """
+    h, w = image_size
+    scale = pred_boxes.new_tensor([w, h, w, h])
+    return ((pred_boxes - target_boxes).abs() / scale).mean(-1)
+
+
 def dfl_loss(box_logits: Tensor, target_dist: Tensor) -> Tensor:
     """Distribution focal loss (Li et al. 2020, GFL): cross-entropy on the two bins around each target distance.
 
@@ -81,7 +98,8 @@ class LossCfg:
     Attributes:
         cls_loss: ``"bce"`` or ``"varifocal"``.
         iou_loss: ``"ciou"`` or ``"giou"`` (torchvision.ops).
-        cls_weight / box_weight / dfl_weight: multipliers of the three terms.
+        cls_weight / box_weight / dfl_weight: multipliers of the three terms (``dfl_weight``: the distance term,
+            DFL or L1 by ``reg_max``, as Ultralytics' ``dfl`` gain).
     """
 
     cls_loss: Literal["bce", "varifocal"] = "bce"
@@ -103,7 +121,7 @@ class DetectionLoss(nn.Module):
 
     Args:
         num_classes: classes ``C``.
-        reg_max: DFL bins per side (the head's, :attr:`HeadCfg.reg_max`).
+        reg_max: DFL bins per side, 1 for direct regression (the head's, :attr:`HeadCfg.reg_max`).
         cfg: loss options (default :class:`LossCfg`); ``cfg.assigner.static_epochs``: epochs ``< this`` use
             :class:`AtssAssigner`, later ones TAL.
     """
@@ -150,6 +168,7 @@ class DetectionLoss(nn.Module):
         stride_per_point: Tensor,
         num_points_per_level: Sequence[int],
         targets: Sequence[dict[str, Tensor]],
+        image_size: tuple[int, int],
     ) -> dict[str, Tensor]:
         """Compute the losses.
 
@@ -157,10 +176,11 @@ class DetectionLoss(nn.Module):
             cls_logits: ``[B, A, C]``; box_logits ``[B, A, 4, reg_max]``; pred_boxes ``[B, A, 4]`` (decoded, pixels).
             points: ``[A, 2]``; stride_per_point ``[A, 1]``; num_points_per_level: points per level.
             targets: per image ``boxes [N, 4]`` xyxy pixels and ``labels [N]``.
+            image_size: ``(height, width)`` of the input images (the L1 term's scale).
 
         Returns:
-            Scalars ``loss_cls``, ``loss_box``, ``loss_dfl`` (each already multiplied by its weight) and
-            ``loss = loss_cls + loss_box + loss_dfl``, the one to back-propagate.
+            Scalars ``loss_cls``, ``loss_box``, ``loss_dfl`` (the distance term, DFL or L1; each already multiplied
+            by its weight) and ``loss = loss_cls + loss_box + loss_dfl``, the one to back-propagate.
         """
         # Losses and assignment in float32 even under autocast (IoU and log-softmax are precision-sensitive).
         cls_logits, box_logits, pred_boxes = cls_logits.float(), box_logits.float(), pred_boxes.float()
@@ -181,13 +201,16 @@ class DetectionLoss(nn.Module):
         iou_fn = complete_box_iou_loss if self.cfg.iou_loss == "ciou" else generalized_box_iou_loss
         loss_box = (iou_fn(pos_pred, pos_target, reduction="none") * weight).sum() / norm
 
-        # DFL targets: distances from each positive point to its box sides, in stride units, kept strictly
-        # below the last bin so both neighbouring bins exist.
-        pts = points.expand(fg.shape[0], -1, -1)[fg]
-        strides = stride_per_point.expand(fg.shape[0], -1, -1)[fg]
-        dist = torch.cat((pts - pos_target[:, :2], pos_target[:, 2:] - pts), -1) / strides
-        dist = dist.clamp(0, self.reg_max - 1 - 0.01)
-        loss_dfl = (dfl_loss(box_logits[fg], dist) * weight).sum() / norm
+        if self.reg_max == 1:
+            loss_dist = l1_side_loss(pos_pred, pos_target, image_size)
+        else:
+            # DFL targets: distances from each positive point to its box sides, in stride units, kept strictly
+            # below the last bin so both neighbouring bins exist.
+            pts = points.expand(fg.shape[0], -1, -1)[fg]
+            strides = stride_per_point.expand(fg.shape[0], -1, -1)[fg]
+            dist = torch.cat((pts - pos_target[:, :2], pos_target[:, 2:] - pts), -1) / strides
+            loss_dist = dfl_loss(box_logits[fg], dist.clamp(0, self.reg_max - 1 - 0.01))
+        loss_dfl = (loss_dist * weight).sum() / norm
 
         losses = {
             "loss_cls": self.cfg.cls_weight * loss_cls,

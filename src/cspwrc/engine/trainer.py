@@ -155,7 +155,7 @@ class Trainer:
         if cfg.train.weights and init_weights:
             self._log(init_from_weights(model, cfg.train.weights))
         self.model = model.to(self.device)
-        self.channels_last = cfg.train.channels_last and self.device.type == "cuda"
+        self.channels_last = cfg.train.channels_last
         if self.channels_last:  # before the EMA copy and the optimizer: both see NHWC weights
             self.model = self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
