@@ -94,6 +94,35 @@ def test_yolo26_head_shapes_flops_and_folding(cls_branch):
     assert model.head.box_branches[0][-1].weight.grad.abs().sum() > 0
 
 
+def test_end_to_end_head_trains_both_branches_and_predicts_without_nms():
+    """head.end2end: the one-to-one branch sees detached features (its loss alone reaches no backbone weight), the
+    one-to-many loss trains everything; eval uses the one-to-one branch and a top-k, and folds exactly."""
+    model = tiny_detector(head={"reg_max": 1, "cls_branch": "dw", "end2end": True}).train()
+    model.set_epoch(5, 10)
+    x = torch.rand(2, 3, 64, 64)
+    outputs = model.train_outputs(x)
+    assert len(outputs) == 2 and outputs[1].cls_logits.shape == outputs[0].cls_logits.shape
+    o2o = model.criterion(outputs[1], _targets(), (64, 64), one2one=True)
+    o2o["loss"].backward(retain_graph=True)
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(p.grad is None for p in model.head.box_branches.parameters())
+    assert model.head.o2o_cls_branches[0][-1].weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+    losses = model(x, _targets())
+    losses["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
+    model = _trained_like(model)
+    model.cfg.post.max_det = 7
+    with torch.no_grad():
+        raw = model.forward_raw(x)
+        torch.testing.assert_close(raw, torch.cat((model.head.decode(model.head.one2one(model._neck(x))).boxes,
+                                                   model.head.decode(model.head.one2one(model._neck(x))).cls_logits
+                                                   .sigmoid()), -1))
+        dets = model(x)
+        assert all(len(d["scores"]) <= 7 for d in dets)
+        torch.testing.assert_close(copy.deepcopy(model).fold().forward_raw(x), raw, atol=1e-4, rtol=0)
+
+
 def test_head_prior_bias():
     head = DecoupledHead([16, 16, 16], num_classes=5, cfg=HeadCfg(prior_prob=0.01))
     out = head([torch.zeros(1, 16, 2, 2)] * 3)

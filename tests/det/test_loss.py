@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cspwrc.det.assigner import AssignerCfg
-from cspwrc.det.head import decode_boxes, make_anchor_points
+from cspwrc.det.head import HeadOutputs, decode_boxes, make_anchor_points
 from cspwrc.det.loss import DetectionLoss, LossCfg, dfl_loss, l1_side_loss, pad_targets, varifocal_loss
 
 
@@ -70,12 +70,12 @@ def test_loss_is_small_for_perfect_predictions_and_large_for_wrong_ones(epoch):
     loss_fn = DetectionLoss(num_classes=2, cfg=LossCfg(assigner=AssignerCfg(static_epochs=1)))
     loss_fn.epoch = epoch
     targets = [{"boxes": box[None], "labels": torch.tensor([1])}]
-    good = loss_fn(cls_logits, box_logits, pred_boxes, points, strides, [16], targets, (32, 32))
+    pred = HeadOutputs(box_logits, cls_logits, pred_boxes, points, strides, [16])
+    good = loss_fn(pred, targets, (32, 32))
     assert good["loss_box"] < 1e-4 and good["loss_cls"] < 0.01
     # DFL's minimum is the entropy of the two-bin target, not 0: bounded by log(2) per side.
     assert good["loss_dfl"] <= 1.5 * math.log(2) + 1e-4
-    wrong = loss_fn(cls_logits, box_logits, pred_boxes, points, strides, [16],
-                    [{"boxes": torch.tensor([[16.0, 16.0, 32.0, 32.0]]), "labels": torch.tensor([0])}], (32, 32))
+    wrong = loss_fn(pred, [{"boxes": torch.tensor([[16.0, 16.0, 32.0, 32.0]]), "labels": torch.tensor([0])}], (32, 32))
     assert wrong["loss_box"] > 1.0 and wrong["loss_cls"] > 1.0
 
 
@@ -85,7 +85,7 @@ def test_background_only_loss_is_normalised_by_one():
     cls_logits = torch.full((1, 4, 3), -2.0)
     box_logits = torch.zeros(1, 4, 4, 16)
     losses = DetectionLoss(num_classes=3)(
-        cls_logits, box_logits, decode_boxes(box_logits, points, strides), points, strides, [4],
+        HeadOutputs(box_logits, cls_logits, decode_boxes(box_logits, points, strides), points, strides, [4]),
         [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}], (16, 16),
     )
     torch.testing.assert_close(losses["loss_cls"], 0.5 * 12 * F.softplus(torch.tensor(-2.0)))
@@ -104,6 +104,29 @@ def test_direct_regression_l1_term_is_zero_for_exact_boxes_and_scales_with_the_i
     box_out = dist[None, :, :, None]  # [1, A, 4, 1]
     loss_fn = DetectionLoss(num_classes=1, reg_max=1, cfg=LossCfg(assigner=AssignerCfg(static_epochs=0)))
     cls_logits = torch.full((1, len(points), 1), 8.0)
-    losses = loss_fn(cls_logits, box_out, decode_boxes(box_out, points, strides), points, strides, [16],
-                     [{"boxes": target[None], "labels": torch.tensor([0])}], (64, 64))
+    pred = HeadOutputs(box_out, cls_logits, decode_boxes(box_out, points, strides), points, strides, [16])
+    losses = loss_fn(pred, [{"boxes": target[None], "labels": torch.tensor([0])}], (64, 64))
     assert losses["loss_dfl"] < 1e-6 and losses["loss_box"] < 1e-4
+
+
+def test_one_to_one_assigner_keeps_one_point_per_object_and_the_weights_move_to_it():
+    """End-to-end: the one-to-one TAL (topk 7, then 1) gives each object exactly one positive where the one-to-many
+    TAL gives several; the one-to-many share of the loss moves 0.8 -> 0.1 over the epochs (YOLO26's E2ELoss)."""
+    points, strides = make_anchor_points([(8, 8)], [8], device=torch.device("cpu"), dtype=torch.float32)
+    gt_boxes = torch.tensor([[[4.0, 4.0, 36.0, 36.0], [30.0, 30.0, 62.0, 60.0]]])
+    gt = (torch.tensor([[0, 1]]), gt_boxes, torch.ones(1, 2, dtype=torch.bool))
+    scores = torch.full((1, 64, 2), 0.5)
+    loss_fn = DetectionLoss(num_classes=2, cfg=LossCfg(assigner=AssignerCfg(static_epochs=0)))
+    # Predictions that overlap both boxes a little everywhere: every point is a candidate.
+    pred_boxes = torch.cat((points - 12, points + 12), -1)[None]
+    pred = HeadOutputs(torch.zeros(1, 64, 4, 16), scores.logit(), pred_boxes, points, strides, [64])
+    o2m, o2o = loss_fn.assign(pred, gt), loss_fn.assign(pred, gt, one2one=True)
+    assert o2m.fg_mask.sum() > 2
+    assert o2o.fg_mask.sum() == 2 and sorted(o2o.gt_index[o2o.fg_mask].tolist()) == [0, 1]
+    weights = []
+    for epoch in range(5):
+        loss_fn.epoch, loss_fn.epochs = epoch, 5
+        weights.append(loss_fn.o2m_weight)
+    assert weights == pytest.approx([0.8, 0.625, 0.45, 0.275, 0.1])
+    combined = loss_fn.end_to_end({"loss": torch.tensor(1.0)}, {"loss": torch.tensor(3.0)})
+    assert combined["loss"].item() == pytest.approx(0.1 * 1.0 + 0.9 * 3.0)

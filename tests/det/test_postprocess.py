@@ -1,9 +1,10 @@
 """Post-processing: thresholds, class-aware NMS, max detections, and boxes back through a letterbox."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from cspwrc.det.postprocess import postprocess, undo_letterbox
+from cspwrc.det.postprocess import postprocess, topk_detections, undo_letterbox
 
 
 def _raw(boxes, probs):
@@ -66,3 +67,20 @@ def test_undo_letterbox_formula_and_clipping():
     out = undo_letterbox(boxes, scale=0.5, pad=(10.0, 2.0), orig_size=(100, 80))
     # (x - 10) / 0.5, (y - 2) / 0.5; the second box clips to the 80x100 (w x h) image.
     assert out.tolist() == [[8.0, 4.0, 80.0, 76.0], [0.0, 0.0, 80.0, 100.0]]
+
+
+def test_topk_detections_keeps_the_best_pairs_without_nms():
+    """An end-to-end head's output: the max_det best (point, class) pairs over the score threshold, duplicates kept
+    (no NMS), a point may give several classes, boxes clipped."""
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 90.0, 40.0],
+                          [5.0, 5.0, 8.0, 8.0]])
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.05, 0.3], [0.01, 0.02]])
+    raw = torch.cat((boxes, probs), -1)[None]
+    (det,) = topk_detections(raw, score_thresh=0.2, max_det=3, image_size=(64, 64))
+    assert det["scores"].tolist() == pytest.approx([0.9, 0.8, 0.7])
+    assert det["labels"].tolist() == [0, 0, 1]
+    (det,) = topk_detections(raw, score_thresh=0.2, max_det=10, image_size=(32, 64))
+    assert det["scores"].tolist() == pytest.approx([0.9, 0.8, 0.7, 0.3])
+    assert det["boxes"][-1].tolist() == [20.0, 20.0, 64.0, 32.0]  # clipped to (h 32, w 64)
+    empty = topk_detections(torch.zeros(2, 4, 6), score_thresh=0.5, max_det=5)
+    assert [len(d["scores"]) for d in empty] == [0, 0]

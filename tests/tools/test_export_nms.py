@@ -17,7 +17,8 @@ from cspwrc.deploy.export import EndToEnd, deploy_model, export_onnx_nms, run_on
 from cspwrc.deploy.parity import compare_nms
 from cspwrc.deploy.postprocess import onnx_metadata_numpy
 from cspwrc.det import build_detector
-from cspwrc.det.postprocess import postprocess
+from cspwrc.det.postprocess import postprocess, topk_detections
+from cspwrc.engine.checkpoint import save_weights
 from randomize import randomize_norm_and_wrc_
 from shared_data import shared_dataset
 
@@ -132,3 +133,47 @@ def test_export_cli_rejects_nms_flag_misuse(tmp_path, extra, capsys):
     with pytest.raises(SystemExit) as exc:
         export_cli.main(["--model", "cspwrc_n", "--out", str(tmp_path / "x.onnx"), *extra])
     assert exc.value.code == 2 and "--nms" in capsys.readouterr().err
+
+
+def test_topk_graph_of_an_end_to_end_head_matches_topk_detections(tmp_path):
+    """nms=False: the graph ends in a TopK, no NonMaxSuppression, and keeps what topk_detections keeps."""
+    e2e = EndToEnd(ToyRaw().eval(), 64, 0.3, 0.5, 20, 3000, nms=False)
+    path = export_onnx_nms(e2e, tmp_path / "topk.onnx", 64)
+    ops = {n.op_type for n in pytest.importorskip("onnx").load(str(path)).graph.node}
+    assert "TopK" in ops and "NonMaxSuppression" not in ops
+    images = torch.rand(3, 3, 64, 64)
+    got = run_onnx_nms(path, images)
+    with torch.no_grad():
+        expected = topk_detections(e2e.raw_model(images), 0.3, 20, image_size=(64, 64))
+    for b, exp in enumerate(expected):
+        mine = _split(got, b)
+        assert 5 < len(exp["scores"]) <= 20 and len(mine["scores"]) == len(exp["scores"])
+        np.testing.assert_allclose(mine["scores"], exp["scores"].numpy(), atol=1e-5)
+        np.testing.assert_allclose(mine["boxes"], exp["boxes"].numpy(), atol=1e-3)
+        np.testing.assert_array_equal(mine["labels"], exp["labels"].numpy())
+
+
+def test_export_cli_end_to_end_checkpoint_exports_without_nms(tmp_path, capsys):
+    """A checkpoint with head.end2end: --nms writes the top-k graph (checked like the NMS graph), its metadata says
+    so; --iou has no meaning for it (exit 2)."""
+    torch.manual_seed(0)
+    model = build_detector("cspwrc_n", 2, neck={"channels": [16, 32, 64]},
+                           head={"reg_max": 1, "cls_branch": "dw", "end2end": True}).eval()
+    with torch.no_grad():  # untrained heads score every point alike (the prior): spread them, ties are arbitrary
+        for branch in (*model.head.o2o_cls_branches, *model.head.o2o_box_branches):
+            nn.init.normal_(branch[-1].weight, std=0.3)
+            branch[-1].bias.normal_(-2.0, 1.0)
+    weights = tmp_path / "e2e.safetensors"
+    save_weights(weights, model.state_dict(), {"model": model.config, "num_classes": 2})
+    out = tmp_path / "e2e.onnx"
+    args = ["--weights", str(weights), "--img", "64", "--out", str(out), "--nms", "--conf", "0.001", "--max-det", "9"]
+    assert export_cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "top-k of the end-to-end head, no NMS" in printed and "NMS parity on 2 images: " in printed
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    meta = onnx_metadata_numpy(session)
+    assert meta["end2end"] is True and meta["nms"] == {"score_thresh": 0.001, "max_det": 9, "topk": True}
+    got = run_onnx_nms(out, torch.rand(2, 3, 64, 64))
+    assert np.bincount(got["batch_index"]).tolist() == [9, 9]
+    assert export_cli.main([*args, "--iou", "0.5"]) == 2
+    assert "end-to-end head" in capsys.readouterr().err

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cspwrc.deploy.postprocess import nms_numpy, postprocess_numpy, undo_letterbox_numpy
-from cspwrc.det.postprocess import postprocess, undo_letterbox
+from cspwrc.deploy.postprocess import nms_numpy, postprocess_numpy, topk_numpy, undo_letterbox_numpy
+from cspwrc.det.postprocess import postprocess, topk_detections, undo_letterbox
 
 
 def _raw(batch: int, anchors: int, classes: int, seed: int = 0) -> torch.Tensor:
@@ -49,3 +49,16 @@ def test_undo_letterbox_numpy_matches_torch() -> None:
     args = (0.5, (32.0, 80.0), (960, 1200))
     expected = undo_letterbox(boxes, *args)
     np.testing.assert_allclose(undo_letterbox_numpy(boxes.numpy(), *args), expected.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("score_thresh, max_det", [(0.001, 300), (0.3, 20)])
+def test_topk_numpy_matches_torch(score_thresh: float, max_det: int) -> None:
+    """An end-to-end head's raw export post-processed with numpy = the detector's own top-k."""
+    raw = _raw(2, 400, 5, seed=1)
+    expected = topk_detections(raw, score_thresh, max_det, image_size=(60, 64))
+    actual = topk_numpy(raw.numpy(), score_thresh, max_det, image_size=(60, 64))
+    for exp, act in zip(expected, actual, strict=True):
+        assert len(act["scores"]) == len(exp["scores"]) > 0
+        np.testing.assert_allclose(act["scores"], exp["scores"].numpy(), rtol=1e-6)
+        np.testing.assert_array_equal(act["labels"], exp["labels"].numpy())
+        np.testing.assert_allclose(act["boxes"], exp["boxes"].numpy(), rtol=1e-6)

@@ -44,6 +44,7 @@ from cspwrc.deploy.export import (
 from cspwrc.deploy.parity import NmsTolerance, parity_report
 from cspwrc.det.load import DEFAULT_IMG, input_size
 from cspwrc.engine.config import check_model_name
+from cspwrc.errors import InputError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,14 +104,18 @@ def _export_nms(args: argparse.Namespace, detector: torch.nn.Module, meta: dict,
                 img: int) -> int:
     """``--nms``: the end-to-end ONNX graph, checked against the PyTorch post-processing on random images."""
     cfg = detector.cfg.post
+    if detector.end2end and args.iou is not None:
+        raise InputError(f"--iou {args.iou}: {args.weights or args.model} has an end-to-end head, whose graph keeps "
+                         "the top --max-det detections without NMS")
     e2e = EndToEnd(module, img, cfg.score_thresh if args.conf is None else args.conf,
                    cfg.nms_iou if args.iou is None else args.iou,
-                   cfg.max_det if args.max_det is None else args.max_det, cfg.pre_nms_topk)
+                   cfg.max_det if args.max_det is None else args.max_det, cfg.pre_nms_topk, nms=not detector.end2end)
     path = export_onnx_nms(e2e, args.out, img)
     write_onnx_metadata(path, onnx_metadata(meta, img, max(detector.strides), e2e))
-    print(f"wrote {path} (onnx + NonMaxSuppression, input images [B, 3, {img}, {img}] in [0, 1], outputs boxes "
-          f"[K, 4], scores [K], labels [K], batch_index [K]; conf {e2e.score_thresh}, iou {e2e.nms_iou}, "
-          f"max_det {e2e.max_det})")
+    tail = f"iou {e2e.nms_iou}, " if e2e.nms else ""
+    print(f"wrote {path} (onnx + {'NonMaxSuppression' if e2e.nms else 'top-k of the end-to-end head, no NMS'}, "
+          f"input images [B, 3, {img}, {img}] in [0, 1], outputs boxes [K, 4], scores [K], labels [K], "
+          f"batch_index [K]; conf {e2e.score_thresh}, {tail}max_det {e2e.max_det})")
     if not args.no_check:  # exit 3 when onnxruntime does not keep what PyTorch keeps, within the tolerance
         tol = NmsTolerance()
         print(parity_report(check_export_nms(e2e, path, torch.rand(2, 3, img, img), tol), tol))

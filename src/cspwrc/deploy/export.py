@@ -29,7 +29,7 @@ from cspwrc.atomic import write_bytes
 from cspwrc.deploy.parity import NmsParity, NmsTolerance, compare_nms
 from cspwrc.det import RawPredictions, build_detector
 from cspwrc.det.load import load_detector
-from cspwrc.det.postprocess import PostprocessCfg, postprocess
+from cspwrc.det.postprocess import PostprocessCfg, postprocess, topk_detections, topk_pairs
 
 ONNX_OPSET = 17
 INPUT_NAME = "images"
@@ -193,18 +193,21 @@ class EndToEnd(nn.Module):
     image), grouped by image, best first, at most ``max_det`` per image: the detections of
     :func:`cspwrc.det.postprocess.postprocess` with ``image_size=(S, S)`` (the same pre-NMS top-k, per-class NMS
     and cap), so nothing is left to do but :func:`~cspwrc.deploy.postprocess.undo_letterbox_numpy`. The flat
-    layout with ``batch_index`` keeps the batch dynamic without padding.
+    layout with ``batch_index`` keeps the batch dynamic without padding. ``nms=False`` (an end-to-end head): the
+    same outputs from :func:`~cspwrc.det.postprocess.topk_detections` instead, a TopK and no NMS in the graph.
     """
 
     def __init__(self, raw_model: nn.Module, img: int, score_thresh: float = PostprocessCfg.score_thresh,
                  nms_iou: float = PostprocessCfg.nms_iou, max_det: int = PostprocessCfg.max_det,
-                 pre_nms_topk: int = PostprocessCfg.pre_nms_topk) -> None:
+                 pre_nms_topk: int = PostprocessCfg.pre_nms_topk, nms: bool = True) -> None:
         super().__init__()
-        self.raw_model, self.img = raw_model, img
+        self.raw_model, self.img, self.nms = raw_model, img, nms
         self.score_thresh, self.nms_iou, self.max_det, self.pre_nms_topk = score_thresh, nms_iou, max_det, pre_nms_topk
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         raw = self.raw_model(images)  # [B, A, 4 + C]
+        if not self.nms:
+            return self._topk(raw)
         boxes, probs = raw[..., :4].clamp(0, self.img), raw[..., 4:]
         # postprocess's pre-NMS top-k over (point, class) pairs: zero every probability below the k-th largest.
         flat = probs.flatten(1)
@@ -221,6 +224,13 @@ class EndToEnd(nn.Module):
         rank = (same.cumsum(0) * same).sum(1) - 1  # position of each detection within its image
         keep = rank < self.max_det
         return boxes[image[keep], point[keep]], det_scores[keep], label[keep], image[keep]
+
+    def _topk(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        boxes, scores, labels = topk_pairs(raw, self.max_det)  # [B, k, ...], by image, best first
+        image = torch.arange(raw.shape[0], device=raw.device)[:, None].expand_as(labels)
+        keep = (scores > self.score_thresh).flatten()
+        return (boxes.clamp(0, self.img).flatten(0, 1)[keep], scores.flatten()[keep], labels.flatten()[keep],
+                image.flatten()[keep])
 
 
 def export_onnx_nms(module: nn.Module, path: str | Path, img: int, opset: int = ONNX_OPSET) -> Path:
@@ -251,10 +261,12 @@ def check_export_nms(module: EndToEnd, path: str | Path, images: torch.Tensor,
     got = run_onnx_nms(path, images)
     with torch.no_grad():
         raw = module.raw_model(images)
+    size = (module.img, module.img)
     expected = postprocess(raw, module.score_thresh, module.nms_iou, module.max_det, module.pre_nms_topk,
-                           image_size=(module.img, module.img))
-    settings = dict(img=module.img, score_thresh=module.score_thresh, nms_iou=module.nms_iou, max_det=module.max_det,
-                    pre_nms_topk=module.pre_nms_topk, tol=tol)
+                           image_size=size) if module.nms else topk_detections(raw, module.score_thresh, module.max_det,
+                                                                               image_size=size)
+    settings = dict(img=module.img, score_thresh=module.score_thresh, nms_iou=module.nms_iou if module.nms else None,
+                    max_det=module.max_det, pre_nms_topk=module.pre_nms_topk, tol=tol)
     return [compare_nms(raw[b].numpy(), {k: v.numpy() for k, v in exp.items()},
                         {k: v[got["batch_index"] == b] for k, v in got.items()}, image=b, **settings)
             for b, exp in enumerate(expected)]
@@ -269,9 +281,11 @@ def onnx_metadata(meta: dict[str, Any], img: int, stride: int, nms: EndToEnd | N
     """
     num_classes = int(meta["num_classes"])
     names = meta.get("class_names") or [str(i) for i in range(num_classes)]
+    end2end = bool(meta["model"]["head"].get("end2end", False))
     outputs = ("boxes float32 [K, 4] xyxy input pixels, scores float32 [K], labels int64 [K] class index, "
                "batch_index int64 [K]; at most max_det per image" if nms else
-               f"raw float32 [B, A, 4 + {num_classes}]: xyxy input pixels, then class probabilities (no NMS)")
+               f"raw float32 [B, A, 4 + {num_classes}]: xyxy input pixels, then class probabilities (no NMS; "
+               + ("end-to-end head: keep the top max_det, no NMS)" if end2end else "run NMS)"))
     return {
         "producer": "cspwrc", "cspwrc_version": cspwrc_version, "model": str(meta["model"]["backbone"]["name"]),
         "names": json.dumps(list(names)),
@@ -280,8 +294,10 @@ def onnx_metadata(meta: dict[str, Any], img: int, stride: int, nms: EndToEnd | N
         "input": f"{INPUT_NAME} float32 [B, 3, {img}, {img}]: RGB in [0, 1], letterboxed (scale = min({img}/h, "
                  f"{img}/w), centred, padded with 114/255)",
         "outputs": outputs,
-        "nms": json.dumps({"score_thresh": nms.score_thresh, "iou": nms.nms_iou, "max_det": nms.max_det,
-                           "pre_nms_topk": nms.pre_nms_topk} if nms else None),
+        "nms": json.dumps(({"score_thresh": nms.score_thresh, "iou": nms.nms_iou, "max_det": nms.max_det,
+                            "pre_nms_topk": nms.pre_nms_topk} if nms.nms else
+                           {"score_thresh": nms.score_thresh, "max_det": nms.max_det, "topk": True}) if nms else None),
+        "end2end": json.dumps(end2end),
     }
 
 

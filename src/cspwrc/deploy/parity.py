@@ -99,9 +99,10 @@ def _pairs(exp: dict[str, np.ndarray], act: dict[str, np.ndarray], tol: NmsToler
 
 
 def compare_nms(raw: np.ndarray, expected: dict[str, np.ndarray], actual: dict[str, np.ndarray], img: int,
-                score_thresh: float, nms_iou: float, max_det: int, pre_nms_topk: int, image: int = 0,
+                score_thresh: float, nms_iou: float | None, max_det: int, pre_nms_topk: int, image: int = 0,
                 tol: NmsTolerance = NmsTolerance()) -> NmsParity:
-    """Compare one image's ONNX detections (``actual``) with PyTorch's (``expected``, from ``raw``) (module doc)."""
+    """Compare one image's ONNX detections (``actual``) with PyTorch's (``expected``, from ``raw``) (module doc).
+    ``nms_iou=None``: the graph of an end-to-end head (a top-k, no NMS), so no overlap rule and no NMS near-ties."""
     boxes, probs = np.clip(raw[:, :4], 0, img), raw[:, 4:]
     out = NmsParity(image, len(expected["scores"]), len(actual["scores"]))
     # 1. every ONNX detection is a candidate of the model
@@ -120,7 +121,7 @@ def compare_nms(raw: np.ndarray, expected: dict[str, np.ndarray], actual: dict[s
                    f"({max(score_thresh, kth):.4g})" for j in np.flatnonzero(actual["scores"] <= floor)]
     if out.actual > max_det:
         out.faults.append(f"ONNX kept {out.actual} detections, more than max_det {max_det}")
-    for label in np.unique(actual["labels"]):
+    for label in np.unique(actual["labels"]) if nms_iou is not None else ():
         idx = np.flatnonzero(actual["labels"] == label)
         over = np.argwhere(np.triu(box_iou(actual["boxes"][idx], actual["boxes"][idx]), 1) > nms_iou + tol.iou)
         out.faults += [f"ONNX kept {_describe(actual, idx[a])} and {_describe(actual, idx[b])}, which overlap by more "
@@ -138,8 +139,8 @@ def compare_nms(raw: np.ndarray, expected: dict[str, np.ndarray], actual: dict[s
                 out.near_cut += 1
                 continue
             overlap = box_iou(side["boxes"][i:i + 1], other["boxes"])[0] if len(other["boxes"]) else np.zeros(0)
-            if np.any((other["labels"] == label) & (other["scores"] >= score - tol.score) &
-                      (overlap >= nms_iou - tol.iou)):
+            if nms_iou is not None and np.any((other["labels"] == label) & (other["scores"] >= score - tol.score) &
+                                              (overlap >= nms_iou - tol.iou)):
                 out.near_tie += 1
                 continue
             out.faults.append(f"{name} kept {_describe(side, i)}, {other_name} did not (score clear of every cut, "

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["nms_numpy", "onnx_metadata_numpy", "postprocess_numpy", "undo_letterbox_numpy"]
+__all__ = ["nms_numpy", "onnx_metadata_numpy", "postprocess_numpy", "topk_numpy", "undo_letterbox_numpy"]
 
 
 def nms_numpy(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.ndarray:
@@ -74,6 +74,29 @@ def postprocess_numpy(
             {"boxes": cand[keep].astype(np.float32), "scores": scores[keep].astype(np.float32),
              "labels": labels[keep].astype(np.int64)}
         )
+    return results
+
+
+def topk_numpy(raw: np.ndarray, score_thresh: float = 0.001, max_det: int = 300,
+               image_size: tuple[int, int] | None = None) -> list[dict[str, np.ndarray]]:
+    """The post-processing of an end-to-end head's raw export (metadata ``end2end``: true), no NMS: per image the
+    ``max_det`` best (point, class) pairs over ``score_thresh`` (first the best ``max_det`` points by their best
+    class, then the best pairs among them), as :func:`cspwrc.det.postprocess.topk_detections`."""
+    results = []
+    for pred in raw:
+        boxes, probs = pred[:, :4], pred[:, 4:]
+        k = min(max_det, len(probs))
+        points = np.argsort(-probs.max(-1), kind="stable")[:k]
+        cand = probs[points].reshape(-1)
+        order = np.argsort(-cand, kind="stable")[:k]
+        order = order[cand[order] > score_thresh]
+        point_idx, labels = points[order // probs.shape[1]], order % probs.shape[1]
+        picked = boxes[point_idx]
+        if image_size is not None:
+            h, w = image_size
+            picked = np.clip(picked, 0, np.asarray([w, h, w, h], dtype=picked.dtype))
+        results.append({"boxes": picked.astype(np.float32), "scores": cand[order].astype(np.float32),
+                        "labels": labels.astype(np.int64)})
     return results
 
 

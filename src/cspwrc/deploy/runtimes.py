@@ -18,7 +18,6 @@ from torch import nn
 
 from cspwrc.deploy.export import INPUT_NAME, export_onnx, ort_session
 from cspwrc.det import RawPredictions
-from cspwrc.det.postprocess import postprocess
 
 __all__ = ["convert", "cuda_graph", "jit_optimize", "ort_runner", "static_part", "with_eager_nms"]
 
@@ -33,11 +32,11 @@ def static_part(model: nn.Module) -> nn.Module:
 
 
 def with_eager_nms(raw_fn: Callable[[torch.Tensor], torch.Tensor], detector: nn.Module) -> Fn:
-    """Detections from a converted ``forward_raw`` (``[B, A, 4 + C]``) with the detector's own eager NMS."""
-    cfg = detector.cfg.post
+    """Detections from a converted ``forward_raw`` (``[B, A, 4 + C]``) with the detector's own eager post-processing
+    (NMS, or the top-k of an end-to-end head: ``detector.detections``)."""
 
     def run(x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        return postprocess(raw_fn(x), cfg.score_thresh, cfg.nms_iou, cfg.max_det, cfg.pre_nms_topk, tuple(x.shape[-2:]))
+        return detector.detections(raw_fn(x), tuple(x.shape[-2:]))
 
     return run
 

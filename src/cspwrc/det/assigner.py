@@ -40,6 +40,8 @@ class AssignerCfg:
             pixels counts as this long, about the box's centre. A box under the stride-8 grid's spacing may hold no
             anchor point at all and would never get a positive; 16 (the middle stride) is what Ultralytics 8.4's
             TAL uses. 0 keeps the strict "point inside the box" rule. The loss still regresses the true box.
+        o2o_topk: TAL's ``topk`` for the one-to-one branch of an end-to-end head (``head.end2end``), which then keeps
+            each object's single best point (Ultralytics' ``tal_topk=7, tal_topk2=1``).
     """
 
     static_epochs: int = 3  # ATSS while the boxes are still random, then TAL (the real and the demo recipe's)
@@ -48,10 +50,11 @@ class AssignerCfg:
     tal_beta: float = 6.0
     atss_topk: int = 9
     min_box_side: float = 16.0
+    o2o_topk: int = 7
 
     def __post_init__(self) -> None:
         require(self.static_epochs >= 0, "static_epochs", ">= 0 (0: TAL from the first epoch)", self.static_epochs)
-        for key in ("tal_topk", "atss_topk"):
+        for key in ("tal_topk", "atss_topk", "o2o_topk"):
             require(getattr(self, key) >= 1, key, ">= 1", getattr(self, key))
         for key in ("tal_alpha", "tal_beta", "min_box_side"):
             require(getattr(self, key) >= 0, key, ">= 0", getattr(self, key))
@@ -93,28 +96,26 @@ def _batched_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return torch.stack([box_iou(b1, b2) for b1, b2 in zip(boxes1, boxes2, strict=True)])
 
 
-def _resolve_and_gather(
-    pos: Tensor, ious: Tensor, gt_labels: Tensor, gt_boxes: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Keep one ground truth per point (the one with the highest IoU) and gather its label and box.
-
-    Args:
-        pos: ``[B, M, A]`` candidate positives, possibly several ground truths per point.
-        ious: ``[B, M, A]`` IoU used to break ties between ground truths.
-
-    Returns:
-        ``pos`` with at most one ``True`` per point, ``fg_mask [B, A]``, ``gt_index [B, A]``,
-        ``labels [B, A]``, ``boxes [B, A, 4]``.
-    """
+def _resolve(pos: Tensor, ious: Tensor) -> Tensor:
+    """Keep one ground truth per point, the one with the highest IoU: ``pos [B, M, A]`` (several ground truths per
+    point possible) -> the same with at most one ``True`` per point; ``ious [B, M, A]`` breaks the ties."""
     multi = pos.sum(1, keepdim=True) > 1  # [B, 1, A]
     best = ious.masked_fill(~pos, -1.0).argmax(1, keepdim=True)  # [B, 1, A]
     best_mask = torch.zeros_like(pos).scatter_(1, best, True)
-    pos = torch.where(multi, best_mask & pos, pos)
+    return torch.where(multi, best_mask & pos, pos)
+
+
+def _gather(pos: Tensor, gt_labels: Tensor, gt_boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per point its ground truth's slot, label and box from ``pos [B, M, A]`` (at most one ``True`` per point).
+
+    Returns:
+        ``fg_mask [B, A]``, ``gt_index [B, A]``, ``labels [B, A]``, ``boxes [B, A, 4]``.
+    """
     fg_mask = pos.any(1)
     gt_index = pos.to(torch.float32).argmax(1)  # [B, A]; 0 for background (float: argmax on bool is unsupported)
     labels = gt_labels.gather(1, gt_index)
     boxes = gt_boxes.gather(1, gt_index[..., None].expand(-1, -1, 4))
-    return pos, fg_mask, gt_index, labels, boxes
+    return fg_mask, gt_index, labels, boxes
 
 
 class AtssAssigner(nn.Module):
@@ -185,7 +186,7 @@ class AtssAssigner(nn.Module):
         fallback = torch.zeros_like(pos).scatter_(-1, best, True) & usable
         pos = torch.where(pos.any(-1, keepdim=True), pos, fallback)
 
-        _, fg_mask, gt_index, labels, boxes = _resolve_and_gather(pos, ious, gt_labels, gt_boxes)
+        fg_mask, gt_index, labels, boxes = _gather(_resolve(pos, ious), gt_labels, gt_boxes)
         scores = F.one_hot(labels, self.num_classes).to(gt_boxes.dtype) * fg_mask[..., None]
         return Assignment(fg_mask, gt_index, labels, boxes, scores)
 
@@ -199,6 +200,10 @@ class TaskAlignedAssigner(nn.Module):
     goes to the highest IoU.
     The class target of a positive is ``t / max_t * max_u`` per ground truth (its best point gets that
     ground truth's best IoU), so the classifier learns to rank by localisation quality.
+
+    ``topk2`` (default ``topk``): after the conflicts are resolved, keep only each ground truth's ``topk2`` best
+    points; ``topk2=1`` is the one-to-one assignment of an NMS-free head (YOLOv10 / YOLO26: one point per object, so
+    duplicates learn to score low).
     """
 
     def __init__(
@@ -209,10 +214,12 @@ class TaskAlignedAssigner(nn.Module):
         beta: float = AssignerCfg.tal_beta,
         min_box_side: float = AssignerCfg.min_box_side,
         eps: float = 1e-9,
+        topk2: int | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.topk = topk
+        self.topk2 = topk2 or topk
         self.alpha = alpha
         self.beta = beta
         self.min_box_side = min_box_side
@@ -244,9 +251,12 @@ class TaskAlignedAssigner(nn.Module):
 
         k = min(self.topk, align.shape[-1])
         top = align.topk(k, dim=-1).indices
-        pos = torch.zeros_like(inside).scatter_(-1, top, True) & inside
+        pos = _resolve(torch.zeros_like(inside).scatter_(-1, top, True) & inside, ious)
+        if self.topk2 < k:
+            best = (align * pos).topk(self.topk2, dim=-1).indices
+            pos &= torch.zeros_like(pos).scatter_(-1, best, True)
 
-        pos, fg_mask, gt_index, labels, boxes = _resolve_and_gather(pos, ious, gt_labels, gt_boxes)
+        fg_mask, gt_index, labels, boxes = _gather(pos, gt_labels, gt_boxes)
         align = align * pos
         norm = align * ious.mul(pos).amax(-1, keepdim=True) / (align.amax(-1, keepdim=True) + self.eps)
         quality = norm.amax(1)  # [B, A]

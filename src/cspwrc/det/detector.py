@@ -32,10 +32,10 @@ from cspwrc.layers import Foldable, fold_model
 from cspwrc.validate import Fault, build_dataclass, check_value, merge, require
 from cspwrc.weights import feature_key
 
-from .head import DecoupledHead, HeadCfg, decode_boxes, make_anchor_points
+from .head import DecoupledHead, HeadCfg, HeadOutputs
 from .loss import DetectionLoss, LossCfg
 from .neck import NeckCfg, YoloPan
-from .postprocess import PostprocessCfg, postprocess
+from .postprocess import PostprocessCfg, postprocess, topk_detections
 
 __all__ = [
     "BackboneCfg",
@@ -308,23 +308,44 @@ class YoloDetector(Foldable, nn.Module):
         backbone = dataclasses.replace(self.cfg.backbone, pretrained=False, pretrained_cfg_overlay=None)
         return dataclasses.asdict(dataclasses.replace(self.cfg, backbone=backbone, sync_bn=False))
 
-    def set_epoch(self, epoch: int) -> None:
-        """Tell the loss the current (0-based) epoch: ATSS while ``epoch < cfg.loss.assigner.static_epochs``, then
-        TAL."""
+    @property
+    def end2end(self) -> bool:
+        """Predicts with the one-to-one branch and no NMS (``cfg.head.end2end``)."""
+        return self.head.end2end
+
+    def set_epoch(self, epoch: int, epochs: int | None = None) -> None:
+        """Tell the loss the current (0-based) epoch and, when known, the run's epochs: ATSS while
+        ``epoch < cfg.loss.assigner.static_epochs``, then TAL; an end-to-end head's one-to-many weight."""
         self.criterion.epoch = int(epoch)
+        if epochs is not None:
+            self.criterion.epochs = int(epochs)
+
+    def _neck(self, images: Tensor) -> list[Tensor]:
+        x = (images - self.pixel_mean) / self.pixel_std
+        return self.neck(self.backbone(x))
 
     def forward_features(self, images: Tensor) -> list[Tensor]:
-        """Head outputs per level ``[B, 4 * reg_max + C, H / s, W / s]`` for strides ``s`` = 8, 16, 32."""
-        x = (images - self.pixel_mean) / self.pixel_std
-        return self.head(self.neck(self.backbone(x)))
+        """Head outputs per level ``[B, 4 * reg_max + C, H / s, W / s]`` for strides ``s`` = 8, 16, 32: of the branch
+        that predicts (the one-to-one branch of an end-to-end head)."""
+        feats = self._neck(images)
+        return self.head.one2one(feats) if self.end2end else self.head(feats)
 
-    def _decode(self, outs: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        box_logits, cls_logits = self.head.flatten(outs)
-        points, stride_per_point = make_anchor_points(
-            [tuple(o.shape[-2:]) for o in outs], self.strides, device=outs[0].device, dtype=box_logits.dtype
-        )
-        boxes = decode_boxes(box_logits, points, stride_per_point)
-        return box_logits, cls_logits, boxes, points, stride_per_point
+    def train_outputs(self, images: Tensor) -> list[HeadOutputs]:
+        """What the loss takes: the one-to-many branch's decoded outputs, then (end-to-end head) the one-to-one
+        branch's, computed on detached neck features (YOLO26: only the one-to-many loss trains backbone and neck)."""
+        feats = self._neck(images)
+        outputs = [self.head.decode(self.head(feats))]
+        if self.end2end:
+            outputs.append(self.head.decode(self.head.one2one([f.detach() for f in feats])))
+        return outputs
+
+    def compute_loss(self, outputs: Sequence[HeadOutputs], targets: Sequence[dict[str, Tensor]],
+                     image_size: tuple[int, int]) -> dict[str, Tensor]:
+        """The weighted losses of :meth:`train_outputs` (an end-to-end head: :meth:`DetectionLoss.end_to_end`)."""
+        losses = self.criterion(outputs[0], targets, image_size)
+        if len(outputs) == 1:
+            return losses
+        return self.criterion.end_to_end(losses, self.criterion(outputs[1], targets, image_size, one2one=True))
 
     def forward_raw(self, images: Tensor) -> Tensor:
         """Decoded predictions without NMS: ``[B, A, 4 + C]``.
@@ -332,10 +353,18 @@ class YoloDetector(Foldable, nn.Module):
         ``A = (H/8 * W/8) + (H/16 * W/16) + (H/32 * W/32)`` anchor points; per point ``x1, y1, x2, y2`` in
         input-image pixels, then ``C`` class probabilities (sigmoid applied). To get detections, the caller runs
         :func:`cspwrc.det.postprocess.postprocess` (score threshold per (point, class), class-aware NMS, top
-        ``max_det``), then :func:`~cspwrc.det.postprocess.undo_letterbox` for original-image coordinates.
+        ``max_det``), or for an end-to-end head :func:`~cspwrc.det.postprocess.topk_detections` (no NMS), then
+        :func:`~cspwrc.det.postprocess.undo_letterbox` for original-image coordinates.
         """
-        _, cls_logits, boxes, _, _ = self._decode(self.forward_features(images))
-        return torch.cat((boxes, cls_logits.sigmoid()), -1)
+        pred = self.head.decode(self.forward_features(images))
+        return torch.cat((pred.boxes, pred.cls_logits.sigmoid()), -1)
+
+    def detections(self, raw: Tensor, image_size: tuple[int, int]) -> list[dict[str, Tensor]]:
+        """``forward_raw``'s output -> per image detections (NMS, or the top ``max_det`` of an end-to-end head)."""
+        post = self.cfg.post
+        if self.end2end:
+            return topk_detections(raw, post.score_thresh, post.max_det, image_size)
+        return postprocess(raw, **dataclasses.asdict(post), image_size=image_size)
 
     def forward(
         self, images: Tensor, targets: Sequence[dict[str, Tensor]] | None = None
@@ -346,13 +375,8 @@ class YoloDetector(Foldable, nn.Module):
                 raise ValueError("YoloDetector in train mode needs targets (list of dicts with boxes and labels)")
             if len(targets) != images.shape[0]:
                 raise ValueError(f"got {images.shape[0]} images but {len(targets)} targets")
-            outs = self.forward_features(images)
-            box_logits, cls_logits, boxes, points, stride_per_point = self._decode(outs)
-            counts = [o.shape[-2] * o.shape[-1] for o in outs]
-            return self.criterion(cls_logits, box_logits, boxes, points, stride_per_point, counts, targets,
-                                  (images.shape[-2], images.shape[-1]))
-        raw = self.forward_raw(images)
-        return postprocess(raw, **dataclasses.asdict(self.cfg.post), image_size=(images.shape[-2], images.shape[-1]))
+            return self.compute_loss(self.train_outputs(images), targets, (images.shape[-2], images.shape[-1]))
+        return self.detections(self.forward_raw(images), (images.shape[-2], images.shape[-1]))
 
     def fold(self) -> YoloDetector:
         """Fold BatchNorm (and WRC weights) into convs for inference, in place; puts the model in eval mode.

@@ -16,13 +16,21 @@ reachable. Early in training such boxes can be inverted (a negative distance); t
 
 Classification branch (``cls_branch``): two 3x3 convs (``"conv"``, YOLOv8) or two depthwise-separable pairs, a 3x3
 depthwise conv then a 1x1 conv (``"dw"``, YOLO11 / YOLO26): about a tenth of the multiply-adds at equal width.
+
+End-to-end (``end2end``, YOLOv10 / YOLO26): a second, one-to-one copy of the box and class branches
+(:meth:`DecoupledHead.one2one`) is trained beside the one-to-many branches on *detached* neck features, with one
+positive point per object (:class:`~cspwrc.det.assigner.TaskAlignedAssigner` ``topk2=1``), so that its duplicates
+learn to score low and inference needs no NMS: the detector then predicts with it and keeps the top ``max_det``
+(:func:`~cspwrc.det.postprocess.topk_detections`).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from timm.layers import get_act_layer, get_norm_layer
@@ -31,7 +39,8 @@ from torch import Tensor, nn
 from cspwrc.layers import FoldableConvNormAct
 from cspwrc.validate import require
 
-__all__ = ["CLS_BRANCHES", "DecoupledHead", "HeadCfg", "check_layer_names", "decode_boxes", "make_anchor_points"]
+__all__ = ["CLS_BRANCHES", "DecoupledHead", "HeadCfg", "HeadOutputs", "check_layer_names", "decode_boxes",
+           "make_anchor_points"]
 
 CLS_BRANCHES = ("conv", "dw")
 
@@ -60,6 +69,7 @@ class HeadCfg:
         cls_channels / box_channels: branch widths; ``None`` follows YOLOv8 (``max(C3, min(C, 100))`` and
             ``max(16, C3 // 4, 4 * reg_max)`` with ``C3`` the P3 width).
         cls_branch: ``"conv"`` (two 3x3 convs) or ``"dw"`` (two depthwise 3x3 + 1x1 pairs), see module docstring.
+        end2end: add the one-to-one branches and predict with them, without NMS (module docstring).
         act_layer / norm_layer: timm layer names of the conv-norm-act layers.
     """
 
@@ -68,6 +78,7 @@ class HeadCfg:
     cls_channels: int | None = None
     box_channels: int | None = None
     cls_branch: str = "conv"
+    end2end: bool = False
     act_layer: str = "silu"
     norm_layer: str = "batchnorm"
 
@@ -79,6 +90,24 @@ class HeadCfg:
             value = getattr(self, key)
             require(value is None or value >= 1, key, ">= 1 (or null: YOLOv8's width)", value)
         check_layer_names(self.act_layer, self.norm_layer)
+
+
+class HeadOutputs(NamedTuple):
+    """One branch's predictions over all levels, decoded (what the loss takes; ``A`` points, ``C`` classes).
+
+    Attributes:
+        box_logits: ``[B, A, 4, reg_max]`` box outputs (:func:`decode_boxes`); cls_logits ``[B, A, C]``.
+        boxes: ``[B, A, 4]`` decoded xyxy boxes, input-image pixels.
+        points: ``[A, 2]`` anchor points (pixels); stride_per_point ``[A, 1]``.
+        num_points_per_level: points per level, in the order of ``points``.
+    """
+
+    box_logits: Tensor
+    cls_logits: Tensor
+    boxes: Tensor
+    points: Tensor
+    stride_per_point: Tensor
+    num_points_per_level: list[int]
 
 
 def make_anchor_points(
@@ -182,6 +211,9 @@ class DecoupledHead(nn.Module):
             _Branch(c, cls_channels, num_classes, act_layer, norm_layer, cfg.cls_branch == "dw") for c in in_channels
         )
         self.init_bias(cfg.prior_prob)
+        # The one-to-one copy starts where the one-to-many branches start (YOLO26 deep-copies them the same way).
+        self.o2o_box_branches = copy.deepcopy(self.box_branches) if cfg.end2end else None
+        self.o2o_cls_branches = copy.deepcopy(self.cls_branches) if cfg.end2end else None
 
     @torch.no_grad()
     def init_bias(self, prior_prob: float) -> None:
@@ -194,10 +226,20 @@ class DecoupledHead(nn.Module):
             # the IoU-based TAL assigner finds candidates at step 0.
             branch[-1].bias.fill_(1.0 if self.reg_max > 1 else 2.0)
 
+    @property
+    def end2end(self) -> bool:
+        return self.o2o_box_branches is not None
+
     def forward(self, feats: Sequence[Tensor]) -> list[Tensor]:
-        """Per level ``[B, 4 * reg_max + C, H_i, W_i]``: box logits first, then class logits."""
-        branches = zip(feats, self.box_branches, self.cls_branches, strict=True)
-        return [torch.cat((bb(f), cb(f)), 1) for f, bb, cb in branches]
+        """One-to-many branches, per level ``[B, 4 * reg_max + C, H_i, W_i]``: box logits first, then class logits."""
+        return _outputs(feats, self.box_branches, self.cls_branches)
+
+    def one2one(self, feats: Sequence[Tensor]) -> list[Tensor]:
+        """The end-to-end head's one-to-one branches, same layout as :meth:`forward` (the caller detaches ``feats``
+        when training, so that only the one-to-many loss trains the backbone and neck)."""
+        if not self.end2end:
+            raise ValueError("this head has no one-to-one branches (head.end2end is false)")
+        return _outputs(feats, self.o2o_box_branches, self.o2o_cls_branches)
 
     def flatten(self, outs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """Concatenate levels: box logits ``[B, A, 4, reg_max]`` and class logits ``[B, A, C]``."""
@@ -205,3 +247,16 @@ class DecoupledHead(nn.Module):
         flat = torch.cat([o.flatten(2) for o in outs], 2).transpose(1, 2)  # [B, A, 4 * reg_max + C]
         box_logits, cls_logits = flat.split((4 * self.reg_max, self.num_classes), -1)
         return box_logits.reshape(b, -1, 4, self.reg_max), cls_logits
+
+    def decode(self, outs: Sequence[Tensor]) -> HeadOutputs:
+        """Per-level outputs (:meth:`forward` / :meth:`one2one`) -> :class:`HeadOutputs` (anchor points + boxes)."""
+        box_logits, cls_logits = self.flatten(outs)
+        shapes = [tuple(o.shape[-2:]) for o in outs]
+        points, stride_per_point = make_anchor_points(shapes, self.strides, device=outs[0].device,
+                                                      dtype=box_logits.dtype)
+        boxes = decode_boxes(box_logits, points, stride_per_point)
+        return HeadOutputs(box_logits, cls_logits, boxes, points, stride_per_point, [h * w for h, w in shapes])
+
+
+def _outputs(feats: Sequence[Tensor], box_branches: nn.ModuleList, cls_branches: nn.ModuleList) -> list[Tensor]:
+    return [torch.cat((bb(f), cb(f)), 1) for f, bb, cb in zip(feats, box_branches, cls_branches, strict=True)]

@@ -22,7 +22,7 @@ from torchvision.ops import complete_box_iou_loss, generalized_box_iou_loss
 from cspwrc.validate import require
 
 from .assigner import AssignerCfg, Assignment, AtssAssigner, TaskAlignedAssigner
-from .head import HeadCfg
+from .head import HeadCfg, HeadOutputs
 
 __all__ = ["DetectionLoss", "LossCfg", "dfl_loss", "l1_side_loss", "pad_targets", "varifocal_loss"]
 
@@ -97,6 +97,9 @@ class LossCfg:
 
     Attributes:
         cls_loss: ``"bce"`` or ``"varifocal"``.
+        o2m_weight_start / o2m_weight_end: an end-to-end head's loss is ``w * one-to-many + (1 - w) * one-to-one``
+            with ``w`` moving linearly from start (first epoch) to end (last epoch), YOLO26's 0.8 -> 0.1: the
+            backbone first learns from the dense one-to-many targets, the one-to-one branch takes over later.
         iou_loss: ``"ciou"`` or ``"giou"`` (torchvision.ops).
         cls_weight / box_weight / dfl_weight: multipliers of the three terms (``dfl_weight``: the distance term,
             DFL or L1 by ``reg_max``, as Ultralytics' ``dfl`` gain).
@@ -107,9 +110,13 @@ class LossCfg:
     cls_weight: float = 0.5
     box_weight: float = 7.5
     dfl_weight: float = 1.5
+    o2m_weight_start: float = 0.8
+    o2m_weight_end: float = 0.1
     assigner: AssignerCfg = field(default_factory=AssignerCfg)
 
     def __post_init__(self) -> None:
+        for key in ("o2m_weight_start", "o2m_weight_end"):
+            require(0.0 <= getattr(self, key) <= 1.0, key, "in [0, 1]", getattr(self, key))
         require(self.cls_loss in ("bce", "varifocal"), "cls_loss", "'bce' or 'varifocal'", self.cls_loss)
         require(self.iou_loss in ("ciou", "giou"), "iou_loss", "'ciou' or 'giou'", self.iou_loss)
         for key in ("cls_weight", "box_weight", "dfl_weight"):
@@ -123,7 +130,11 @@ class DetectionLoss(nn.Module):
         num_classes: classes ``C``.
         reg_max: DFL bins per side, 1 for direct regression (the head's, :attr:`HeadCfg.reg_max`).
         cfg: loss options (default :class:`LossCfg`); ``cfg.assigner.static_epochs``: epochs ``< this`` use
-            :class:`AtssAssigner`, later ones TAL.
+            :class:`AtssAssigner`, later ones TAL (the one-to-many branch; a one-to-one branch always uses TAL with
+            ``topk2=1``).
+
+    :attr:`epoch` and :attr:`epochs` (set by the detector's ``set_epoch``) choose the assigner and the end-to-end
+    weights.
     """
 
     def __init__(self, num_classes: int, reg_max: int = HeadCfg.reg_max, cfg: LossCfg | None = None) -> None:
@@ -133,60 +144,58 @@ class DetectionLoss(nn.Module):
         self.reg_max = reg_max
         self.cfg = cfg
         self.epoch = 0
+        self.epochs = 1
         a = cfg.assigner
         self.tal = TaskAlignedAssigner(num_classes, topk=a.tal_topk, alpha=a.tal_alpha, beta=a.tal_beta,
                                        min_box_side=a.min_box_side)
         self.atss = AtssAssigner(num_classes, topk=a.atss_topk, min_box_side=a.min_box_side)
+        self.o2o_tal = TaskAlignedAssigner(num_classes, topk=a.o2o_topk, alpha=a.tal_alpha, beta=a.tal_beta,
+                                           min_box_side=a.min_box_side, topk2=1)
 
     @property
     def uses_static_assigner(self) -> bool:
         return self.epoch < self.cfg.assigner.static_epochs
 
-    def assign(
-        self,
-        cls_logits: Tensor,
-        pred_boxes: Tensor,
-        points: Tensor,
-        stride_per_point: Tensor,
-        num_points_per_level: Sequence[int],
-        gt: tuple[Tensor, Tensor, Tensor],
-    ) -> Assignment:
-        """Run the assigner of the current epoch (see :attr:`uses_static_assigner`)."""
-        gt_labels, gt_boxes, gt_mask = gt
-        if self.uses_static_assigner:
-            return self.atss(points, stride_per_point, num_points_per_level, gt_labels, gt_boxes, gt_mask)
-        return self.tal(
-            cls_logits.detach().sigmoid(), pred_boxes.detach(), points, gt_labels, gt_boxes, gt_mask
-        )
+    @property
+    def o2m_weight(self) -> float:
+        """The one-to-many share of an end-to-end loss at :attr:`epoch` of :attr:`epochs` (see :class:`LossCfg`)."""
+        start, end = self.cfg.o2m_weight_start, self.cfg.o2m_weight_end
+        return max(1.0 - self.epoch / max(self.epochs - 1, 1), 0.0) * (start - end) + end
 
-    def forward(
-        self,
-        cls_logits: Tensor,
-        box_logits: Tensor,
-        pred_boxes: Tensor,
-        points: Tensor,
-        stride_per_point: Tensor,
-        num_points_per_level: Sequence[int],
-        targets: Sequence[dict[str, Tensor]],
-        image_size: tuple[int, int],
-    ) -> dict[str, Tensor]:
-        """Compute the losses.
+    def assign(self, pred: HeadOutputs, gt: tuple[Tensor, Tensor, Tensor], one2one: bool = False) -> Assignment:
+        """Run the assigner of the current epoch (see :attr:`uses_static_assigner`), or the one-to-one TAL."""
+        gt_labels, gt_boxes, gt_mask = gt
+        if self.uses_static_assigner and not one2one:
+            return self.atss(pred.points, pred.stride_per_point, pred.num_points_per_level, gt_labels, gt_boxes,
+                             gt_mask)
+        tal = self.o2o_tal if one2one else self.tal
+        return tal(pred.cls_logits.detach().sigmoid(), pred.boxes.detach(), pred.points, gt_labels, gt_boxes, gt_mask)
+
+    def end_to_end(self, o2m: dict[str, Tensor], o2o: dict[str, Tensor]) -> dict[str, Tensor]:
+        """An end-to-end head's losses: every term ``w * o2m + (1 - w) * o2o`` (``w`` = :attr:`o2m_weight`)."""
+        w = self.o2m_weight
+        return {k: w * o2m[k] + (1.0 - w) * o2o[k] for k in o2m}
+
+    def forward(self, pred: HeadOutputs, targets: Sequence[dict[str, Tensor]], image_size: tuple[int, int],
+                one2one: bool = False) -> dict[str, Tensor]:
+        """Compute the losses of one branch.
 
         Args:
-            cls_logits: ``[B, A, C]``; box_logits ``[B, A, 4, reg_max]``; pred_boxes ``[B, A, 4]`` (decoded, pixels).
-            points: ``[A, 2]``; stride_per_point ``[A, 1]``; num_points_per_level: points per level.
+            pred: the branch's decoded outputs (:meth:`~cspwrc.det.head.DecoupledHead.decode`).
             targets: per image ``boxes [N, 4]`` xyxy pixels and ``labels [N]``.
             image_size: ``(height, width)`` of the input images (the L1 term's scale).
+            one2one: the one-to-one branch of an end-to-end head (its assigner: one point per object).
 
         Returns:
             Scalars ``loss_cls``, ``loss_box``, ``loss_dfl`` (the distance term, DFL or L1; each already multiplied
             by its weight) and ``loss = loss_cls + loss_box + loss_dfl``, the one to back-propagate.
         """
         # Losses and assignment in float32 even under autocast (IoU and log-softmax are precision-sensitive).
-        cls_logits, box_logits, pred_boxes = cls_logits.float(), box_logits.float(), pred_boxes.float()
-        points, stride_per_point = points.float(), stride_per_point.float()
+        pred = HeadOutputs(pred.box_logits.float(), pred.cls_logits.float(), pred.boxes.float(), pred.points.float(),
+                           pred.stride_per_point.float(), pred.num_points_per_level)
+        box_logits, cls_logits, pred_boxes, points, stride_per_point, _ = pred
         gt = pad_targets(targets, cls_logits.device)
-        a = self.assign(cls_logits, pred_boxes, points, stride_per_point, num_points_per_level, gt)
+        a = self.assign(pred, gt, one2one)
         target_scores = a.scores.to(cls_logits.dtype)
         norm = target_scores.sum().clamp(min=1.0)
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from cspwrc.validate import require
 
-__all__ = ["PostprocessCfg", "postprocess", "undo_letterbox"]
+__all__ = ["PostprocessCfg", "postprocess", "topk_detections", "topk_pairs", "undo_letterbox"]
 
 
 @dataclass
 class PostprocessCfg:
-    """Arguments of :func:`postprocess` (its defaults); the detector's live copy is ``model.cfg.post``."""
+    """Arguments of :func:`postprocess` (its defaults); the detector's live copy is ``model.cfg.post``. An end-to-end
+    head (:func:`topk_detections`) uses ``score_thresh`` and ``max_det`` only."""
 
     score_thresh: float = 0.001
     nms_iou: float = 0.6
@@ -70,6 +72,50 @@ def postprocess(
         keep = batched_nms(cand.float(), scores.float(), labels, nms_iou)[:max_det]
         results.append({"boxes": cand[keep].float(), "scores": scores[keep].float(), "labels": labels[keep]})
     return results
+
+
+def topk_pairs(raw: Tensor, max_det: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The ``k = min(max_det, A)`` best (point, class) pairs per image of ``raw [B, A, 4 + C]``, as YOLO26: first the
+    ``k`` points with the highest best-class score, then the ``k`` best pairs among their ``k x C`` scores (so a point
+    may carry several classes, as with NMS). Batched and exportable (TopK / Gather, no loop).
+
+    Returns:
+        ``boxes [B, k, 4]``, ``scores [B, k]`` (descending) and ``labels [B, k]`` int64.
+    """
+    boxes, probs = raw[..., :4], raw[..., 4:]
+    num_classes = probs.shape[-1]
+    k = min(max_det, probs.shape[1])
+    points = probs.amax(-1).topk(k, dim=1).indices  # [B, k]
+    cand = probs.gather(1, points[..., None].expand(-1, -1, num_classes)).flatten(1)  # [B, k * C]
+    scores, flat = cand.topk(k, dim=1)
+    point_idx = points.gather(1, torch.div(flat, num_classes, rounding_mode="floor"))
+    return boxes.gather(1, point_idx[..., None].expand(-1, -1, 4)), scores, flat % num_classes
+
+
+def topk_detections(
+    raw: Tensor,
+    score_thresh: float = PostprocessCfg.score_thresh,
+    max_det: int = PostprocessCfg.max_det,
+    image_size: tuple[int, int] | None = None,
+) -> list[dict[str, Tensor]]:
+    """The detections of an end-to-end (NMS-free) head: the ``max_det`` best (point, class) pairs
+    (:func:`topk_pairs`) above ``score_thresh``, no NMS (the one-to-one branch has learnt to score duplicates low).
+
+    Args:
+        raw: ``[B, A, 4 + C]`` boxes (xyxy pixels) and class probabilities (an end-to-end detector's
+            ``forward_raw``).
+        image_size: ``(height, width)``; when given, boxes are clipped to the image.
+
+    Returns:
+        As :func:`postprocess`: per image ``boxes float32 [K, 4]``, ``scores float32 [K]``, ``labels int64 [K]``,
+        by descending score, ``K <= max_det``.
+    """
+    boxes, scores, labels = topk_pairs(raw, max_det)
+    if image_size is not None:
+        boxes = clip_boxes_to_image(boxes, tuple(image_size))
+    keep = scores > score_thresh
+    return [{"boxes": b[m].float(), "scores": s[m].float(), "labels": c[m]}
+            for b, s, c, m in zip(boxes, scores, labels, keep, strict=True)]
 
 
 def undo_letterbox(

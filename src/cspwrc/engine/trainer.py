@@ -273,7 +273,7 @@ class Trainer:
         run_state.seed_everything(run_state.epoch_seed(cfg.seed, epoch))
         mosaic = epoch < cfg.epochs - cfg.close_mosaic
         prepare_epoch(self.train_loader, epoch, mosaic=mosaic)
-        self.model.set_epoch(epoch)
+        self.model.set_epoch(epoch, self.cfg.train.epochs)
         # Pictures of what the model is fed: the first batches of the run and of the close-mosaic epochs.
         closing = not mosaic and epoch - 1 < cfg.epochs - cfg.close_mosaic
         self._emit("on_epoch_start", epoch)

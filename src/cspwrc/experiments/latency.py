@@ -9,6 +9,9 @@ with the deployment thresholds :data:`LATENCY_CONF` / :data:`LATENCY_IOU` for ev
 * ONNX Runtime (CPU): the export path of ``cspwrc export``: ``forward`` = the raw graph
   (:func:`~cspwrc.deploy.export.export_onnx` of :func:`~cspwrc.deploy.export.deploy_model`), ``with_nms`` = the
   end-to-end graph of ``cspwrc export --nms`` (:class:`~cspwrc.deploy.export.EndToEnd`, ONNX NonMaxSuppression).
+
+An end-to-end head (``head.end2end``) post-processes with a top-k instead of NMS in both runtimes; its
+``with_nms`` entry is that (the key keeps its name: "with the post-processing"), and ``end2end`` says so.
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ def time_onnxruntime(model: nn.Module, sizes: Sequence[int], threads: int) -> di
     with tempfile.TemporaryDirectory(prefix="race_onnx_") as tmp:
         for s in sizes:
             feed = {INPUT_NAME: np.random.default_rng(0).random((1, 3, s, s), dtype=np.float32)}
-            end_to_end = EndToEnd(raw, s, LATENCY_CONF, LATENCY_IOU, cfg.max_det, cfg.pre_nms_topk)
+            end_to_end = EndToEnd(raw, s, LATENCY_CONF, LATENCY_IOU, cfg.max_det, cfg.pre_nms_topk,
+                                  nms=not model.end2end)
             forward = ort_session(export_onnx(raw, Path(tmp) / f"raw_{s}.onnx", s), threads)
             with_nms = ort_session(export_onnx_nms(end_to_end, Path(tmp) / f"nms_{s}.onnx", s), threads)
             timed[str(s)] = {"forward": latency_ms(partial(forward.run, None, feed)),
@@ -81,7 +85,7 @@ def time_ours(weights: Path, sizes: Sequence[int], threads: int) -> dict[str, An
     absent when onnxruntime/onnx are not installed), ``latency_timed`` (what each one timed) and
     ``latency_threads``. The caller sets torch's threads to ``threads``."""
     model, _ = load_detector(weights)
-    entries: dict[str, Any] = {"latency_ms": time_pytorch(model, sizes),
+    entries: dict[str, Any] = {"latency_ms": time_pytorch(model, sizes), "end2end": model.end2end,
                                "latency_timed": {"pytorch": PYTORCH_TIMED}, "latency_threads": threads}
     missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:

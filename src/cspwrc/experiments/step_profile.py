@@ -66,18 +66,12 @@ def _one_step(trainer: Trainer, batches: Iterator[Any], clock: _Clock) -> None:
     images, targets = clock.timed("to_device", dist.to_device, images, targets, trainer.device,
                                   trainer.channels_last)
 
-    def forward() -> tuple[Any, ...]:
-        outs = model.forward_features(images)
-        return outs, *model._decode(outs)
-
-    outs, box_logits, cls_logits, boxes, points, strides = clock.timed("forward", forward)
-    counts = [o.shape[-2] * o.shape[-1] for o in outs]
+    outputs = clock.timed("forward", model.train_outputs, images)
     assign = criterion.assign
     criterion.assign = lambda *a, **k: clock.timed("assign", assign, *a, **k)  # instance attribute: this step only
     try:
         t_assign = clock.step["assign"]
-        losses = clock.timed("loss", criterion, cls_logits, box_logits, boxes, points, strides, counts, targets,
-                             tuple(images.shape[-2:]))
+        losses = clock.timed("loss", model.compute_loss, outputs, targets, tuple(images.shape[-2:]))
         clock.step["loss"] -= clock.step["assign"] - t_assign  # "loss" = the criterion without its assigner
     finally:
         del criterion.assign
