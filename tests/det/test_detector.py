@@ -61,12 +61,16 @@ def test_anchor_points_and_decode_boxes():
     torch.testing.assert_close(boxes[0, 6], torch.tensor([-24.0, -24.0, 40.0, 40.0]))
 
 
-def test_direct_regression_decodes_distances_in_strides():
-    """reg_max 1: the four outputs are the side distances (stride units), unbounded, no softmax."""
+def test_direct_regression_decodes_softplus_distances_in_strides():
+    """reg_max 1: the four outputs give the side distances (stride units) through a softplus: no softmax, and no
+    inverted box whatever the output (a negative raw distance cannot happen)."""
     points, strides = make_anchor_points([(1, 2)], [8], device=torch.device("cpu"), dtype=torch.float32)
-    out = torch.tensor([[[[1.0], [2.0], [3.0], [0.5]], [[-0.5], [0.0], [0.0], [0.0]]]])  # [1, 2, 4, 1]
+    dist = torch.tensor([[1.0, 2.0, 3.0, 0.5], [0.25, 4.0, 1e-3, 1.0]])
+    out = torch.log(torch.expm1(dist))[None, ..., None]  # [1, 2, 4, 1], softplus^-1
     boxes = decode_boxes(out, points, strides)
-    torch.testing.assert_close(boxes[0], torch.tensor([[-4.0, -12.0, 28.0, 8.0], [16.0, 4.0, 12.0, 4.0]]))
+    torch.testing.assert_close(boxes[0], torch.tensor([[-4.0, -12.0, 28.0, 8.0], [10.0, -28.0, 12.008, 12.0]]))
+    wild = decode_boxes(torch.randn(1, 2, 4, 1) * 50, points, strides)[0]
+    assert (wild[:, 2:] >= wild[:, :2]).all()
 
 
 @pytest.mark.parametrize("cls_branch", ["conv", "dw"])

@@ -101,7 +101,7 @@ def test_direct_regression_l1_term_is_zero_for_exact_boxes_and_scales_with_the_i
     points, strides = make_anchor_points([(4, 4)], [16], device=torch.device("cpu"), dtype=torch.float32)
     target = torch.tensor([16.0, 16.0, 48.0, 48.0])
     dist = torch.cat((points - target[:2], target[2:] - points), -1) / strides  # exact distances, stride units
-    box_out = dist[None, :, :, None]  # [1, A, 4, 1]
+    box_out = torch.log(torch.expm1(dist.clamp(min=1e-3)))[None, :, :, None]  # [1, A, 4, 1], before the softplus
     loss_fn = DetectionLoss(num_classes=1, reg_max=1, cfg=LossCfg(assigner=AssignerCfg(static_epochs=0)))
     cls_logits = torch.full((1, len(points), 1), 8.0)
     pred = HeadOutputs(box_out, cls_logits, decode_boxes(box_out, points, strides), points, strides, [16])

@@ -9,10 +9,13 @@ of the level's stride). With ``reg_max > 1`` each distance is a *discrete distri
 ``0 .. reg_max - 1`` and the distance is its expectation (Generalized Focal Loss, as used by YOLOv8 / PP-YOLOE /
 RTMDet): ambiguous edges (blur, occlusion) can be expressed as a spread-out distribution, the output is bounded, and
 the DFL term gives a dense gradient around the true edge from the first step. ``reg_max = 16`` covers distances up
-to ``15 * stride`` (480 px at stride 32). With ``reg_max = 1`` (YOLO26) the branch outputs the four distances
-themselves, unbounded, trained by an L1 term beside the IoU loss: a 4-channel output instead of 64, a box branch a
-quarter as wide (its default width follows ``4 * reg_max``), no softmax in the exported graph, any distance
-reachable. Early in training such boxes can be inverted (a negative distance); the IoU and L1 terms pull them back.
+to ``15 * stride`` (480 px at stride 32). With ``reg_max = 1`` (YOLO26) the branch regresses the four distances
+directly, trained by an L1 term beside the IoU loss: a 4-channel output instead of 64, a box branch a quarter as
+wide (its default width follows ``4 * reg_max``), no softmax in the exported graph, any distance reachable. The
+distance is ``softplus(output)``, not the raw output as in Ultralytics: a negative distance makes an inverted box,
+whose IoU is 0 and whose CIoU penalties (centre distance, aspect ratio) an inverted box can satisfy too, so under
+AdamW such boxes stayed inverted and the loss diverged (race arm A, docs/race/shwd_60min_v3). Non-negative
+distances keep every box valid and containing its anchor point, as DFL's do.
 
 Classification branch (``cls_branch``): two 3x3 convs (``"conv"``, YOLOv8) or two depthwise-separable pairs, a 3x3
 depthwise conv then a 1x1 conv (``"dw"``, YOLO11 / YOLO26): about a tenth of the multiply-adds at equal width.
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from timm.layers import get_act_layer, get_norm_layer
 from torch import Tensor, nn
 
@@ -138,16 +142,16 @@ def decode_boxes(box_logits: Tensor, points: Tensor, stride_per_point: Tensor) -
 
     Args:
         box_logits: ``[B, A, 4, reg_max]``: logits over distance bins for (left, top, right, bottom), or with
-            ``reg_max == 1`` the four distances themselves (stride units).
+            ``reg_max == 1`` the four distances before their softplus (stride units).
         points: ``[A, 2]`` anchor points in pixels.
         stride_per_point: ``[A, 1]`` stride of each anchor point.
 
     Returns:
-        ``[B, A, 4]`` boxes ``(x1, y1, x2, y2)`` in input-image pixels; with DFL always ``x2 >= x1`` and ``y2 >= y1``.
+        ``[B, A, 4]`` boxes ``(x1, y1, x2, y2)`` in input-image pixels; always ``x2 >= x1`` and ``y2 >= y1``.
     """
     reg_max = box_logits.shape[-1]
     if reg_max == 1:
-        dist = box_logits.squeeze(-1) * stride_per_point  # [B, A, 4] pixels
+        dist = F.softplus(box_logits.squeeze(-1)) * stride_per_point  # [B, A, 4] pixels, >= 0 (module docstring)
     else:
         bins = torch.arange(reg_max, device=box_logits.device, dtype=box_logits.dtype)
         dist = box_logits.softmax(-1).matmul(bins) * stride_per_point
@@ -222,9 +226,9 @@ class DecoupledHead(nn.Module):
             branch[-1].bias.fill_(-math.log((1.0 - prior_prob) / prior_prob))
         for branch in self.box_branches:
             # DFL: equal bias for all bins, the initial distances are the bin mean ((reg_max - 1) / 2 strides).
-            # Direct: 2 strides per side (Ultralytics' value). Either way large boxes that overlap most objects, so
-            # the IoU-based TAL assigner finds candidates at step 0.
-            branch[-1].bias.fill_(1.0 if self.reg_max > 1 else 2.0)
+            # Direct: softplus(bias) = 2 strides per side (Ultralytics' value). Either way large boxes that overlap
+            # most objects, so the IoU-based TAL assigner finds candidates at step 0.
+            branch[-1].bias.fill_(1.0 if self.reg_max > 1 else math.log(math.expm1(2.0)))
 
     @property
     def end2end(self) -> bool:
