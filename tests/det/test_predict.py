@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from cspwrc.backbone import model_cfgs
 from cspwrc.det import build_detector
 from cspwrc.det.load import DEFAULT_IMG
 from cspwrc.det.predict import class_names, describe, detect, input_size, load_detector, select
@@ -77,3 +80,28 @@ def test_weights_of_another_layout_fail_with_one_line(tmp_path) -> None:
     message = str(info.value)
     assert "\n" not in message and "differences, first: size mismatch for backbone.stages_0" in message
     assert "backbone 'cspwrc_n' with kwargs {}" in message and "bottle_ratio 2" in message
+
+
+def test_a_saved_model_records_its_layout_and_survives_a_change_of_the_registered_defaults(tmp_path, monkeypatch
+                                                                                          ) -> None:
+    """model.config records the resolved backbone layout (backbone.model_args): after cspwrc_n's registered defaults
+    change -- here a shape-keeping one (wrc_normalize) that would otherwise load silently and compute something else,
+    and a shape-changing one -- a checkpoint saved before still rebuilds the same outputs."""
+    torch.manual_seed(0)
+    saved = build_detector("cspwrc_n", 2).eval()
+    with torch.no_grad():
+        for p in saved.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # weights away from the init, so every layer matters
+    path = tmp_path / "n.safetensors"
+    checkpoint.save_weights(path, saved.state_dict(), {"model": saved.config, "num_classes": 2})
+    assert saved.config["backbone"]["model_args"]["bottle_ratio"] == 2.0
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = saved.forward_raw(x)
+    changed = dataclasses.replace(model_cfgs["cspwrc_n"], wrc_normalize="softmax", bottle_ratio=1.0)
+    monkeypatch.setitem(model_cfgs, "cspwrc_n", changed)
+    assert build_detector("cspwrc_n", 2).config["backbone"]["model_args"]["wrc_normalize"] == "softmax"
+    loaded, meta = load_detector(path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.forward_raw(x), expected)
+    assert meta["model"]["backbone"]["model_args"]["wrc_normalize"] == "none"

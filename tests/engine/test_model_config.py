@@ -45,7 +45,8 @@ def _all_changed(pretrained_file: Path) -> DetectorConfig:
     """A DetectorConfig with every field away from its default (and a test_byobnet-sized, still valid model)."""
     return DetectorConfig(
         backbone=BackboneCfg(name="test_byobnet", pretrained=True, kwargs={"drop_path_rate": 0.05}, freeze_bn=True,
-                             freeze_stages=1, pretrained_cfg_overlay={"file": str(pretrained_file)}),
+                             freeze_stages=1, pretrained_cfg_overlay={"file": str(pretrained_file)},
+                             model_args={"drop_rate": 0.0}),  # a non-cspwrc model keeps the args it is given
         neck=NeckCfg(channels=[16, 24, 32], depth=2, shortcut=True, wrc_weights="channel", wrc_normalize="softmax",
                      sppf_kernel=3, act_layer="relu", norm_layer="groupnorm1"),
         head=HeadCfg(reg_max=8, prior_prob=0.02, cls_channels=24, box_channels=40, cls_branch="dw", end2end=True,

@@ -17,7 +17,7 @@ RECIPES = Path(__file__).resolve().parents[2] / "configs" / "det"
 DEMO = {
     "model": {
         "backbone": {"name": "cspwrc_s", "pretrained": False, "pretrained_cfg_overlay": None,
-                     "kwargs": {"wrc_normalize": "relu"}, "freeze_bn": False, "freeze_stages": 0},
+                     "kwargs": {"wrc_normalize": "relu"}, "model_args": None, "freeze_bn": False, "freeze_stages": 0},
         "neck": {"channels": [64, 128, 256], "depth": None, "shortcut": False, "wrc_weights": "scalar",
                  "wrc_normalize": "none", "sppf_kernel": 5, "act_layer": "silu", "norm_layer": "batchnorm"},
         "head": {"reg_max": 16, "prior_prob": 0.01, "cls_channels": None, "box_channels": None, "cls_branch": "conv",

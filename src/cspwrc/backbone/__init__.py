@@ -3,7 +3,15 @@
 Importing it registers ``cspwrc_n/s/m/l/x`` with timm (``import cspwrc`` does).
 """
 
-from .cspwrcnet import P3_P5, CspWrcCfg, CspWrcNet, checkpoint_filter_fn, default_cfgs, model_cfgs
+from .cspwrcnet import (
+    P3_P5,
+    CspWrcCfg,
+    CspWrcNet,
+    checkpoint_filter_fn,
+    default_cfgs,
+    model_cfgs,
+    resolved_model_args,
+)
 from .inspect_wrc import WrcRow, backbone_state_dict, format_wrc_table, plot_wrc_weights, wrc_weights
 
 __all__ = [
@@ -17,5 +25,6 @@ __all__ = [
     "format_wrc_table",
     "model_cfgs",
     "plot_wrc_weights",
+    "resolved_model_args",
     "wrc_weights",
 ]

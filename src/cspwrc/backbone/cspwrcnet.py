@@ -11,7 +11,8 @@ channels and depths of ``cs3darknet_s/m/l/x``. ``n`` has no cs3darknet peer and 
 """
 
 import socket
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -378,6 +379,20 @@ model_cfgs = dict(
     cspwrc_l=CspWrcCfg.scaled(width=1.0, depth=1.0),
     cspwrc_x=CspWrcCfg.scaled(width=1.25, depth=1.33),
 )
+
+
+def resolved_model_args(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Every architecture field a ``cspwrc_*`` model is built with: its registered :class:`CspWrcCfg` with the
+    ``kwargs`` that name a field laid over it (timm's ``model_args`` idea), JSON-ready (tuples as lists); None for
+    another model name or for a layer given as a class (not JSON). ``timm.create_model(name, **args)`` rebuilds the
+    same architecture even after the registered defaults change."""
+    if name not in model_cfgs:
+        return None
+    names = {f.name for f in fields(CspWrcCfg)}
+    cfg = replace(model_cfgs[name], **{k: v for k, v in kwargs.items() if k in names})
+    if not all(isinstance(layer, str) for layer in (cfg.act_layer, cfg.norm_layer)):
+        return None
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
 
 
 def _cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:

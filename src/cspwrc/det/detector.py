@@ -26,7 +26,7 @@ import torch
 from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
 from torch import Tensor, nn
 
-from cspwrc.backbone import CspWrcCfg
+from cspwrc.backbone import CspWrcCfg, resolved_model_args
 from cspwrc.errors import ConfigError
 from cspwrc.layers import Foldable, fold_model
 from cspwrc.validate import Fault, build_dataclass, check_value, merge, require
@@ -70,6 +70,12 @@ class BackboneCfg:
         pretrained / pretrained_cfg_overlay: passed to ``timm.create_model``
             (``pretrained_cfg_overlay=dict(file="/path/ckpt.pth")`` loads a local file).
         kwargs: extra ``timm.create_model`` kwargs (``drop_path_rate``, ``wrc_normalize``, ...).
+        model_args: every architecture field the backbone was built with (timm's ``model_args``), kwargs to
+            ``timm.create_model`` under ``kwargs``. A built detector fills it in for the backbones that declare their
+            architecture (``cspwrc_*``: :func:`cspwrc.backbone.resolved_model_args`), so ``model.config`` and every
+            checkpoint record the layout itself, not only the registered name: a later change of the registered
+            defaults does not change (or break) a saved model. ``None`` (files of earlier versions, a new config):
+            the registered defaults.
         freeze_bn: convert the backbone's BatchNorm to timm's ``FrozenBatchNorm2d`` / ``FrozenBatchNormAct2d``.
         freeze_stages: freeze (no grad, frozen BN) the modules that compute the first N levels of the
             backbone's ``feature_info`` (level 1 is the stem for timm CNNs: ``resnet18`` with 2 = stem + layer1).
@@ -79,6 +85,7 @@ class BackboneCfg:
     pretrained: bool = False
     pretrained_cfg_overlay: dict[str, Any] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    model_args: dict[str, Any] | None = None
     freeze_bn: bool = False
     freeze_stages: int = 0
 
@@ -169,7 +176,7 @@ def check_backbone(cfg: BackboneCfg) -> None:
     ``cfg.kwargs``, has the stride 8/16/32 levels and at least ``cfg.freeze_stages`` levels. A
     :class:`~cspwrc.errors.ConfigError` names the key (``backbone.freeze_stages: ...``); the run config checks this
     before any image is read."""
-    probe, _ = _meta_probe(cfg.name, cfg.kwargs, note=False)
+    probe, _ = _meta_probe(cfg.name, {**(cfg.model_args or {}), **cfg.kwargs}, note=False)
     reductions = probe.feature_info.reduction()
     try:
         select_feature_levels(reductions, cfg.name)
@@ -267,11 +274,13 @@ class YoloDetector(Foldable, nn.Module):
         if num_classes < 1:
             raise ConfigError(f"num_classes: must be >= 1, got {num_classes}")
         self.num_classes = num_classes
-        # The saved config (``model.config``) keeps only the backbone options that were applied.
-        cfg = dataclasses.replace(cfg, backbone=dataclasses.replace(
-            cfg.backbone, kwargs=supported_backbone_kwargs(cfg.backbone.name, cfg.backbone.kwargs)))
-        self.cfg = cfg
+        # The saved config (``model.config``) keeps only the backbone options that were applied, and the resolved
+        # architecture (BackboneCfg.model_args).
         bcfg = cfg.backbone
+        kwargs = supported_backbone_kwargs(bcfg.name, {**(bcfg.model_args or {}), **bcfg.kwargs})
+        bcfg = dataclasses.replace(bcfg, kwargs={k: v for k, v in kwargs.items() if k in bcfg.kwargs},
+                                   model_args=resolved_model_args(bcfg.name, kwargs) or bcfg.model_args)
+        self.cfg = cfg = dataclasses.replace(cfg, backbone=bcfg)
         self.backbone = create_feature_backbone(
             bcfg.name,
             LEVEL_REDUCTIONS,
@@ -279,7 +288,7 @@ class YoloDetector(Foldable, nn.Module):
             pretrained_cfg_overlay=bcfg.pretrained_cfg_overlay,
             freeze_bn=bcfg.freeze_bn,
             freeze_stages=bcfg.freeze_stages,
-            **bcfg.kwargs,
+            **kwargs,
         )
         backbone_channels = self.backbone.feature_info.channels()
         self.strides = tuple(self.backbone.feature_info.reduction())

@@ -78,7 +78,8 @@ def _mismatch_message(path: str | Path, model: YoloDetector, err: RuntimeError) 
     return (f"{path}: weights do not match the model its metadata describes ({load_mismatch(err)}). It records "
             f"backbone {backbone['name']!r} with kwargs "
             f"{backbone['kwargs'] or {}}: the registered model's own defaults may have changed since it was trained "
-            f"(cspwrc_n did, to bottle_ratio 2, docs/backbone.md); load it with the cspwrc version that trained it")
+            f"(cspwrc_n did, to bottle_ratio 2, docs/backbone.md; files written since record the layout itself, "
+            f"backbone.model_args); load it with the cspwrc version that trained it")
 
 
 def input_size(meta: Mapping[str, Any], img: int | None = None) -> int:
