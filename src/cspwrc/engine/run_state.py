@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +89,10 @@ def load_resume(path: str | Path, overrides: dict[str, Any] | None = None) -> tu
 
 def build_training_state(run: RunState, model: nn.Module, optimizer: Any, scheduler: WarmupScheduler, scaler: Any,
                          ema: ModelEmaV3 | None, config: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    """The ``NAME.state.pt`` dict; ``config`` is the run config as a dict, ``meta`` the weights' metadata."""
-    return {"epoch": run.epoch, "global_step": run.global_step, "optimizer_steps": run.optimizer_steps,
-            "best_map": run.best_map, "best_epoch": run.best_epoch,
-            "history": run.history, "nan_skipped": run.nan_skipped, "read_skipped": run.read_skipped,
-            "train_time_s": run.train_time_s, "eval_time_s": run.eval_time_s,
+    """The ``NAME.state.pt`` dict; ``config`` is the run config as a dict, ``meta`` the weights' metadata. Every
+    :class:`RunState` field is saved under its own name (``dataclasses.asdict``), the list
+    :func:`restore_training_state` reads back: a new field round-trips without a second list to update."""
+    return {**asdict(run),
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "ema": ema.module.state_dict() if ema is not None else None,
@@ -134,7 +133,7 @@ def restore_training_state(st: dict[str, Any], out: Path, model: nn.Module, opti
     scaler.load_state_dict(st["scaler"])
     if ema is not None and st.get("ema") is not None:
         ema.module.load_state_dict(st["ema"])
-    run = RunState(**{k: st[k] for k in RunState.__dataclass_fields__ if k in st})
+    run = RunState(**{f.name: st[f.name] for f in fields(RunState) if f.name in st})
     if "optimizer_steps" not in st:  # a state from before gradient accumulation: one step per batch
         run.optimizer_steps = run.global_step
     return run
