@@ -43,7 +43,11 @@ CASES = [
                                           "reduction 8"),
     (["--set", "model.backbone.freeze_stages=9"], "model.backbone.freeze_stages: must be at most 5 (cspwrc_s has 5 "
                                                   "feature levels"),
-    (["--set", "model.backbone.kwargs.wrc_normalise=relu"], "model.backbone.kwargs: cspwrc_s refuses"),
+    (["--set", "model.backbone.kwargs.wrc_normalise=relu"], "model.backbone.kwargs: cspwrc_s takes no "
+                                                            "'wrc_normalise'; did you mean 'wrc_normalize'?"),
+    (["--set", "model.backbone.kwargs.output_stride=4"], "model.backbone.kwargs: cspwrc_s refuses "
+                                                         "{'output_stride': 4}: output_stride must be 8, 16 or 32"),
+    (["--set", "model.backbone.kwargs.drop_path=0.1"], "did you mean 'drop_path_rate'?"),
     (["--model", "cspwrc_ss"], "model.backbone.name: unknown model 'cspwrc_ss'; close matches: cspwrc_s"),
 ]
 

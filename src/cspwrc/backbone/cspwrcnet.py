@@ -129,7 +129,8 @@ class CspWrcNet(nn.Module):
             drop_path_rate: Stochastic depth, linearly increasing over all bottlenecks.
         """
         super().__init__()
-        assert output_stride in (8, 16, 32)
+        if output_stride not in (8, 16, 32):  # a user's kwarg (--set model.backbone.kwargs.output_stride=4)
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
         cfg = replace(cfg, **kwargs)
         dd = dict(device=device, dtype=dtype)
         self.cfg = cfg

@@ -15,6 +15,7 @@ load its weights).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import re
 from collections.abc import Mapping, Sequence
@@ -26,10 +27,10 @@ import torch
 from timm.layers import convert_sync_batchnorm, freeze_batch_norm_2d
 from torch import Tensor, nn
 
-from cspwrc.backbone import CspWrcCfg, resolved_model_args
+from cspwrc.backbone import CspWrcCfg, CspWrcNet, resolved_model_args
 from cspwrc.errors import ConfigError
 from cspwrc.layers import Foldable, fold_model
-from cspwrc.validate import Fault, build_dataclass, check_value, merge, require
+from cspwrc.validate import Fault, build_dataclass, check_value, merge, nearest, require
 from cspwrc.weights import feature_key
 
 from .head import DecoupledHead, HeadCfg, HeadOutputs
@@ -58,6 +59,9 @@ log = logging.getLogger("cspwrc.det")
 _UNEXPECTED_KWARG = re.compile(r"unexpected keyword argument '(\w+)'")
 # Options of the cspwrc backbones (wrc_weights, wrc_normalize, ...): dropped where a backbone does not take them.
 CSPWRC_OPTIONS = frozenset(f.name for f in dataclasses.fields(CspWrcCfg))
+# What a misspelt backbone kwarg is matched against for a "did you mean": the cspwrc options and the keyword
+# arguments of CspWrcNet, which are timm's common ones (drop_path_rate, output_stride, in_chans, ...).
+KNOWN_BACKBONE_KWARGS = sorted(CSPWRC_OPTIONS | (set(inspect.signature(CspWrcNet).parameters) - {"cfg", "kwargs"}))
 
 
 @dataclass
@@ -161,7 +165,11 @@ def _meta_probe(name: str, kwargs: dict[str, Any], note: bool = True) -> tuple[n
                 return timm.create_model(name, features_only=True, pretrained=False, **kept), kept
         except TypeError as err:
             match = _UNEXPECTED_KWARG.search(str(err))
-            if match is None or match.group(1) not in kept or match.group(1) not in CSPWRC_OPTIONS:
+            if match is not None and match.group(1) in kept and match.group(1) not in CSPWRC_OPTIONS:
+                close = nearest(match.group(1), KNOWN_BACKBONE_KWARGS)
+                hint = f"; did you mean {close!r}?" if close else ""
+                raise ConfigError(f"backbone.kwargs: {name} takes no {match.group(1)!r}{hint}") from None
+            if match is None or match.group(1) not in kept:
                 raise ConfigError(f"backbone.kwargs: {name} refuses {kept}: {err}") from None
             del kept[match.group(1)]
             if note:
