@@ -26,7 +26,7 @@ from torchvision.ops import nms
 
 from cspwrc import __version__ as cspwrc_version
 from cspwrc.atomic import write_bytes
-from cspwrc.deploy.parity import NmsParity, NmsTolerance, compare_nms
+from cspwrc.deploy.parity import NmsParity, NmsTolerance, compare_nms, raw_parity
 from cspwrc.det import RawPredictions, build_detector
 from cspwrc.det.load import load_detector
 from cspwrc.det.postprocess import PostprocessCfg, postprocess, topk_detections, topk_pairs
@@ -140,8 +140,11 @@ def run_onnx(path: str | Path, images: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(raw)
 
 
-def check_export(module: nn.Module, fmt: str, path: str | Path, img: int, batch: int = 2) -> float:
-    """Max abs difference between PyTorch and the exported file on a random batch (another size than traced)."""
+def check_export(module: nn.Module, fmt: str, path: str | Path, img: int, batch: int = 2,
+                 tol: NmsTolerance = NmsTolerance()) -> str:
+    """PyTorch against the exported file on a random batch (another size than traced): the one-line report of
+    :func:`~cspwrc.deploy.parity.raw_parity`, which raises :class:`~cspwrc.deploy.parity.ExportMismatch` (exit 3)
+    beyond ``tol``."""
     images = torch.rand(batch, 3, img, img)
     with torch.no_grad():
         expected = module(images)
@@ -151,7 +154,7 @@ def check_export(module: nn.Module, fmt: str, path: str | Path, img: int, batch:
             with warnings.catch_warnings():
                 _quiet_tracing()
                 actual = torch.jit.load(str(path))(images)
-    return float((expected - actual).abs().max())
+    return raw_parity(expected.numpy(), actual.numpy(), tol, fmt)
 
 
 # ------------------------------------------------------------------------------------------------ end-to-end NMS

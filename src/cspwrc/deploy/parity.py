@@ -26,7 +26,8 @@ import numpy as np
 
 from cspwrc.errors import RunStopped
 
-__all__ = ["ExportMismatch", "NmsParity", "NmsTolerance", "box_iou", "compare_nms", "parity_report"]
+__all__ = ["HALF_TOLERANCE", "ExportMismatch", "NmsParity", "NmsTolerance", "box_iou", "compare_nms", "parity_report",
+           "raw_parity"]
 
 MAX_FAULTS = 3  # per image in a message: the first few say what is wrong
 
@@ -46,6 +47,29 @@ class NmsTolerance:
 
     def __str__(self) -> str:
         return f"boxes {self.box_px:g} px, scores {self.score:g}, IoU {self.iou:g}"
+
+
+# fp16 inside the graph (export --half): ~3 significant digits per op, so a 600 px corner moves by up to ~1 px.
+HALF_TOLERANCE = NmsTolerance(box_px=1.0, score=1e-2)
+
+
+def raw_parity(expected: np.ndarray, actual: np.ndarray, tol: NmsTolerance, what: str) -> str:
+    """A raw export (``[B, A, 4 + C]``, no post-processing) against PyTorch's output on the same images: one line
+    with the largest box and probability differences, or :class:`ExportMismatch` (exit 3) naming the worse one and
+    the tolerance."""
+    if expected.shape != actual.shape:
+        raise ExportMismatch(f"the exported {what} gives output {list(actual.shape)}, PyTorch {list(expected.shape)}. "
+                             "The file is written; do not deploy it")
+    box = float(np.abs(expected[..., :4] - actual[..., :4]).max(initial=0.0))
+    score = float(np.abs(expected[..., 4:] - actual[..., 4:]).max(initial=0.0))
+    if not (np.isfinite(box) and np.isfinite(score)):
+        raise ExportMismatch(f"the exported {what} gives non-finite outputs where PyTorch's are finite. The file is "
+                             "written; do not deploy it")
+    line = f"boxes max {box:.3g} px, probabilities max {score:.3g} (tolerance: {tol})"
+    if box > tol.box_px or score > tol.score:
+        raise ExportMismatch(f"the exported {what} does not reproduce the PyTorch output on a random batch: {line}. "
+                             "The file is written; do not deploy it")
+    return f"{what} parity on a random batch: {line}"
 
 
 @dataclass
@@ -108,10 +132,14 @@ def compare_nms(raw: np.ndarray, expected: dict[str, np.ndarray], actual: dict[s
     # 1. every ONNX detection is a candidate of the model
     for j, (box, score, label) in enumerate(zip(actual["boxes"], actual["scores"], actual["labels"], strict=True)):
         close = np.abs(probs[:, int(label)] - score) <= tol.score
-        diff = float(np.abs(boxes[close] - box).max(-1).min()) if close.any() else np.inf
+        if not close.any():
+            out.faults.append(f"ONNX {_describe(actual, j)} is no detection candidate of the PyTorch model (no "
+                              "matching detection: no point has that score for its label)")
+            continue
+        diff = float(np.abs(boxes[close] - box).max(-1).min())
         out.max_box_diff = max(out.max_box_diff, diff)
         if diff > tol.box_px:
-            why = "no point has that score for its label" if np.isinf(diff) else f"nearest box {diff:.3g} px off"
+            why = f"nearest box {diff:.3g} px off"
             out.faults.append(f"ONNX {_describe(actual, j)} is no detection candidate of the PyTorch model ({why})")
     # 2. the ONNX side keeps the rules of the post-processing
     candidates = probs[probs > score_thresh]
