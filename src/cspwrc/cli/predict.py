@@ -31,7 +31,8 @@ from PIL import Image
 from cspwrc.atomic import WriteError, make_dir, write_bytes, write_json
 from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.data.image_io import read_rgb
-from cspwrc.det.predict import class_names, describe, detect, input_size, load_detector, select
+from cspwrc.deploy.exported import load_model
+from cspwrc.det.predict import class_names, describe, detect, input_size, select
 from cspwrc.draw import draw_boxes
 from cspwrc.engine.distributed import resolve_device
 from cspwrc.errors import InputError, SampleReadError, shorten
@@ -42,7 +43,7 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv"}
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", required=True)
+    parser.add_argument("--weights", required=True, help="cspwrc .safetensors checkpoint, or an exported .onnx")
     parser.add_argument("--source", required=True, help="an image, a video, a folder of them, or a quoted glob")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--img", type=int, default=None, help="inference size (default: the checkpoint's)")
@@ -192,7 +193,7 @@ class Writer:
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     device = resolve_device(args.device)
-    model, meta = load_detector(args.weights, device)
+    model, meta = load_model(args.weights, device)
     sources = list_sources(args.source)
     names = class_names(meta)
     classes = class_indices(args.classes, names)

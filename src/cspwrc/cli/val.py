@@ -1,7 +1,10 @@
-"""Evaluate a cspwrc detector checkpoint on any COCO-format annotation file with pycocotools.
+"""Evaluate a cspwrc detector checkpoint, or the file exported from it, on any COCO-format annotation file.
 
     python tools/eval_det.py --weights runs/det/best.safetensors --ann instances_val.json --images val/ \
         [--img 640] [--out results.json]
+    python tools/eval_det.py --weights model.onnx --ann instances_val.json --images val/     # what you ship
+
+An exported file is read through its own metadata (cspwrc.deploy.exported): classes, input size, post-processing.
 
 Prints the 12 standard COCOeval numbers and a per-class table (instances, P/R/F1 at the best-F1 confidence,
 AP50, AP; classes without instances marked); writes COCO results JSON (original category ids, xywh boxes in
@@ -33,7 +36,8 @@ from cspwrc.data import (
     read_error_message,
     verify_coco,
 )
-from cspwrc.det.load import input_size, load_detector
+from cspwrc.deploy.exported import load_model
+from cspwrc.det.load import input_size
 from cspwrc.engine.distributed import resolve_device
 from cspwrc.engine.eval_plots import write_eval_plots
 from cspwrc.engine.evaluate import coco_evaluate, predict_loader, write_results
@@ -42,7 +46,8 @@ from cspwrc.errors import RunStopped
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", required=True, help="cspwrc .safetensors checkpoint (last/best)")
+    parser.add_argument("--weights", required=True, help="cspwrc .safetensors checkpoint (last/best), or a file "
+                        "`cspwrc export` wrote (.onnx: raw, --nms, --half, int8)")
     parser.add_argument("--ann", required=True, help="COCO instances JSON")
     parser.add_argument("--images", required=True, help="image folder the JSON's file_names are relative to")
     parser.add_argument("--img", type=int, default=None, help="eval size, multiple of 32 (default: the checkpoint's)")
@@ -71,7 +76,7 @@ def shared_categories(report: CheckReport, model_ids: list[int]) -> list[int]:
 
 def run(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
-    model, meta = load_detector(args.weights, device)
+    model, meta = load_model(args.weights, device)
     img = input_size(meta, args.img)
     model_ids = [int(c) for c in meta.get("category_ids", range(int(meta["num_classes"])))]
     report = verify_coco(args.ann, args.images, progress=not args.no_progress)

@@ -301,6 +301,7 @@ def onnx_metadata(meta: dict[str, Any], img: int, stride: int, nms: EndToEnd | N
                             "pre_nms_topk": nms.pre_nms_topk} if nms.nms else
                            {"score_thresh": nms.score_thresh, "max_det": nms.max_det, "topk": True}) if nms else None),
         "end2end": json.dumps(end2end),
+        "post": json.dumps(meta["model"].get("post")),  # the checkpoint's post-processing, for a raw graph
     }
 
 

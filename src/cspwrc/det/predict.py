@@ -44,7 +44,7 @@ def detect(model: nn.Module, image: np.ndarray, img: int) -> Detections:
         ``boxes float32 [K, 4]`` (xyxy, original pixels, clipped to the image), ``scores float32 [K]``,
         ``labels int64 [K]``, sorted by score, on the CPU.
     """
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device  # an exported model (no parameters) runs from the CPU
     canvas, scale, pad = letterbox(image, img)
     batch = torch.from_numpy(canvas).permute(2, 0, 1)[None].to(device).float().div_(255.0)
     out = model(batch)[0]

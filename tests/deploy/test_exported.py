@@ -1,0 +1,105 @@
+"""cspwrc.deploy.exported: `cspwrc val` / `predict` on an exported ONNX file score what the checkpoint scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cspwrc.cli import export as export_cli
+from cspwrc.cli import predict as predict_cli
+from cspwrc.cli import val as val_cli
+from cspwrc.data import ensure_shapes_dataset
+from cspwrc.det import build_detector
+from cspwrc.engine.checkpoint import save_checkpoint
+
+pytest.importorskip("onnxruntime")
+IMG = 96
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_shapes_dataset(tmp_path_factory.mktemp("shapes") / "s", num_train=4, num_val=6, seed=2).parent
+
+
+def _checkpoint(folder: Path, **head: object) -> Path:
+    """A small detector whose final layers are spread (an untrained head scores every point alike: ties), saved as
+    the trainer saves it."""
+    torch.manual_seed(0)
+    model = build_detector("cspwrc_n", 5, neck={"channels": [16, 32, 64]}, head=head).eval()
+    branches = (model.head.o2o_cls_branches, model.head.o2o_box_branches) if model.end2end else (
+        model.head.cls_branches, model.head.box_branches)
+    with torch.no_grad():
+        for branch in (*branches[0], *branches[1]):
+            nn.init.normal_(branch[-1].weight, std=0.3)
+            branch[-1].bias.normal_(-2.0, 1.0)
+    meta = {"model": model.config, "num_classes": 5, "class_names": ["circle", "square", "triangle", "star", "cross"],
+            "category_ids": [1, 2, 3, 4, 5], "img": IMG}
+    return save_checkpoint(folder, "m", model.state_dict(), meta, state=None)
+
+
+def _val(weights: Path, shapes: Path, out: Path) -> dict:
+    args = ["--weights", str(weights), "--ann", str(shapes / "annotations" / "instances_val.json"),
+            "--images", str(shapes / "images" / "val"), "--json", str(out / "val.json"), "--out",
+            str(out / "dets.json"), "--no-progress", "--device", "cpu"]
+    assert val_cli.main(args) == 0
+    return json.loads((out / "val.json").read_text()) | {"dets": json.loads((out / "dets.json").read_text())}
+
+
+@pytest.mark.parametrize("head, extra", [({}, []), ({}, ["--nms", "--conf", "0.001"]),
+                                         ({"reg_max": 1, "cls_branch": "dw", "end2end": True}, [])],
+                         ids=["raw", "nms-graph", "end2end-raw"])
+def test_val_of_the_exported_file_matches_the_checkpoint(shapes, tmp_path, head, extra):
+    weights = _checkpoint(tmp_path, **head)
+    onnx_file = tmp_path / "m.onnx"
+    assert export_cli.main(["--weights", str(weights), "--out", str(onnx_file), *extra]) == 0
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "ox").mkdir()
+    ref, got = _val(weights, shapes, tmp_path / "ck"), _val(onnx_file, shapes, tmp_path / "ox")
+    assert ref["num_detections"] > 50 and ref["img"] == got["img"] == IMG
+    assert abs(got["num_detections"] - ref["num_detections"]) <= 0.01 * ref["num_detections"]
+    assert got["stats"] == pytest.approx(ref["stats"], abs=2e-3)
+    best = sorted(ref["dets"], key=lambda d: -d["score"])[0]
+    assert sorted(got["dets"], key=lambda d: -d["score"])[0]["score"] == pytest.approx(best["score"], abs=1e-4)
+
+
+def test_predict_takes_an_onnx_file(shapes, tmp_path):
+    weights = _checkpoint(tmp_path)
+    onnx_file = tmp_path / "m.onnx"
+    assert export_cli.main(["--weights", str(weights), "--out", str(onnx_file)]) == 0
+    out = {}
+    for name, w in (("ck", weights), ("ox", onnx_file)):
+        assert predict_cli.main(["--weights", str(w), "--source", str(shapes / "images" / "val"), "--out",
+                                 str(tmp_path / name), "--conf", "0.3", "--device", "cpu"]) == 0
+        out[name] = json.loads((tmp_path / name / "detections.json").read_text())["images"]
+    # The same detections up to NMS tie-breaks: this synthetic head gives many points exactly equal scores, and the
+    # float rounding of onnxruntime vs PyTorch may pick another of two tied boxes (one more or one fewer kept).
+    counts = [(len(a["detections"]), len(b["detections"])) for a, b in zip(out["ck"], out["ox"], strict=True)]
+    assert all(abs(a - b) <= 1 for a, b in counts) and sum(a for a, _ in counts) > 20
+    assert out["ox"][0]["detections"][0]["class_name"] == out["ck"][0]["detections"][0]["class_name"]
+
+
+def test_foreign_truncated_or_unlabelled_onnx_is_exit_2(shapes, tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    args = ["--ann", str(shapes / "annotations" / "instances_val.json"), "--images", str(shapes / "images" / "val")]
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07 this is not a protobuf of a model")
+    assert val_cli.main(["--weights", str(junk), *args]) == 2
+    assert f"{junk}: not a readable ONNX model" in capsys.readouterr().err
+    weights = _checkpoint(tmp_path)
+    good = tmp_path / "m.onnx"
+    assert export_cli.main(["--weights", str(weights), "--out", str(good)]) == 0
+    truncated = tmp_path / "cut.onnx"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert val_cli.main(["--weights", str(truncated), *args]) == 2
+    assert f"{truncated}: not a readable ONNX model" in capsys.readouterr().err
+    bare = onnx.load(str(good))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    assert val_cli.main(["--weights", str(tmp_path / "bare.onnx"), *args]) == 2
+    assert "no cspwrc metadata" in capsys.readouterr().err
+    assert val_cli.main(["--weights", str(good), "--img", "128", *args]) == 2
+    assert "exported for 96x96 inputs" in capsys.readouterr().err
