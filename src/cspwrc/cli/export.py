@@ -11,6 +11,7 @@ Examples:
     python tools/export.py --weights runs/exp/best.safetensors --format onnx --out model.onnx
     python tools/export.py --model cspwrc_s --num-classes 80 --format torchscript --img 640 --out model.ts
     python tools/export.py --weights runs/exp/best.safetensors --nms --conf 0.25 --out model_nms.onnx
+    python tools/export.py --weights runs/exp/best.safetensors --int8 --data my.yaml --out model_int8.onnx
 
 Exit codes: 0 done, 2 bad input (a checkpoint that is refused, truncated, empty or not a cspwrc detector; an
 unknown --model; a bad --img), 3 the output could not be written, or the exported file does not reproduce PyTorch
@@ -22,6 +23,9 @@ differed); --debug for tracebacks.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import tempfile
 from pathlib import Path
 
 import torch
@@ -29,6 +33,8 @@ import torch
 import cspwrc  # noqa: F401 - registers the cspwrc models with timm
 from cspwrc.atomic import WriteError
 from cspwrc.cli import add_debug_flag, guarded
+from cspwrc.data import CocoDetection, build_loader
+from cspwrc.data.config import load_data_config
 from cspwrc.deploy.export import (
     FORMATS,
     EndToEnd,
@@ -42,9 +48,12 @@ from cspwrc.deploy.export import (
     onnx_metadata,
     write_onnx_metadata,
 )
-from cspwrc.deploy.parity import HALF_TOLERANCE, NmsTolerance, parity_report
+from cspwrc.deploy.exported import load_model
+from cspwrc.deploy.parity import HALF_TOLERANCE, ExportMismatch, NmsTolerance, parity_report
+from cspwrc.deploy.quantize import DEFAULT_CALIB, calibration_images, quantize_int8
 from cspwrc.det.load import DEFAULT_IMG, input_size
 from cspwrc.engine.config import check_model_name
+from cspwrc.engine.evaluate import coco_evaluate, predict_loader
 from cspwrc.errors import InputError
 
 
@@ -66,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with --nms: detections per image (default: the detector's)")
     p.add_argument("--half", action="store_true",
                    help="fp16 weights and compute (ONNX only; input and output stay float32), for GPU runtimes")
+    p.add_argument("--int8", action="store_true", help="ONNX only: int8 (static QDQ, onnxruntime) calibrated on "
+                   "--data's train images; the convolutions only, box decoding and post-processing stay float")
+    p.add_argument("--data", help="with --int8: data YAML whose train images calibrate and whose val images check "
+                   "the int8 model's mAP against the float one")
+    p.add_argument("--calib", type=int, default=DEFAULT_CALIB, help="with --int8: calibration images")
     add_debug_flag(p)
     args = p.parse_args(argv)
     if args.nms and args.format != "onnx":
@@ -74,6 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--conf/--iou/--max-det set the exported NMS: add --nms")
     if args.half and (args.format != "onnx" or args.nms):
         p.error("--half needs --format onnx without --nms (the fp16 graph ends at raw; run postprocess_numpy after it)")
+    if args.int8 and (args.format != "onnx" or args.half or not args.data):
+        p.error("--int8 needs --format onnx, no --half, and --data (the images it is calibrated on)")
     return args
 
 
@@ -83,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
     detector, meta = load_for_export(args.weights, args.model, args.num_classes)
     img = input_size(meta, args.img)
     module = deploy_model(detector)
+    if args.int8:
+        return _export_int8(args, detector, meta, module, img)
     try:  # the exporters write the files themselves
         if args.nms:
             return _export_nms(args, detector, meta, module, img)
@@ -122,6 +140,56 @@ def _export_nms(args: argparse.Namespace, detector: torch.nn.Module, meta: dict,
         tol = NmsTolerance()
         print(parity_report(check_export_nms(e2e, path, torch.rand(2, 3, img, img), tol), tol))
     return 0
+
+
+# An int8 model more than this far below its float model on the check images is not shipped silently (exit 3).
+INT8_MAX_DROP = 0.05
+
+
+def _export_int8(args: argparse.Namespace, detector: torch.nn.Module, meta: dict, module: torch.nn.Module,
+                 img: int) -> int:
+    """``--int8``: the float graph (raw or --nms) in a temporary file, quantized into ``--out``, then both scored on
+    up to :data:`INT8_CHECK_IMAGES` val images of ``--data``: a drop over :data:`INT8_MAX_DROP` mAP is exit 3."""
+    images = calibration_images(args.data, img, args.calib)  # exit 2 before anything is written
+    with tempfile.TemporaryDirectory(prefix="cspwrc_int8_") as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        float_args = argparse.Namespace(**{**vars(args), "out": fp32, "int8": False, "no_check": True})
+        with contextlib.redirect_stdout(io.StringIO()):
+            (_export_nms(float_args, detector, meta, module, img) if args.nms else
+             write_onnx_metadata(export(module, "onnx", fp32, img), onnx_metadata(meta, img, max(detector.strides))))
+        try:
+            quantize_int8(fp32, args.out, images)
+        except OSError as err:
+            raise WriteError(f"could not write {args.out}: {err}") from err
+        print(f"wrote {args.out} (onnx int8 QDQ, convolutions only, calibrated on {len(images)} train images of "
+              f"{args.data}; input images [B, 3, {img}, {img}] in [0, 1])")
+        if not args.no_check:
+            print(int8_check(fp32, args.out, args.data, img, meta))
+    return 0
+
+
+INT8_CHECK_IMAGES = 100
+
+
+def int8_check(fp32: Path, int8: Path, data_yaml: str, img: int, meta: dict) -> str:
+    """mAP@[.5:.95] of the float and the int8 file on the first :data:`INT8_CHECK_IMAGES` val images of the data
+    set; :class:`ExportMismatch` (exit 3) when int8 loses more than :data:`INT8_MAX_DROP`."""
+    cfg = load_data_config(data_yaml)
+    data = CocoDetection(cfg.val.ann, cfg.val.images, img=img, train=False, num_images=INT8_CHECK_IMAGES,
+                         progress=False)
+    loader = build_loader(data, 8, train=False, workers=0)
+    ids = [int(c) for c in meta.get("category_ids", range(int(meta["num_classes"])))]
+    scores = {}
+    for name, path in (("float", fp32), ("int8", int8)):
+        model, _ = load_model(path)
+        results, image_ids = predict_loader(model, loader, ids, torch.device("cpu"), progress=False)
+        scores[name] = coco_evaluate(data.coco_gt(), results, image_ids).map
+    line = (f"int8 check on {len(data)} val images of {data_yaml}: mAP@[.5:.95] float {scores['float']:.4f}, int8 "
+            f"{scores['int8']:.4f} ({scores['int8'] - scores['float']:+.4f})")
+    if scores["float"] - scores["int8"] > INT8_MAX_DROP:
+        raise ExportMismatch(f"{line}: the int8 model loses more than {INT8_MAX_DROP} mAP. The file is written; do "
+                             "not deploy it (more --calib images, or keep the float model)")
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:

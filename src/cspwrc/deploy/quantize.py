@@ -1,0 +1,86 @@
+"""int8 post-training quantization of an exported ONNX file, calibrated on the user's own images (``export --int8``).
+
+onnxruntime's static quantization (``onnxruntime.quantization.quantize_static``), QDQ format: int8 weights per
+output channel, int8 activations whose ranges are the min/max seen on the calibration images. Only the
+convolutions are quantized (``op_types_to_quantize=["Conv"]``, nearly all the multiply-adds): what follows the
+last convs -- the box decoding (anchor points, DFL softmax and expectation, or the softplus of direct regression),
+the class sigmoid and NMS / top-k -- stays in float, because an int8 grid over pixel coordinates (0..640, one step
+~2.5 px) and over probabilities near the score threshold would cost accuracy for no speed.
+
+Calibration images come through the data pipeline itself (:class:`cspwrc.data.CocoDetection`, ``train=False``:
+letterbox, no augmentation), from the train split of the data YAML, the first ``num`` in file order. A data set that
+is missing or has fewer than :data:`MIN_CALIB` images is an :class:`~cspwrc.errors.InputError` (exit 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cspwrc.data import CocoDetection
+from cspwrc.data.config import load_data_config
+from cspwrc.errors import InputError
+
+__all__ = ["DEFAULT_CALIB", "MIN_CALIB", "calibration_images", "quantize_int8"]
+
+DEFAULT_CALIB = 128  # images; onnxruntime's and Ultralytics' int8 guides use a few hundred at most
+MIN_CALIB = 8  # fewer images give activation ranges of a handful of scenes
+
+
+def calibration_images(data_yaml: str | Path, img: int, num: int = DEFAULT_CALIB) -> np.ndarray:
+    """``float32 [N, 3, img, img]`` in ``[0, 1]``: the first ``num`` train images of ``data_yaml``, letterboxed as at
+    inference."""
+    if num < MIN_CALIB:
+        raise InputError(f"--calib {num}: at least {MIN_CALIB} calibration images")
+    cfg = load_data_config(data_yaml)
+    data = CocoDetection(cfg.train.ann, cfg.train.images, img=img, train=False, progress=False)
+    if len(data) < MIN_CALIB:
+        raise InputError(f"{data_yaml}: its train split has {len(data)} usable images; int8 calibration needs at "
+                         f"least {MIN_CALIB}")
+    return np.stack([data[i][0].numpy() for i in range(min(num, len(data)))]).astype(np.float32) / 255.0
+
+
+class _Reader:
+    """onnxruntime's ``CalibrationDataReader`` protocol: one ``{input: [1, 3, S, S]}`` feed per call, then None."""
+
+    def __init__(self, input_name: str, images: np.ndarray) -> None:
+        self.feeds = iter([{input_name: x[None]} for x in images])
+
+    def get_next(self) -> dict[str, Any] | None:
+        return next(self.feeds, None)
+
+
+def quantize_int8(fp32: str | Path, out: str | Path, images: np.ndarray, input_name: str = "images") -> Path:
+    """Write the int8 (QDQ) version of the ONNX file ``fp32`` to ``out``, calibrated on ``images`` (module doc); the
+    metadata of ``fp32`` is kept."""
+    import onnx  # noqa: PLC0415  (the optional [export] extra)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # noqa: PLC0415
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: PLC0415
+
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="cspwrc_quant_") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quiet = logging.getLogger()  # onnxruntime's quantizer logs its hints on the root logger
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            # onnxruntime's recommended first step: shape inference and graph optimisation (constant folding, so
+            # that every conv's folded bias is an initializer the quantizer can take)
+            quant_pre_process(str(fp32), str(prepared))
+            quantize_static(str(prepared), str(out), _Reader(input_name, images), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=["Conv"], per_channel=True, activation_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+        finally:
+            quiet.setLevel(level)
+    model, source = onnx.load(str(out)), onnx.load(str(fp32), load_external_data=False)
+    del model.metadata_props[:]
+    for prop in source.metadata_props:
+        model.metadata_props.add(key=prop.key, value=prop.value)
+    model.metadata_props.add(key="quantization", value="int8 QDQ (onnxruntime static, Conv only, per-channel "
+                             f"weights, MinMax activations over {len(images)} calibration images)")
+    onnx.save(model, str(out))
+    return out
