@@ -11,7 +11,6 @@ from test_exported import _checkpoint
 from cspwrc.cli import export as export_cli
 from cspwrc.data import ensure_shapes_dataset
 from cspwrc.deploy.exported import load_model
-from cspwrc.deploy.postprocess import onnx_metadata_numpy
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime.quantization")
@@ -28,7 +27,7 @@ def test_int8_export_quantizes_the_convs_only_and_keeps_the_metadata(data_yaml, 
     assert export_cli.main(["--weights", str(weights), "--out", str(out), "--int8", "--data", str(data_yaml),
                             "--calib", "10"]) == 0
     printed = capsys.readouterr().out
-    assert "onnx int8 QDQ, convolutions only, calibrated on 10 train images" in printed
+    assert "onnx int8 QDQ, convolutions only, calibrated on 10 train images" in printed, printed
     assert "int8 check on 4 val images" in printed
     graph = onnx.load(str(out)).graph
     quantized = {n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
@@ -41,12 +40,13 @@ def test_int8_export_quantizes_the_convs_only_and_keeps_the_metadata(data_yaml, 
     assert {"Softmax", "Sigmoid"} <= {n.op_type for n in graph.node}  # DFL softmax and class sigmoid, in float
     model, meta = load_model(out)
     assert meta["class_names"][0] == "circle" and model.img == 96
-    assert "int8 QDQ" in onnx_metadata_numpy(model.session)["quantization"]
+    assert "int8 QDQ" in model.meta["quantization"]
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--int8"], "--int8 needs --format onnx, no --half, and --data"),
-    (["--int8", "--data", "DATA", "--half"], "--int8 needs --format onnx, no --half"),
+    (["--int8"], "--int8 needs --format onnx or openvino, no --half, and --data"),
+    (["--int8", "--data", "DATA", "--half"], "--int8 needs --format onnx or openvino, no --half"),
+    (["--int8", "--data", "DATA", "--format", "torchscript"], "--int8 needs --format onnx or openvino"),
 ])
 def test_int8_flag_misuse_is_exit_2(data_yaml, tmp_path, capsys, extra, message):
     args = ["--model", "cspwrc_n", "--out", str(tmp_path / "x.onnx"),

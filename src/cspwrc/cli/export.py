@@ -23,11 +23,10 @@ differed); --debug for tracebacks.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import cspwrc  # noqa: F401 - registers the cspwrc models with timm
@@ -37,6 +36,7 @@ from cspwrc.data import CocoDetection, build_loader
 from cspwrc.data.config import load_data_config
 from cspwrc.deploy.export import (
     FORMATS,
+    NMS_OUTPUTS,
     EndToEnd,
     check_export,
     check_export_nms,
@@ -46,11 +46,12 @@ from cspwrc.deploy.export import (
     half_onnx,
     load_for_export,
     onnx_metadata,
+    onnx_to_openvino,
     write_onnx_metadata,
 )
-from cspwrc.deploy.exported import load_model
-from cspwrc.deploy.parity import HALF_TOLERANCE, ExportMismatch, NmsTolerance, parity_report
-from cspwrc.deploy.quantize import DEFAULT_CALIB, calibration_images, quantize_int8
+from cspwrc.deploy.exported import ExportedDetector, load_model
+from cspwrc.deploy.parity import HALF_TOLERANCE, ExportMismatch, NmsTolerance, parity_report, raw_parity
+from cspwrc.deploy.quantize import DEFAULT_CALIB, calibration_images, quantize_int8, quantize_openvino_int8
 from cspwrc.det.load import DEFAULT_IMG, input_size
 from cspwrc.engine.config import check_model_name
 from cspwrc.engine.evaluate import coco_evaluate, predict_loader
@@ -63,7 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--weights", type=Path, help="cspwrc detector checkpoint (.safetensors)")
     src.add_argument("--model", help="backbone name for a freshly initialised detector (e.g. to test a runtime)")
     p.add_argument("--num-classes", type=int, default=80, help="with --model")
-    p.add_argument("--format", choices=FORMATS, default="onnx")
+    p.add_argument("--format", choices=FORMATS, default="onnx",
+                   help="onnx (a file), torchscript (a file), openvino (an IR folder: --out NAME_openvino_model)")
     p.add_argument("--img", type=int, default=None, help=f"input size (default: the checkpoint's, else {DEFAULT_IMG})")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-check", action="store_true", help="skip the PyTorch-vs-export parity check")
@@ -82,14 +84,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib", type=int, default=DEFAULT_CALIB, help="with --int8: calibration images")
     add_debug_flag(p)
     args = p.parse_args(argv)
-    if args.nms and args.format != "onnx":
-        p.error("--nms needs --format onnx (the NonMaxSuppression graph is an ONNX export)")
+    if args.nms and args.format == "torchscript":
+        p.error("--nms needs --format onnx or openvino (the NonMaxSuppression graph is an ONNX export)")
     if not args.nms and any(v is not None for v in (args.conf, args.iou, args.max_det)):
         p.error("--conf/--iou/--max-det set the exported NMS: add --nms")
-    if args.half and (args.format != "onnx" or args.nms):
-        p.error("--half needs --format onnx without --nms (the fp16 graph ends at raw; run postprocess_numpy after it)")
-    if args.int8 and (args.format != "onnx" or args.half or not args.data):
-        p.error("--int8 needs --format onnx, no --half, and --data (the images it is calibrated on)")
+    if args.half and (args.format == "torchscript" or (args.format == "onnx" and args.nms)):
+        p.error("--half needs --format onnx without --nms (the fp16 graph ends at raw; run postprocess_numpy after "
+                "it), or --format openvino")
+    if args.int8 and (args.format == "torchscript" or args.half or not args.data):
+        p.error("--int8 needs --format onnx or openvino, no --half, and --data (the images it is calibrated on)")
     return args
 
 
@@ -99,11 +102,16 @@ def run(args: argparse.Namespace) -> int:
     detector, meta = load_for_export(args.weights, args.model, args.num_classes)
     img = input_size(meta, args.img)
     module = deploy_model(detector)
-    if args.int8:
-        return _export_int8(args, detector, meta, module, img)
+    images = calibration_images(args.data, img, args.calib) if args.int8 else None  # exit 2 before any write
     try:  # the exporters write the files themselves
+        if args.format == "openvino" or args.int8:
+            return _export_derived(args, detector, meta, module, img, images)
         if args.nms:
-            return _export_nms(args, detector, meta, module, img)
+            e2e = _write_float_onnx(args, detector, meta, module, img, args.out)
+            _print_nms_graph(args.out, e2e, img)
+            if not args.no_check:  # exit 3 when onnxruntime does not keep what PyTorch keeps, within the tolerance
+                print(parity_report(check_export_nms(e2e, args.out, torch.rand(2, 3, img, img)), NmsTolerance()))
+            return 0
         path = export(module, args.format, args.out, img)
         if args.half:
             half_onnx(path)
@@ -120,9 +128,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_nms(args: argparse.Namespace, detector: torch.nn.Module, meta: dict, module: torch.nn.Module,
-                img: int) -> int:
-    """``--nms``: the end-to-end ONNX graph, checked against the PyTorch post-processing on random images."""
+def _write_float_onnx(args: argparse.Namespace, detector: torch.nn.Module, meta: dict, module: torch.nn.Module,
+                      img: int, path: Path) -> EndToEnd | None:
+    """The float ONNX graph with its metadata: raw, or with the post-processing inside (``--nms``: NMS, or the top-k
+    of an end-to-end head), whose :class:`EndToEnd` module is returned for the parity check."""
+    if not args.nms:
+        write_onnx_metadata(export(module, "onnx", path, img), onnx_metadata(meta, img, max(detector.strides)))
+        return None
     cfg = detector.cfg.post
     if detector.end2end and args.iou is not None:
         raise InputError(f"--iou {args.iou}: {args.weights or args.model} has an end-to-end head, whose graph keeps "
@@ -130,41 +142,58 @@ def _export_nms(args: argparse.Namespace, detector: torch.nn.Module, meta: dict,
     e2e = EndToEnd(module, img, cfg.score_thresh if args.conf is None else args.conf,
                    cfg.nms_iou if args.iou is None else args.iou,
                    cfg.max_det if args.max_det is None else args.max_det, cfg.pre_nms_topk, nms=not detector.end2end)
-    path = export_onnx_nms(e2e, args.out, img)
-    write_onnx_metadata(path, onnx_metadata(meta, img, max(detector.strides), e2e))
+    write_onnx_metadata(export_onnx_nms(e2e, path, img), onnx_metadata(meta, img, max(detector.strides), e2e))
+    return e2e
+
+
+def _print_nms_graph(path: Path, e2e: EndToEnd, img: int, fmt: str = "onnx") -> None:
     tail = f"iou {e2e.nms_iou}, " if e2e.nms else ""
-    print(f"wrote {path} (onnx + {'NonMaxSuppression' if e2e.nms else 'top-k of the end-to-end head, no NMS'}, "
+    print(f"wrote {path} ({fmt} + {'NonMaxSuppression' if e2e.nms else 'top-k of the end-to-end head, no NMS'}, "
           f"input images [B, 3, {img}, {img}] in [0, 1], outputs boxes [K, 4], scores [K], labels [K], "
           f"batch_index [K]; conf {e2e.score_thresh}, {tail}max_det {e2e.max_det})")
-    if not args.no_check:  # exit 3 when onnxruntime does not keep what PyTorch keeps, within the tolerance
-        tol = NmsTolerance()
-        print(parity_report(check_export_nms(e2e, path, torch.rand(2, 3, img, img), tol), tol))
-    return 0
 
 
 # An int8 model more than this far below its float model on the check images is not shipped silently (exit 3).
 INT8_MAX_DROP = 0.05
 
 
-def _export_int8(args: argparse.Namespace, detector: torch.nn.Module, meta: dict, module: torch.nn.Module,
-                 img: int) -> int:
-    """``--int8``: the float graph (raw or --nms) in a temporary file, quantized into ``--out``, then both scored on
-    up to :data:`INT8_CHECK_IMAGES` val images of ``--data``: a drop over :data:`INT8_MAX_DROP` mAP is exit 3."""
-    images = calibration_images(args.data, img, args.calib)  # exit 2 before anything is written
-    with tempfile.TemporaryDirectory(prefix="cspwrc_int8_") as tmp:
+def _export_derived(args: argparse.Namespace, detector: torch.nn.Module, meta: dict, module: torch.nn.Module,
+                    img: int, images: np.ndarray | None) -> int:
+    """``--int8`` and ``--format openvino``: the float ONNX graph (raw or --nms) in a temporary file, then quantized
+    (onnxruntime QDQ or NNCF) and/or converted to OpenVINO into ``--out``. Checked: an int8 file's mAP against the
+    float one on up to :data:`INT8_CHECK_IMAGES` val images of ``--data`` (a drop over :data:`INT8_MAX_DROP` is exit
+    3); a float OpenVINO model's outputs against PyTorch's, like the ONNX exports."""
+    with tempfile.TemporaryDirectory(prefix="cspwrc_export_") as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
-        float_args = argparse.Namespace(**{**vars(args), "out": fp32, "int8": False, "no_check": True})
-        with contextlib.redirect_stdout(io.StringIO()):
-            (_export_nms(float_args, detector, meta, module, img) if args.nms else
-             write_onnx_metadata(export(module, "onnx", fp32, img), onnx_metadata(meta, img, max(detector.strides))))
-        try:
+        e2e = _write_float_onnx(args, detector, meta, module, img, fp32)
+        if args.format == "openvino":
+            ov_model = quantize_openvino_int8(fp32, images) if args.int8 else None
+            onnx_to_openvino(fp32, args.out, half=args.half, ov_model=ov_model)
+            kind = "int8 (NNCF)" if args.int8 else "fp16 weights" if args.half else "fp32"
+        else:
             quantize_int8(fp32, args.out, images)
-        except OSError as err:
-            raise WriteError(f"could not write {args.out}: {err}") from err
-        print(f"wrote {args.out} (onnx int8 QDQ, convolutions only, calibrated on {len(images)} train images of "
-              f"{args.data}; input images [B, 3, {img}, {img}] in [0, 1])")
-        if not args.no_check:
+            kind = "int8 QDQ, convolutions only"
+        calibrated = f", calibrated on {len(images)} train images of {args.data}" if images is not None else ""
+        if e2e is None:
+            print(f"wrote {args.out} ({args.format} {kind}{calibrated}; input images [B, 3, {img}, {img}] in [0, 1], "
+                  f"output raw [B, A, 4 + {meta['num_classes']}])")
+        else:
+            _print_nms_graph(args.out, e2e, img, f"{args.format} {kind}{calibrated}")
+        if args.no_check:
+            return 0
+        if args.int8:
             print(int8_check(fp32, args.out, args.data, img, meta))
+            return 0
+        # A float OpenVINO model: the same parity checks as the ONNX exports, on OpenVINO's outputs.
+        runner = ExportedDetector(args.out).run
+        x = torch.rand(2, 3, img, img)
+        tol = HALF_TOLERANCE if args.half else NmsTolerance()
+        if e2e is None:
+            with torch.no_grad():
+                print(raw_parity(module(x).numpy(), runner(x.numpy())[0], tol, "openvino"))
+        else:
+            got = dict(zip(NMS_OUTPUTS, runner(x.numpy()), strict=True))
+            print(parity_report(check_export_nms(e2e, fp32, x, tol, got=got), tol))
     return 0
 
 

@@ -34,7 +34,7 @@ from cspwrc.det.postprocess import PostprocessCfg, postprocess, topk_detections,
 ONNX_OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "raw"
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "openvino")
 
 
 def deploy_model(detector: nn.Module) -> nn.Module:
@@ -257,11 +257,12 @@ def run_onnx_nms(path: str | Path, images: torch.Tensor) -> dict[str, np.ndarray
 
 
 def check_export_nms(module: EndToEnd, path: str | Path, images: torch.Tensor,
-                     tol: NmsTolerance = NmsTolerance()) -> list[NmsParity]:
-    """onnxruntime's detections against :func:`postprocess` of the PyTorch raw output, one
-    :func:`~cspwrc.deploy.parity.compare_nms` per image of ``images [B, 3, S, S]`` in [0, 1]; judge the results with
-    :func:`~cspwrc.deploy.parity.parity_report` (raises :class:`~cspwrc.deploy.parity.ExportMismatch`)."""
-    got = run_onnx_nms(path, images)
+                     tol: NmsTolerance = NmsTolerance(), got: dict[str, np.ndarray] | None = None) -> list[NmsParity]:
+    """onnxruntime's detections (or ``got``, another runtime's outputs of the same graph) against :func:`postprocess`
+    of the PyTorch raw output, one :func:`~cspwrc.deploy.parity.compare_nms` per image of ``images [B, 3, S, S]`` in
+    [0, 1]; judge the results with :func:`~cspwrc.deploy.parity.parity_report` (raises
+    :class:`~cspwrc.deploy.parity.ExportMismatch`)."""
+    got = run_onnx_nms(path, images) if got is None else got
     with torch.no_grad():
         raw = module.raw_model(images)
     size = (module.img, module.img)
@@ -303,6 +304,24 @@ def onnx_metadata(meta: dict[str, Any], img: int, stride: int, nms: EndToEnd | N
         "end2end": json.dumps(end2end),
         "post": json.dumps(meta["model"].get("post")),  # the checkpoint's post-processing, for a raw graph
     }
+
+
+def onnx_to_openvino(onnx_file: str | Path, out: str | Path, half: bool = False, ov_model: Any = None) -> Path:
+    """Write an exported ONNX file as an OpenVINO IR folder ``out/model.xml + model.bin`` (Ultralytics' layout),
+    fp32 or with fp16 weights (``half``), its metadata copied into ``rt_info`` section ``cspwrc``
+    (:mod:`cspwrc.deploy.exported` reads it back); ``ov_model``: an already converted (e.g. int8) model of it."""
+    import onnx  # noqa: PLC0415  (the optional [export] extra)
+    import openvino as ov  # noqa: PLC0415  (the optional [openvino] extra)
+
+    from cspwrc.deploy.exported import OPENVINO_XML, RT_INFO  # noqa: PLC0415  (it imports this module)
+
+    model = ov_model if ov_model is not None else ov.convert_model(str(onnx_file))
+    for prop in onnx.load(str(onnx_file), load_external_data=False).metadata_props:
+        model.set_rt_info(prop.value, [RT_INFO, prop.key])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(out / OPENVINO_XML), compress_to_fp16=half)
+    return out
 
 
 def write_onnx_metadata(path: str | Path, metadata: dict[str, str]) -> None:

@@ -1,23 +1,27 @@
 """Exported models as first-class detectors: ``cspwrc val`` / ``predict`` take an exported file where they take a
 checkpoint, so the mAP of the file a user ships is a ``val`` away.
 
-:func:`load_model` reads a cspwrc ``.safetensors`` checkpoint (:func:`cspwrc.det.load.load_detector`) or an ONNX file
-written by ``cspwrc export`` (raw, ``--nms`` or an end-to-end head's top-k graph; fp32, ``--half`` or int8), and
+:func:`load_model` reads a cspwrc ``.safetensors`` checkpoint (:func:`cspwrc.det.load.load_detector`), an ONNX file
+or an OpenVINO IR folder written by ``cspwrc export`` (raw, ``--nms`` or an end-to-end head's top-k graph; fp32,
+``--half`` or int8), and
 returns ``(model, meta)`` with the same interface either way: ``model(images float [B, 3, S, S] in [0, 1])`` gives per
 image ``boxes [K, 4]`` (xyxy input pixels), ``scores [K]``, ``labels [K]``; ``model.cfg.post`` holds the
 post-processing settings; ``meta`` has ``num_classes``, ``class_names``, ``category_ids`` and ``img``.
 
-An ONNX file is read through its own metadata (:func:`cspwrc.deploy.export.onnx_metadata`): names, input size and
+An exported file is read through its own metadata (:func:`cspwrc.deploy.export.onnx_metadata`; an OpenVINO IR
+keeps the same keys in its ``rt_info`` section ``cspwrc``): names, input size and
 what the graph ends in. A raw graph gets the detector's post-processing in PyTorch (NMS with the exported
 checkpoint's settings, or the top-k of an end-to-end head); a graph with the post-processing inside is used as is
 (its score threshold was fixed at export, e.g. ``--conf 0.25``: a val of it scores what it keeps). A file that is
-not ONNX, is truncated, or carries no cspwrc metadata is a :class:`~cspwrc.errors.CheckpointError` (exit 2) naming
-it. ONNX files run on onnxruntime's CPU provider.
+not ONNX / OpenVINO, is truncated, or carries no cspwrc metadata is a :class:`~cspwrc.errors.CheckpointError` (exit
+2) naming it. They run on the CPU (onnxruntime's CPU provider, OpenVINO's CPU plugin).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +34,14 @@ from cspwrc.det.load import load_detector
 from cspwrc.det.postprocess import PostprocessCfg, postprocess, topk_detections
 from cspwrc.errors import CheckpointError, InputError
 
-__all__ = ["ONNX_SUFFIX", "OnnxDetector", "load_model"]
+__all__ = ["ONNX_SUFFIX", "OPENVINO_META_KEYS", "OPENVINO_XML", "RT_INFO", "ExportedDetector", "is_openvino",
+           "load_model"]
 
 ONNX_SUFFIX = ".onnx"
+OPENVINO_XML = "model.xml"  # in an IR folder (Ultralytics' NAME_openvino_model/ layout), beside model.bin
+RT_INFO = "cspwrc"  # the OpenVINO rt_info section that holds the metadata of an ONNX export, key by key
+OPENVINO_META_KEYS = ("producer", "cspwrc_version", "model", "names", "category_ids", "imgsz", "stride", "input",
+                      "outputs", "nms", "end2end", "post", "quantization")
 
 
 @dataclass
@@ -42,38 +51,29 @@ class ExportedCfg:
     post: PostprocessCfg
 
 
-class OnnxDetector(nn.Module):
-    """A cspwrc ONNX export behind the eval interface of :class:`~cspwrc.det.YoloDetector` (module doc).
+class ExportedDetector(nn.Module):
+    """A cspwrc export (ONNX file or OpenVINO IR folder) behind the eval interface of
+    :class:`~cspwrc.det.YoloDetector` (module doc).
 
     Args:
-        path: the ``.onnx`` file.
-        threads: onnxruntime intra-op threads (None: one per core).
+        path: the ``.onnx`` file, or the OpenVINO folder (``model.xml`` + ``model.bin``) or its ``.xml``.
+        threads: runtime intra-op threads (None: the runtime's default, one per core).
     """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         super().__init__()
-        # The optional [export] extra; imported here so that checkpoints load without it.
-        from cspwrc.deploy.export import INPUT_NAME, NMS_OUTPUTS, OUTPUT_NAME, ort_session  # noqa: PLC0415
-        from cspwrc.deploy.postprocess import onnx_metadata_numpy  # noqa: PLC0415
+        from cspwrc.deploy.export import NMS_OUTPUTS, OUTPUT_NAME  # noqa: PLC0415  (the optional [export] extra)
 
         self.path = Path(path)
-        try:
-            self.session = ort_session(self.path, threads)
-        except ImportError as err:
-            raise InputError(f"{self.path}: running an ONNX file needs onnxruntime (pip install -e '.[export]'): "
-                             f"{err}") from err
-        except Exception as err:  # onnxruntime raises its own types for a truncated or foreign file
-            raise CheckpointError(f"{self.path}: not a readable ONNX model ({str(err).splitlines()[0][:200]})") from err
-        meta = onnx_metadata_numpy(self.session)
+        self.runtime = "openvino" if is_openvino(self.path) else "onnx"
+        self.run, meta, outputs = (_openvino if self.runtime == "openvino" else _onnxruntime)(self.path, threads)
         if meta.get("producer") != "cspwrc" or "names" not in meta or "imgsz" not in meta:
             raise CheckpointError(f"{self.path}: no cspwrc metadata (producer, names, imgsz); not a model written by "
                                   "`cspwrc export`, so its classes, input size and outputs are unknown")
-        outputs = [o.name for o in self.session.get_outputs()]
         self.in_graph = meta.get("nms")  # the post-processing the graph ends in, or None: a raw graph
         expected = list(NMS_OUTPUTS) if self.in_graph else [OUTPUT_NAME]
         if outputs != expected:
             raise CheckpointError(f"{self.path}: outputs {outputs}, its metadata says {expected}")
-        self.input_name = INPUT_NAME
         self.meta = meta
         self.img = int(meta["imgsz"][0])
         self.end2end = bool(meta.get("end2end", False))
@@ -88,31 +88,80 @@ class OnnxDetector(nn.Module):
         if tuple(images.shape[-2:]) != (self.img, self.img):
             raise InputError(f"{self.path}: exported for {self.img}x{self.img} inputs, got {tuple(images.shape[-2:])} "
                              f"(run it with --img {self.img})")
-        feed = {self.input_name: images.detach().float().cpu().numpy()}
+        outputs = self.run(np.ascontiguousarray(images.detach().float().cpu().numpy()))
         if not self.in_graph:
-            (raw,) = self.session.run(None, feed)
-            raw_t = torch.from_numpy(raw)
+            raw = torch.from_numpy(outputs[0])
             post = self.cfg.post
             if self.end2end:
-                return topk_detections(raw_t, post.score_thresh, post.max_det, (self.img, self.img))
-            return postprocess(raw_t, **dataclasses.asdict(post), image_size=(self.img, self.img))
-        boxes, scores, labels, index = self.session.run(None, feed)
+                return topk_detections(raw, post.score_thresh, post.max_det, (self.img, self.img))
+            return postprocess(raw, **dataclasses.asdict(post), image_size=(self.img, self.img))
+        boxes, scores, labels, index = outputs
         return [{"boxes": torch.from_numpy(boxes[index == b]).float(), "scores": torch.from_numpy(scores[index == b]),
                  "labels": torch.from_numpy(labels[index == b].astype(np.int64))} for b in range(images.shape[0])]
+
+
+Runner = Callable[[np.ndarray], list[np.ndarray]]
+
+
+def _onnxruntime(path: Path, threads: int | None) -> tuple[Runner, dict[str, Any], list[str]]:
+    """An onnxruntime CPU session of ``path``: its run function, decoded metadata and output names."""
+    from cspwrc.deploy.export import INPUT_NAME, ort_session  # noqa: PLC0415  (the optional [export] extra)
+    from cspwrc.deploy.postprocess import onnx_metadata_numpy  # noqa: PLC0415
+
+    try:
+        session = ort_session(path, threads)
+    except ImportError as err:
+        raise InputError(f"{path}: running an ONNX file needs onnxruntime (pip install -e '.[export]'): {err}") from err
+    except Exception as err:  # onnxruntime raises its own types for a truncated or foreign file
+        raise CheckpointError(f"{path}: not a readable ONNX model ({str(err).splitlines()[0][:200]})") from err
+    return (lambda x: session.run(None, {INPUT_NAME: x})), onnx_metadata_numpy(session), [
+        o.name for o in session.get_outputs()]
+
+
+def _openvino(path: Path, threads: int | None) -> tuple[Runner, dict[str, Any], list[str]]:
+    """An OpenVINO CPU compiled model of an IR folder or ``.xml``: its run function, metadata and output names."""
+    try:
+        import openvino as ov  # noqa: PLC0415  (the optional [openvino] extra)
+    except ImportError as err:
+        raise InputError(f"{path}: running an OpenVINO model needs openvino (pip install -e '.[openvino]')") from err
+    xml = path / OPENVINO_XML if path.is_dir() else path
+    try:
+        model = ov.Core().read_model(str(xml))
+        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads} if threads else {})
+    except RuntimeError as err:
+        raise CheckpointError(f"{xml}: not a readable OpenVINO model ({str(err).splitlines()[0][:200]})") from err
+    meta = {}
+    for key in OPENVINO_META_KEYS:
+        if model.has_rt_info([RT_INFO, key]):
+            meta[key] = _decode(model.get_rt_info([RT_INFO, key]).astype(str))
+    outputs = [o.get_any_name() for o in compiled.outputs]
+    return (lambda x: [compiled(x)[o] for o in compiled.outputs]), meta, outputs
+
+
+def _decode(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value  # plain text (input, outputs, model, version)
+
+
+def is_openvino(path: Path) -> bool:
+    """An OpenVINO IR: a folder holding ``model.xml``, or an ``.xml`` file."""
+    return (path.is_dir() and (path / OPENVINO_XML).is_file()) or path.suffix.lower() == ".xml"
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """A checkpoint or an exported file as ``(model, meta)`` (module doc); ``device`` applies to checkpoints (an
     ONNX file runs on onnxruntime's CPU provider)."""
     path = Path(path)
-    if path.suffix.lower() != ONNX_SUFFIX:
+    if path.suffix.lower() != ONNX_SUFFIX and not is_openvino(path):
         return load_detector(path, device)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: no such file")
-    model = OnnxDetector(path)
+    model = ExportedDetector(path)
     meta = model.meta
     names = list(meta["names"])
     return model.eval(), {"num_classes": len(names), "class_names": names,
                           "category_ids": meta.get("category_ids") or list(range(len(names))), "img": model.img,
-                          "model": meta.get("model"), "exported": {"format": "onnx", "in_graph": model.in_graph,
+                          "model": meta.get("model"), "exported": {"format": model.runtime, "in_graph": model.in_graph,
                                                                     "end2end": model.end2end}}

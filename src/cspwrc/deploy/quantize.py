@@ -1,4 +1,6 @@
-"""int8 post-training quantization of an exported ONNX file, calibrated on the user's own images (``export --int8``).
+"""int8 post-training quantization of an exported model, calibrated on the user's own images (``export --int8``).
+
+ONNX Runtime (:func:`quantize_int8`) and OpenVINO (:func:`quantize_openvino_int8`, NNCF) from the same float ONNX file.
 
 onnxruntime's static quantization (``onnxruntime.quantization.quantize_static``), QDQ format: int8 weights per
 output channel, int8 activations whose ranges are the min/max seen on the calibration images. Only the
@@ -25,7 +27,7 @@ from cspwrc.data import CocoDetection
 from cspwrc.data.config import load_data_config
 from cspwrc.errors import InputError
 
-__all__ = ["DEFAULT_CALIB", "MIN_CALIB", "calibration_images", "quantize_int8"]
+__all__ = ["DEFAULT_CALIB", "MIN_CALIB", "calibration_images", "quantize_int8", "quantize_openvino_int8"]
 
 DEFAULT_CALIB = 128  # images; onnxruntime's and Ultralytics' int8 guides use a few hundred at most
 MIN_CALIB = 8  # fewer images give activation ranges of a handful of scenes
@@ -84,3 +86,16 @@ def quantize_int8(fp32: str | Path, out: str | Path, images: np.ndarray, input_n
                              f"weights, MinMax activations over {len(images)} calibration images)")
     onnx.save(model, str(out))
     return out
+
+
+def quantize_openvino_int8(fp32: str | Path, images: np.ndarray) -> Any:
+    """The int8 OpenVINO model of the ONNX file ``fp32``: NNCF post-training quantization (``nncf.quantize``, its
+    default mixed preset) calibrated on ``images``; the DFL expectation (a MatMul over the bins) and everything
+    NNCF does not quantize by default (softmax, sigmoid, the decode's adds, NMS / top-k) stay float, as in
+    :func:`quantize_int8`. Save it with :func:`cspwrc.deploy.export.onnx_to_openvino` (``ov_model=``)."""
+    import nncf  # noqa: PLC0415  (the optional [openvino] extra)
+    import openvino as ov  # noqa: PLC0415
+
+    model = ov.convert_model(str(fp32))
+    dataset = nncf.Dataset([x[None] for x in images])
+    return nncf.quantize(model, dataset, subset_size=len(images), ignored_scope=nncf.IgnoredScope(types=["MatMul"]))
