@@ -42,5 +42,6 @@ def test_one_training_step_with_the_default_recipe_options(name: str, caplog: py
 
 
 def test_a_typo_is_not_dropped() -> None:
-    with pytest.raises(ConfigError, match=r"backbone\.kwargs: cspwrc_n refuses .*unexpected keyword.*'wrc_normalise'"):
+    with pytest.raises(ConfigError, match=r"backbone\.kwargs: cspwrc_n takes no 'wrc_normalise'; did you mean "
+                                          r"'wrc_normalize'\?"):
         build_detector({"name": "cspwrc_n", "kwargs": {"wrc_normalise": "relu"}}, num_classes=2, cfg=RECIPE)
