@@ -1,4 +1,5 @@
-"""Training conveniences: --patience, --eval-interval, the per-epoch log line, TensorBoard, resume --epochs."""
+"""Training conveniences: --patience, --eval-interval, the per-epoch log line, TensorBoard and the other reporting
+callbacks, resume --epochs."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import pytest
 from _tiny import tiny_config, tiny_data
 
 from cspwrc.engine import trainer as trainer_mod
+from cspwrc.engine.callbacks import Callback
 from cspwrc.engine.config import ConfigError, add_cli_arguments, cli_overrides, load_config
 from cspwrc.engine.evaluate import EvalResult
+from cspwrc.engine.guard import TrainingStopped
+from cspwrc.engine.loggers import BatchPictures, ResultsFiles, TensorBoardLogger
 from cspwrc.engine.trainer import Trainer, load_resume
 
 
@@ -93,3 +97,39 @@ def test_tensorboard_scalars(data, tmp_path, fake_eval):
     events.Reload()
     assert {"train/loss", "train/loss_cls", "misc/lr", "val/map", "val/map50"} <= set(events.Tags()["scalars"])
     assert [(e.step, round(e.value, 4)) for e in events.Scalars("val/map")] == [(1, 0.25), (2, 0.5)]
+
+
+def test_reporting_is_default_callbacks_and_teardown_always_runs(data, tmp_path, fake_eval):
+    """results.csv, TensorBoard and the batch pictures are the default callbacks (before the caller's); a run that a
+    callback stops mid-epoch still tears every callback down (the TensorBoard writer closed) and releases its lock."""
+    fake_eval[0].extend([0.25, 0.5])
+    seen: list[str] = []
+
+    class Stopper(Callback):
+        def on_epoch_end(self, trainer, row):
+            raise TrainingStopped("stopped by a callback")
+
+        def on_teardown(self, trainer):
+            seen.append("teardown")
+
+    out = tmp_path / "run"
+    trainer = Trainer(tiny_config(data, out, max_steps_per_epoch=1, tensorboard=True), progress=False,
+                      callbacks=[Stopper()])
+    assert [type(c) for c in trainer.callbacks[:3]] == [ResultsFiles, TensorBoardLogger, BatchPictures]
+    board = trainer.callbacks[1]
+    closed: list[bool] = []
+    real_start = board.on_train_start
+
+    def start(tr):
+        real_start(tr)
+        if board.writer is not None:  # tensorboard installed: watch the writer being closed
+            real_close = board.writer.close
+            board.writer.close = lambda: (closed.append(True), real_close())
+
+    board.on_train_start = start
+    with pytest.raises(TrainingStopped):
+        trainer.fit()
+    assert seen == ["teardown"] and board.writer is None
+    assert closed in ([True], [])  # [] only without the optional tensorboard package
+    assert (out / "results.csv").is_file() and (out / "train_batch0.jpg").is_file()
+    assert not trainer.lock.path.exists()

@@ -21,7 +21,7 @@ def runner(path: Path, threads: int):
         size = i.shape[-1] if isinstance(i.shape[-1], int) else 640
         x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
         return partial(s.run, None, {i.name: x}), size
-    import openvino as ov
+    import openvino as ov  # noqa: PLC0415 - only for OpenVINO files
     xml = path / "model.xml" if path.is_dir() else path
     if path.is_dir() and not xml.is_file():
         xml = next(path.glob("*.xml"))

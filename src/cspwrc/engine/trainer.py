@@ -45,6 +45,7 @@ from cspwrc.engine.distributed import resolve_amp
 from cspwrc.engine.evaluate import EvalResult, evaluate
 from cspwrc.engine.guard import TrainingStopped
 from cspwrc.engine.lock import RunLock
+from cspwrc.engine.loggers import default_callbacks
 from cspwrc.engine.optim import WarmupScheduler, accumulate_steps, build_optimizer, fitted_epochs
 from cspwrc.engine.report import LOSS_KEYS
 from cspwrc.engine.run_state import RunState, load_resume
@@ -52,7 +53,6 @@ from cspwrc.engine.rundir import choose_run_dir, open_run_dir
 
 __all__ = ["Trainer", "TrainingStopped", "load_resume", "resolve_amp"]
 
-PLOT_BATCHES = 3  # train_batch*.jpg pictures at the start of the run and of the close-mosaic epochs
 
 
 class Trainer:
@@ -78,7 +78,6 @@ class Trainer:
     stop: guard.StopSignals  # SIGTERM/SIGINT received
     finite_guard: guard.FiniteGuard  # the epoch's first non-finite step, on the device (policy 'stop')
     epoch_speed: report.Throughput | None  # the last epoch's train loop: images and seconds (not in the history)
-    tb: Any  # TensorBoard SummaryWriter or None
     # _build_data: data_path, train_set, val_set, workers, train_loader, val_loader, coco_gt (rank 0), steps_per_epoch
     # _build_model: model, ddp_model (DDP-wrapped under torchrun), ema, optimizer, scheduler (rebuilt when train.time
     # refits the epochs), accumulate (batches per optimizer step), loss_scale, channels_last, amp_dtype, use_amp, scaler
@@ -87,7 +86,7 @@ class Trainer:
                  new_run_dir: bool = False, callbacks: Sequence[Callback] = ()) -> None:
         self._started = time.perf_counter()
         self.cfg = copy.deepcopy(cfg)  # --time refits epochs and new_run_dir the folder of this copy only
-        self.callbacks = list(callbacks)
+        self.callbacks = [*default_callbacks(), *callbacks]  # the reporting first (cspwrc.engine.loggers)
         self.device = dist.resolve_device(self.cfg.train.device)
         dist.init_distributed(self.device)
         self.progress = progress and dist.is_main()
@@ -102,14 +101,11 @@ class Trainer:
         self.stop = guard.StopSignals(self._log)
         self.finite_guard = guard.FiniteGuard(self.device)
         self.epoch_speed = None
-        self.tb = None
         try:
             # Every rank sets up, then all agree: a fault one rank finds (the lock is rank 0's alone) stops all of
             # them with the same exit code instead of leaving the others waiting in DDP's first collective.
             dist.agree(lambda: self._setup(resume_state))
         except BaseException:
-            if self.tb is not None:
-                self.tb.close()
             self.lock.release()
             dist.cleanup()
             raise
@@ -125,8 +121,6 @@ class Trainer:
         self.state = RunState()
         if resume_state is not None:
             self._restore(resume_state)
-        use_tb = dist.is_main() and self.cfg.train.tensorboard
-        self.tb = report.tensorboard_writer(self.out / "tb", self.state.epoch + 1) if use_tb else None
 
     # -------------------------------------------------------------------------------------- setup
     def _build_data(self) -> None:
@@ -205,9 +199,7 @@ class Trainer:
             try:
                 for name in names:
                     save_checkpoint(self.out, name, weights, meta, state)
-                # Records after checkpoints: a resumed run rewrites them from the checkpoint's history.
-                report.write_results_csv(self.out / "results.csv", self.state.history)
-                report.plot_curves(self.out / "curves.png", self.state.history)
+                self._emit("on_checkpoint")  # records after checkpoints (loggers.ResultsFiles)
             except WriteError as err:
                 error = str(err)
         error = dist.broadcast_object(error)
@@ -260,10 +252,17 @@ class Trainer:
             raise TrainingStopped(f"{dist.peer_lost_message(err)}; {self._kept()}") from err
         finally:
             self.stop.restore()
+            self._teardown()
             self.lock.release()
-            if self.tb is not None:
-                self.tb.close()
             dist.cleanup()
+
+    def _teardown(self) -> None:
+        """Every callback's ``on_teardown``, each one's error logged (an error here must not hide the run's)."""
+        for callback in self.callbacks:
+            try:
+                callback.on_teardown(self)
+            except Exception as err:  # logged and passed over: the run's own outcome stands
+                self._log(f"warning: {type(callback).__name__}.on_teardown failed: {err}")
 
     def _kept(self) -> str:
         return guard.kept_note(self.out, self.state.epoch, self.cfg.train.epochs)
@@ -274,11 +273,9 @@ class Trainer:
         mosaic = epoch < cfg.epochs - cfg.close_mosaic
         prepare_epoch(self.train_loader, epoch, mosaic=mosaic)
         self.model.set_epoch(epoch, self.cfg.train.epochs)
-        # Pictures of what the model is fed: the first batches of the run and of the close-mosaic epochs.
-        closing = not mosaic and epoch - 1 < cfg.epochs - cfg.close_mosaic
         self._emit("on_epoch_start", epoch)
         t0 = time.perf_counter()
-        means, images = self._train_one_epoch(epoch, PLOT_BATCHES if epoch == 0 or closing else 0)
+        means, images = self._train_one_epoch(epoch)
         seconds = time.perf_counter() - t0
         self.state.train_time_s += seconds
         self.epoch_speed = report.Throughput(images, seconds)
@@ -304,9 +301,8 @@ class Trainer:
             self.scheduler = WarmupScheduler(self.optimizer, self.cfg, self.steps_per_epoch)
             self.scheduler.step(s.global_step)  # the lrs of the new schedule now, not its initial warmup_lr
 
-    def _train_one_epoch(self, epoch: int, plot_batches: int = 0) -> tuple[dict[str, float], int]:
-        """Mean losses of the epoch's taken steps (all ranks) and the number of images stepped on (all ranks); the
-        first ``plot_batches`` batches are also saved as pictures."""
+    def _train_one_epoch(self, epoch: int) -> tuple[dict[str, float], int]:
+        """Mean losses of the epoch's taken steps (all ranks) and the number of images stepped on (all ranks)."""
         self.ddp_model.train()
         sums = torch.zeros(len(LOSS_KEYS), dtype=torch.float64, device=self.device)  # no host sync per step
         done, skipped = 0, 0
@@ -318,8 +314,7 @@ class Trainer:
             if i >= self.steps_per_epoch:
                 break
             skipped += count_skipped(targets)
-            if i < plot_batches and dist.is_main():
-                self._save_batch_picture(images, targets)
+            self._emit("on_batch_start", i, images, targets)
             self.scheduler.step(self.state.global_step)
             pending += 1
             # An epoch ends on an optimizer step, so a resumed run continues exactly (no gradients in flight).
@@ -344,14 +339,6 @@ class Trainer:
         means = dist.all_reduce_mean(sums / max(done, 1))
         self.state.read_skipped += dist.all_reduce_sum_int(skipped)  # every rank's substitutions, not rank 0's
         return dict(zip(LOSS_KEYS, means.tolist(), strict=True)), dist.all_reduce_sum_int(done * self.cfg.train.batch)
-
-    def _save_batch_picture(self, images: torch.Tensor, targets: list[dict[str, Any]]) -> None:
-        """``OUT/train_batch{step}.jpg``: the batch as the model gets it, boxes and class names drawn."""
-        try:
-            report.save_batch_picture(self.out / f"train_batch{self.state.global_step}.jpg", images, targets,
-                                      self.train_set.class_names)
-        except WriteError as err:
-            raise guard.cannot_save(str(err)) from err
 
     def _step(self, images: torch.Tensor, targets: list[dict[str, Any]], epoch: int, step_now: bool
               ) -> torch.Tensor | None:
@@ -443,8 +430,6 @@ class Trainer:
         s.epoch = epoch + 1
         took = row["time_s"] - (s.history[-2]["time_s"] if len(s.history) > 1 else 0.0)
         self._log(report.epoch_line(row, self.cfg.train.epochs, took, self.epoch_speed))
-        if self.tb is not None:
-            report.add_scalars(self.tb, row)
         names = ["last"]
         if result is not None and result.map > s.best_map:
             s.best_map, s.best_epoch = result.map, epoch + 1
