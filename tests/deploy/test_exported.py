@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from cspwrc.cli import benchmark as benchmark_cli
 from cspwrc.cli import export as export_cli
 from cspwrc.cli import predict as predict_cli
 from cspwrc.cli import val as val_cli
@@ -103,3 +104,17 @@ def test_foreign_truncated_or_unlabelled_onnx_is_exit_2(shapes, tmp_path, capsys
     assert "no cspwrc metadata" in capsys.readouterr().err
     assert val_cli.main(["--weights", str(good), "--img", "128", *args]) == 2
     assert "exported for 96x96 inputs" in capsys.readouterr().err
+
+
+def test_benchmark_times_a_checkpoint_and_its_exports(tmp_path, capsys):
+    """`cspwrc benchmark --exported` times trained models in their own runtime at their own size."""
+    weights = _checkpoint(tmp_path)
+    onnx_file = tmp_path / "m.onnx"
+    assert export_cli.main(["--weights", str(weights), "--out", str(onnx_file)]) == 0
+    out = tmp_path / "bench.json"
+    assert benchmark_cli.main(["--exported", str(weights), str(onnx_file), "--threads", "1", "--peak-size", "64",
+                               "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["exported"]
+    assert [r["format"] for r in rows] == ["pytorch (folded, channels_last)", "onnx"]
+    assert all(r["img"] == IMG and r["runtime_ms"] > 0 and r["with_post_ms"] >= 0 for r in rows)
+    assert "| graph ms | with post-processing ms |" in capsys.readouterr().out

@@ -16,6 +16,7 @@ import cspwrc  # noqa: F401 - registers the cspwrc models with timm
 from cspwrc.atomic import make_dir, write_json
 from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.deploy.benchmark import BenchSettings, run_benchmark
+from cspwrc.deploy.exported import time_model
 from cspwrc.deploy.modes import DEFAULT_MODES
 from cspwrc.deploy.report import format_table
 from cspwrc.engine.config import check_model_name
@@ -36,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "bf16 (half-precision weights and input), cudagraph (CUDA graph replay), "
         "e.g. folded+channels_last+fp16+cudagraph",
     )
+    p.add_argument("--exported", nargs="+", type=Path, default=[], metavar="FILE",
+                   help="also time these trained models at bs1 and their own input size, in their own runtime: "
+                   "cspwrc checkpoints (.safetensors) or files `cspwrc export` wrote (.onnx, OpenVINO folders)")
     p.add_argument("--detector", action="store_true", help="also benchmark the full detector (incl. NMS)")
     p.add_argument("--detector-only", action="store_true", help="benchmark only the full detector")
     p.add_argument("--num-classes", type=int, default=80)
@@ -114,8 +118,8 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         check_model_name(name)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731 - progress on stderr, table on stdout
     settings = settings_from_args(args)
-    if args.skip_inference:
-        settings.models = []
+    if args.skip_inference or (args.exported and "--models" not in (sys.argv[1:] if argv is None else argv)):
+        settings.models = []  # --exported alone times just those files
     report = run_benchmark(settings, log=log)
     report["command"] = " ".join(["python", "tools/benchmark.py", *(sys.argv[1:] if argv is None else argv)])
     if report["results"]:
@@ -123,6 +127,12 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         print()
     for precision, peak in report["matmul_peaks_gflop_s"].items():
         print(f"{precision} matmul peak: {peak:.1f} GFLOP/s ({report['env']['threads']} threads)")
+    if args.exported:
+        report["exported"] = [time_model(f, args.threads) for f in args.exported]
+        print("| model | format | img | threads | graph ms | with post-processing ms |\n|---|---|---|---|---|---|")
+        for r in report["exported"]:
+            print(f"| {r['file']} | {r['format']} | {r['img']} | {r['threads'] or 'default'} | {r['runtime_ms']:.1f} | "
+                  f"{r['with_post_ms']:.1f} |")
     if args.train_step:
         report["train_step"] = run_train_benchmark(train_settings_from_args(args), log=log)
         print_train_report(report["train_step"])

@@ -30,12 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from cspwrc.deploy.timing import latency_ms, set_threads
 from cspwrc.det.load import load_detector
 from cspwrc.det.postprocess import PostprocessCfg, postprocess, topk_detections
 from cspwrc.errors import CheckpointError, InputError
 
 __all__ = ["ONNX_SUFFIX", "OPENVINO_META_KEYS", "OPENVINO_XML", "RT_INFO", "ExportedDetector", "is_openvino",
-           "load_model"]
+           "load_model", "time_model"]
 
 ONNX_SUFFIX = ".onnx"
 OPENVINO_XML = "model.xml"  # in an IR folder (Ultralytics' NAME_openvino_model/ layout), beside model.bin
@@ -165,3 +166,27 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
                           "category_ids": meta.get("category_ids") or list(range(len(names))), "img": model.img,
                           "model": meta.get("model"), "exported": {"format": model.runtime, "in_graph": model.in_graph,
                                                                     "end2end": model.end2end}}
+
+
+def time_model(path: str | Path, threads: int | None = None, repeats: int = 30) -> dict[str, Any]:
+    """bs1 latency (ms, median of ``repeats`` after 5 warm-up, :func:`cspwrc.deploy.timing.latency_ms`) of a
+    checkpoint or an exported file at its own input size: ``runtime`` = the graph alone (an exported file; a
+    checkpoint: the folded model's raw forward), ``with_post`` = the detections as ``val`` / ``predict`` get them
+    (the post-processing in PyTorch after a raw graph; nothing more for a graph that has it inside)."""
+    path = Path(path)
+    set_threads(threads)
+    model, meta = load_model(path)
+    size = int(meta.get("img") or 640)
+    x = torch.rand(1, 3, size, size)
+    with torch.inference_mode():
+        if isinstance(model, ExportedDetector):
+            runtime = latency_ms(lambda: model.run(x.numpy()), repeats)
+            fmt = model.runtime + (" int8" if model.meta.get("quantization") else "")
+        else:
+            model = model.fold().to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+            runtime = latency_ms(lambda: model.forward_raw(x), repeats)
+            fmt = "pytorch (folded, channels_last)"
+        with_post = latency_ms(lambda: model(x), repeats)
+    return {"file": str(path), "format": fmt, "img": size, "threads": threads, "runtime_ms": runtime,
+            "with_post_ms": with_post}
