@@ -10,9 +10,10 @@ import re
 import pytest
 from _tiny import tiny_config, tiny_data
 
+from cspwrc.cli.train_flags import add_train_flags, train_overrides
 from cspwrc.engine import trainer as trainer_mod
 from cspwrc.engine.callbacks import Callback
-from cspwrc.engine.config import ConfigError, add_cli_arguments, cli_overrides, load_config
+from cspwrc.engine.config import ConfigError, load_config
 from cspwrc.engine.evaluate import EvalResult
 from cspwrc.engine.guard import TrainingStopped
 from cspwrc.engine.loggers import BatchPictures, ResultsFiles, TensorBoardLogger
@@ -78,13 +79,13 @@ def test_resume_with_fewer_epochs_is_refused_and_more_is_announced(data, tmp_pat
 
 def test_flags_and_their_checks():
     parser = argparse.ArgumentParser()
-    add_cli_arguments(parser)
-    over = cli_overrides(parser.parse_args(["--patience", "5", "--eval-interval", "3"]))
+    add_train_flags(parser)
+    over = train_overrides(parser.parse_args(["--patience", "5", "--eval-interval", "3"]))
     cfg = load_config(None, over)
     assert cfg.train.patience == 5 and cfg.train.eval_interval == 3
     for bad, key in ((["--eval-interval", "0"], "eval_interval"), (["--patience", "-1"], "patience")):
         with pytest.raises(ConfigError, match=f"train.{key}: must be >= "):
-            load_config(None, cli_overrides(parser.parse_args(bad)))
+            load_config(None, train_overrides(parser.parse_args(bad)))
 
 
 def test_tensorboard_scalars(data, tmp_path, fake_eval):

@@ -13,6 +13,7 @@ import pytest
 import timm
 import torch
 
+from cspwrc.cli.train_flags import add_train_flags, train_overrides
 from cspwrc.det import DetectorConfig, YoloDetector
 from cspwrc.det.assigner import AssignerCfg
 from cspwrc.det.detector import BackboneCfg
@@ -22,7 +23,7 @@ from cspwrc.det.loss import LossCfg
 from cspwrc.det.neck import NeckCfg
 from cspwrc.det.postprocess import PostprocessCfg
 from cspwrc.engine.checkpoint import save_checkpoint, save_state
-from cspwrc.engine.config import ConfigError, add_cli_arguments, cli_overrides, load_config, to_dict
+from cspwrc.engine.config import ConfigError, load_config, to_dict
 from cspwrc.engine.trainer import load_resume
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,6 +145,6 @@ def test_a_training_state_of_the_flat_option_era_resumes_with_its_config(tmp_pat
 ])
 def test_the_command_line_takes_only_the_nested_spelling(old: str, new: str) -> None:
     parser = argparse.ArgumentParser()
-    add_cli_arguments(parser)
+    add_train_flags(parser)
     with pytest.raises(ConfigError, match=f"--set {old}: the model options are nested now: --set {new}="):
-        cli_overrides(parser.parse_args(["--set", f"{old}=1"]))
+        train_overrides(parser.parse_args(["--set", f"{old}=1"]))

@@ -5,14 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from cspwrc.engine.config import (
-    ConfigError,
-    add_cli_arguments,
-    cli_overrides,
-    from_dict,
-    load_config,
-    to_dict,
-)
+from cspwrc.cli.train_flags import add_train_flags, train_overrides
+from cspwrc.engine.config import ConfigError, from_dict, load_config, to_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,27 +68,27 @@ def test_img_multiple_of_32_and_model_name(tmp_path):
         load_config(None, {"model": {"backbone": {"name": "resnet1"}}})
 
 
-def test_cli_overrides_and_set():
+def test_train_overrides_and_set():
     parser = argparse.ArgumentParser()
-    add_cli_arguments(parser)
+    add_train_flags(parser)
     args = parser.parse_args(["--epochs", "4", "--model", "resnet18", "--set", "optim.lr=0.01",
                               "--set", "ema.enabled=false", "--set", "model.head.reg_max=8",
                               "--set", "model.backbone.kwargs.wrc_normalize=softmax"])
-    cfg = load_config(ROOT / "configs" / "det" / "default.yaml", cli_overrides(args))
+    cfg = load_config(ROOT / "configs" / "det" / "default.yaml", train_overrides(args))
     assert cfg.train.epochs == 4 and cfg.model.backbone.name == "resnet18"
     assert cfg.optim.lr == 0.01 and cfg.ema.enabled is False and cfg.model.head.reg_max == 8
     assert cfg.model.backbone.kwargs["wrc_normalize"] == "softmax"  # --set goes into an open mapping key by key
     with pytest.raises(ConfigError, match=r"command line: unknown key 'optim\.lrr'"):
-        load_config(None, cli_overrides(parser.parse_args(["--model", "resnet18", "--set", "optim.lrr=1"])))
+        load_config(None, train_overrides(parser.parse_args(["--model", "resnet18", "--set", "optim.lrr=1"])))
 
 
 def test_flags_override_only_when_given():
     """Every flag defaults to None: a recipe's value (or the real recipe's default) stands unless the flag is given."""
     parser = argparse.ArgumentParser()
-    add_cli_arguments(parser)
+    add_train_flags(parser)
     args = parser.parse_args([])
-    assert all(v in (None, []) for v in vars(args).values()) and cli_overrides(args) == {}
-    assert load_config(ROOT / "configs" / "det" / "default.yaml", cli_overrides(args)).train.img == 192
+    assert all(v in (None, []) for v in vars(args).values()) and train_overrides(args) == {}
+    assert load_config(ROOT / "configs" / "det" / "default.yaml", train_overrides(args)).train.img == 192
 
 
 def test_default_recipe_is_valid():

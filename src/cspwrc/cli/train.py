@@ -22,8 +22,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cspwrc.cli import add_debug_flag, guarded
+from cspwrc.cli.train_flags import add_train_flags, train_overrides
 from cspwrc.engine.callbacks import Callback
-from cspwrc.engine.config import ConfigError, add_cli_arguments, cli_overrides, load_config
+from cspwrc.engine.config import ConfigError, load_config
 from cspwrc.engine.trainer import Trainer, load_resume
 
 # The recipes ship inside the package (src/cspwrc/configs links to the checkout's configs/), so an installed
@@ -55,7 +56,7 @@ def default_recipe(args: argparse.Namespace) -> Path | None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_cli_arguments(parser)
+    add_train_flags(parser)
     parser.add_argument("--exist-ok", action="store_true",
                         help="write into --out even if it holds a run (default: the next free runs/det2, ...)")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars (logs only)")
@@ -64,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace, callbacks: Sequence[Callback] = ()) -> int:
-    overrides = cli_overrides(args)
+    overrides = train_overrides(args)
     if args.resume:
         if args.config:
             print("note: --config is ignored with --resume (the run's saved config is used)", file=sys.stderr)

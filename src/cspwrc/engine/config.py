@@ -15,7 +15,6 @@ files and training states of earlier versions) is translated once, where a file'
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ import yaml
 
 from cspwrc.det import DetectorConfig
 from cspwrc.det.detector import check_backbone
-from cspwrc.det.legacy import nested_spelling, upgrade_model_section
+from cspwrc.det.legacy import upgrade_model_section
 from cspwrc.errors import ConfigError
 from cspwrc.validate import Fault, build_dataclass, check_value, merge, require, unknown_key
 
@@ -184,73 +183,6 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
             raise ConfigError(f"command line: --set {dotted}: {key!r} is not a section")
         node = child
     node[keys[-1]] = value
-
-
-# Command-line flag -> dotted config key; the flag's value is parsed with yaml.safe_load (so 3 is an int).
-FLAG_KEYS: dict[str, str] = {
-    "epochs": "train.epochs",
-    "img": "train.img",
-    "batch": "train.batch",
-    "model": "model.backbone.name",
-    "data": "data.path",
-    "weights": "train.weights",
-    "device": "train.device",
-    "workers": "data.workers",
-    "out": "train.out",
-    "seed": "train.seed",
-    "patience": "train.patience",
-    "eval_interval": "train.eval_interval",
-    "time": "train.time",
-}
-
-
-def workers_arg(text: str) -> int | str:
-    """``--workers``: a number or ``auto``."""
-    return text if text == "auto" else int(text)
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default=None, help="run config YAML or a packaged recipe name (default: "
-                        "default, or real with --data; also sgd, ...)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--img", type=int, help="square image size, a multiple of 32")
-    parser.add_argument("--batch", type=int)
-    parser.add_argument("--model", help="timm backbone name, e.g. cspwrc_s, cs3darknet_s, resnet18")
-    parser.add_argument("--data", help="data YAML; default: the embedded shapes data set")
-    parser.add_argument("--weights", help="initialise from a local checkpoint (cspwrc .safetensors or backbone-only)")
-    parser.add_argument("--resume", help="continue a run: its run dir or its last.state.pt")
-    parser.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--workers", type=workers_arg, help="loader processes, or auto (sized to the machine)")
-    parser.add_argument("--out", help="run directory")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--patience", type=int, help="early stopping: epochs without a val mAP gain (0 = off)")
-    parser.add_argument("--eval-interval", type=int, help="evaluate every K epochs (and after the last)")
-    parser.add_argument("--time", type=float, help="training budget in hours: refits --epochs to it after each epoch")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="any config key, e.g. --set optim.lr=0.01 --set model.loss.assigner.static_epochs=2")
-
-
-def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The overrides given on the command line as a nested dict."""
-    data: dict[str, Any] = {}
-    for flag, dotted in FLAG_KEYS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            set_dotted(data, dotted, value)
-    for item in getattr(args, "set", []) or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"command line: --set expects KEY=VALUE, got {item!r}")
-        try:
-            value = yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError as err:
-            raise ConfigError(f"command line: --set {item!r}: {err}") from err
-        key = key.strip()
-        nested = nested_spelling(key)
-        if nested is not None:  # files of earlier versions still load; a command line is written today
-            raise ConfigError(f"command line: --set {key}: the model options are nested now: --set {nested}=...")
-        set_dotted(data, key, value)
-    return data
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:

@@ -31,8 +31,9 @@ import torch
 
 from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.cli.train import default_recipe
+from cspwrc.cli.train_flags import add_train_flags, train_overrides
 from cspwrc.engine import distributed as dist
-from cspwrc.engine.config import add_cli_arguments, cli_overrides, load_config
+from cspwrc.engine.config import load_config
 from cspwrc.engine.trainer import Trainer
 
 __all__ = ["PIECES", "main", "profile_steps"]
@@ -120,7 +121,7 @@ def format_profile(result: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_cli_arguments(p)
+    add_train_flags(p)
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--threads", type=int, default=1, help="torch threads (the race trains with 1)")
@@ -131,7 +132,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    overrides = cli_overrides(args)
+    overrides = train_overrides(args)
     overrides.setdefault("data", {}).setdefault("workers", 0)  # the loader in this process: its time is measured
     with tempfile.TemporaryDirectory(prefix="profile_step_") as tmp:
         overrides.setdefault("train", {})["out"] = tmp
