@@ -17,28 +17,23 @@
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from PIL import Image
 
-from cspwrc.atomic import WriteError, make_dir, write_bytes, write_json
+from cspwrc.atomic import make_dir, write_bytes, write_json
 from cspwrc.cli import add_debug_flag, guarded
 from cspwrc.data.image_io import read_rgb
+from cspwrc.data.media import VIDEO_SUFFIXES, list_sources, predict_video
 from cspwrc.deploy.exported import load_model
-from cspwrc.det.predict import class_names, describe, detect, input_size, select
+from cspwrc.det.predict import class_names, coco_results, describe, detect, input_size, select, yolo_lines
 from cspwrc.draw import draw_boxes
 from cspwrc.engine.distributed import resolve_device
 from cspwrc.errors import InputError, SampleReadError, shorten
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,27 +54,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _media(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
-
-
-def list_sources(source: str) -> list[Path]:
-    """The images and videos ``--source`` names: a file, a folder (sorted, not recursive) or a glob."""
-    path = Path(source)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.is_file() and _media(p))
-    elif glob.has_magic(source):
-        found = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file() and _media(Path(p)))
-    else:
-        raise InputError(f"--source {shorten(source)}: no such file or folder (nor a glob pattern)")
-    if not found:
-        kinds = " ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
-        raise InputError(f"--source {shorten(source)}: no images or videos ({kinds}) found")
-    return found
-
-
 def class_indices(wanted: list[str] | None, names: list[str]) -> set[int] | None:
     """``--classes`` as label indices; each item is an index or a class name."""
     if wanted is None:
@@ -94,64 +68,6 @@ def class_indices(wanted: list[str] | None, names: list[str]) -> set[int] | None
             raise InputError(f"--classes {item}: not a class index (0..{len(names) - 1}) or name of this model "
                              f"({shorten(', '.join(names))})")
     return out
-
-
-def yolo_lines(dets: list[dict[str, Any]], height: int, width: int, with_score: bool) -> str:
-    """YOLO label lines: ``label xc yc w h [score]``, coordinates normalised by the image size."""
-    lines = []
-    for d in dets:
-        x1, y1, x2, y2 = d["box"]
-        row = [(x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height]
-        text = f"{d['label']} " + " ".join(f"{v:.6f}" for v in row)
-        lines.append(text + (f" {d['score']:.4f}" if with_score else ""))
-    return "".join(line + "\n" for line in lines)
-
-
-def coco_results(dets: list[dict[str, Any]], image_id: int) -> list[dict[str, Any]]:
-    return [{"image_id": image_id, "category_id": d["category_id"],
-             "bbox": [round(d["box"][0], 2), round(d["box"][1], 2), round(d["box"][2] - d["box"][0], 2),
-                      round(d["box"][3] - d["box"][1], 2)], "score": d["score"]} for d in dets]
-
-
-def video_frames(path: Path) -> tuple[Iterator[np.ndarray], float]:
-    """RGB frames [H, W, 3] of a video and its frame rate; InputError if OpenCV cannot open it."""
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise InputError(f"{path}: OpenCV cannot open this video")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-
-    def frames() -> Iterator[np.ndarray]:
-        try:
-            while True:
-                ok, frame = cap.read()
-                if not ok:
-                    return
-                yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        finally:
-            cap.release()
-
-    return frames(), fps
-
-
-def open_video(path: Path, fps: float, width: int, height: int) -> cv2.VideoWriter:
-    video = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not video.isOpened():
-        raise WriteError(f"could not write {path}: OpenCV cannot open an mp4v video writer there")
-    return video
-
-
-def predict_video(path: Path, out: Path, predict: Callable[[Path, np.ndarray, int | None], np.ndarray]) -> None:
-    """Every frame of the video ``path`` through ``predict`` (which returns it drawn), into ``out/STEM.mp4``."""
-    frames, fps = video_frames(path)
-    target = out / f"{path.stem}.mp4"
-    video, count = None, 0
-    for count, frame in enumerate(frames, 1):
-        if video is None:  # sized by the first frame (container headers may not say)
-            video = open_video(target, fps, frame.shape[1], frame.shape[0])
-        video.write(cv2.cvtColor(predict(path, frame, count - 1), cv2.COLOR_RGB2BGR))
-    if video is not None:
-        video.release()
-    print(f"{path.name}: {count} frames -> {target}")
 
 
 class Writer:
@@ -179,7 +95,8 @@ class Writer:
             write_bytes(self.out / "labels" / f"{stem}.txt", lines.encode())
         if self.args.save_json:
             image_id = int(stem) if stem.isdigit() else len(self.records)
-            self.results.extend(coco_results(dets, image_id))
+            self.results.extend(coco_results([d["box"] for d in dets], [d["score"] for d in dets],
+                                             [d["category_id"] for d in dets], image_id))
 
     def close(self, skipped: int) -> None:
         write_json(self.out / "detections.json", {"images": self.records, "skipped": skipped})

@@ -13,7 +13,7 @@ module is not imported by ``import cspwrc.det``: the letterbox comes with the da
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ from cspwrc.data.letterbox import letterbox
 from .load import input_size, load_detector
 from .postprocess import undo_letterbox
 
-__all__ = ["class_names", "describe", "detect", "input_size", "load_detector", "select"]
+__all__ = ["class_names", "coco_results", "describe", "detect", "input_size", "load_detector", "select", "yolo_lines"]
 
 Detections = dict[str, Tensor]  # "boxes" float32 [K, 4] xyxy, "scores" float32 [K], "labels" int64 [K]
 
@@ -74,3 +74,24 @@ def describe(det: Detections, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"box": [round(v, 2) for v in box], "score": round(float(score), 4), "label": int(label),
              "class_name": names[int(label)], "category_id": int(cat_ids[int(label)])}
             for box, score, label in zip(det["boxes"].tolist(), det["scores"], det["labels"], strict=True)]
+
+
+def coco_results(boxes: Sequence[Sequence[float]], scores: Sequence[float], category_ids: Sequence[int],
+                 image_id: int) -> list[dict[str, Any]]:
+    """One image's detections as COCO results (what ``COCO.loadRes`` reads): xyxy boxes in original-image pixels ->
+    ``bbox [x, y, w, h]`` rounded to 0.001 px, ``score`` to 5 decimals. The one writer of ``cspwrc val``'s
+    ``--out`` and ``cspwrc predict --save-json``."""
+    return [{"image_id": int(image_id), "category_id": int(cat),
+             "bbox": [round(float(v), 3) for v in (x1, y1, x2 - x1, y2 - y1)], "score": round(float(score), 5)}
+            for (x1, y1, x2, y2), score, cat in zip(boxes, scores, category_ids, strict=True)]
+
+
+def yolo_lines(dets: Sequence[Mapping[str, Any]], height: int, width: int, with_score: bool) -> str:
+    """YOLO label lines of :func:`describe`'s records: ``label xc yc w h [score]``, normalised by the image size."""
+    lines = []
+    for d in dets:
+        x1, y1, x2, y2 = d["box"]
+        row = [(x1 + x2) / 2 / width, (y1 + y2) / 2 / height, (x2 - x1) / width, (y2 - y1) / height]
+        text = f"{d['label']} " + " ".join(f"{v:.6f}" for v in row)
+        lines.append(text + (f" {d['score']:.4f}" if with_score else ""))
+    return "".join(line + "\n" for line in lines)

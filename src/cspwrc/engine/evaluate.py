@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from cspwrc.atomic import write_json
 from cspwrc.det.postprocess import undo_letterbox
+from cspwrc.det.predict import coco_results
 from cspwrc.engine import distributed as dist
 from cspwrc.engine.metrics import DetectionStats, coco_detection_stats
 from cspwrc.errors import shorten
@@ -92,20 +93,13 @@ class EvalResult:
 
 def detections_to_coco(output: dict[str, torch.Tensor], target: dict[str, Any],
                        label_to_cat: Sequence[int]) -> list[dict[str, Any]]:
-    """One image's detector output → COCO result dicts in original-image coordinates."""
+    """One image's detector output → COCO result dicts in original-image coordinates (:func:`coco_results`)."""
     boxes = output["boxes"].detach().float().cpu()
     if boxes.numel() == 0:
         return []
     boxes = undo_letterbox(boxes, target["scale"], target["pad"], target["orig_size"])
-    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-    scores = output["scores"].detach().float().cpu().tolist()
-    labels = output["labels"].detach().cpu().tolist()
-    image_id = int(target["image_id"])
-    return [
-        {"image_id": image_id, "category_id": int(label_to_cat[label]), "bbox": [round(v, 3) for v in box],
-         "score": round(float(score), 5)}
-        for box, score, label in zip(xywh, scores, labels, strict=True)
-    ]
+    cats = [label_to_cat[label] for label in output["labels"].detach().cpu().tolist()]
+    return coco_results(boxes.tolist(), output["scores"].detach().float().cpu().tolist(), cats, target["image_id"])
 
 
 @torch.no_grad()
