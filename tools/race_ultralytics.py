@@ -63,6 +63,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--nms-iou", type=float, default=0.7, help="NMS IoU threshold of the latency phase")
     p.add_argument("--newton-schulz", choices=("auto", "bf16", "fp32"), default="auto",
                    help="dtype of MuSGD's Newton-Schulz iteration: auto = fp32 where this CPU's bf16 matmul is slow")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT/train (resume=True)")
     p.add_argument("--out", type=Path, required=True)
     return p.parse_args()
 
@@ -114,16 +115,20 @@ def choose_newton_schulz(mode: str) -> dict:
 
 
 def train(args: argparse.Namespace) -> tuple[YOLO, dict]:
-    model = YOLO(f"{args.model}.yaml")
+    last = args.out / "train" / "weights" / "last.pt"
     t0 = time.perf_counter()
-    # val=False: no per-epoch validation inside the budget (Ultralytics still validates after the last epoch);
-    # scoring is done by tools/race.py with pycocotools, the same scorer for every contestant.
-    model.train(data=args.data, imgsz=args.img, epochs=1000, time=args.time_h, batch=args.batch, device="cpu",
-                workers=args.workers, seed=args.seed, deterministic=True, val=False, plots=False, amp=False,
-                project=str(args.out.resolve()), name="train", exist_ok=True, verbose=False)
+    if args.resume:  # its saved args (budget, seed, epochs planned) and optimizer state; the same MuSGD patch
+        YOLO(str(last)).train(resume=True)
+    else:
+        # val=False: no per-epoch validation inside the budget (Ultralytics still validates after the last epoch);
+        # scoring is done by tools/race.py with pycocotools, the same scorer for every contestant.
+        YOLO(f"{args.model}.yaml").train(
+            data=args.data, imgsz=args.img, epochs=1000, time=args.time_h, batch=args.batch, device="cpu",
+            workers=args.workers, seed=args.seed, deterministic=True, val=False, plots=False, amp=False,
+            project=str(args.out.resolve()), name="train", exist_ok=True, verbose=False)
     wall = time.perf_counter() - t0
     epochs = len((args.out / "train" / "results.csv").read_text().strip().splitlines()) - 1
-    return YOLO(str(args.out / "train" / "weights" / "last.pt")), {"train_wall_s": wall, "epochs": epochs}
+    return YOLO(str(last)), {"train_wall_s": wall, "epochs": epochs, "resumed": args.resume}
 
 
 def predict(model: YOLO, args: argparse.Namespace, index: dict) -> list[dict]:

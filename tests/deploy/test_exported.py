@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -61,10 +62,35 @@ def test_val_of_the_exported_file_matches_the_checkpoint(shapes, tmp_path, head,
     (tmp_path / "ox").mkdir()
     ref, got = _val(weights, shapes, tmp_path / "ck"), _val(onnx_file, shapes, tmp_path / "ox")
     assert ref["num_detections"] > 50 and ref["img"] == got["img"] == IMG
-    assert abs(got["num_detections"] - ref["num_detections"]) <= 0.01 * ref["num_detections"]
     assert got["stats"] == pytest.approx(ref["stats"], abs=2e-3)
+    # The same detections. This synthetic image has flat regions where many points score exactly alike; among such
+    # ties NMS and top-k may keep another box when onnxruntime rounds differently from PyTorch (CPUs differ in
+    # which), so the count may move a little and only untied detections are matched by box (0.05 px) and score.
+    assert abs(got["num_detections"] - ref["num_detections"]) <= 0.03 * ref["num_detections"]
+    for a, b in ((ref["dets"], got["dets"]), (got["dets"], ref["dets"])):
+        assert _matched(_untied(a), b) >= 0.95
     best = sorted(ref["dets"], key=lambda d: -d["score"])[0]
     assert sorted(got["dets"], key=lambda d: -d["score"])[0]["score"] == pytest.approx(best["score"], abs=1e-4)
+
+
+def _untied(dets: list[dict]) -> list[dict]:
+    """The detections (COCO results) whose score no other detection of the same image and class shares."""
+    def key(d: dict) -> tuple[int, int, float]:
+        return d["image_id"], d["category_id"], round(d["score"], 4)
+
+    counts = Counter(key(d) for d in dets)
+    return [d for d in dets if counts[key(d)] == 1]
+
+
+def _matched(dets: list[dict], others: list[dict]) -> float:
+    """The fraction of `dets` with a twin in `others`: same image and class, box within 0.05 px, score 1e-4."""
+    pool: dict[tuple[int, int], list[dict]] = {}
+    for d in others:
+        pool.setdefault((d["image_id"], d["category_id"]), []).append(d)
+    hits = sum(any(abs(d["score"] - o["score"]) <= 1e-4 and
+                   max(abs(a - b) for a, b in zip(d["bbox"], o["bbox"], strict=True)) <= 0.05
+                   for o in pool.get((d["image_id"], d["category_id"]), [])) for d in dets)
+    return hits / len(dets) if dets else 1.0
 
 
 def test_predict_takes_an_onnx_file(shapes, tmp_path):

@@ -100,6 +100,26 @@ def test_commands_share_the_budget(data_yaml, tmp_path):
     assert race.thread_env(2)["OMP_NUM_THREADS"] == "2"
 
 
+def test_an_interrupted_contestant_resumes_its_saved_state(data_yaml, tmp_path, monkeypatch):
+    """A killed race goes on from each contestant's last checkpoint, the log appended, the first command kept."""
+    args = _args(data_yaml, tmp_path, "--ultralytics-python", "/venv/bin/python")
+    started = []
+    monkeypatch.setattr(race.subprocess, "Popen", lambda cmd, **kw: started.append(cmd) or kw["stdout"])
+    for contestant, state in (("cspwrc_n", "train/last.state.pt"), ("ultralytics:yolo26n", "train/weights/last.pt")):
+        out = args.out / race.run_name(contestant)
+        yolo = (tmp_path / "d.yaml", tmp_path / "i.json")
+        race.start(contestant, args, yolo)[1].close()
+        assert "--resume" not in started[-1] and json.loads((out / "command.json").read_text())["command"]
+        (out / "train.log").write_text("epoch 1\n")
+        (out / state).parent.mkdir(parents=True, exist_ok=True)
+        (out / state).write_bytes(b"")
+        race.start(contestant, args, yolo)[1].close()
+        assert "--resume" in started[-1] and (out / "train.log").read_text() == "epoch 1\n"
+        record = json.loads((out / "command.json").read_text())
+        assert record["command"] == started[-2] and record["resumed"][0]["command"] == started[-1]
+    assert started[-3][started[-3].index("--resume") + 1] == str(args.out / "cspwrc_n" / "train")
+
+
 def test_report_scores_every_contestant_with_pycocotools(data_yaml, tmp_path, capsys):
     """Finished contestants' detections are scored against the val file: the ground truth itself scores 1.0."""
     val = json.loads(Path(yaml.safe_load(data_yaml.read_text())["val"]["ann"]).read_text())

@@ -21,8 +21,10 @@ recipe flags for all of ours with ``--ours-args "..."``) or ``ultralytics:MODEL`
 (``python -m venv ultra && ultra/bin/pip install ultralytics``) through tools/race_ultralytics.py.
 
 ``--parallel`` trains all contestants at once (each with ``--threads`` threads): on a machine shared with other
-work, every contestant then sees the same load; without it they run one after the other. A contestant whose
-``summary.json`` exists is not trained again, so an interrupted race continues; ``--report-only`` only tabulates.
+work, every contestant then sees the same load; without it they run one after the other. An interrupted race
+continues where it stopped: a contestant whose ``summary.json`` exists is not trained again, and one with a saved
+training state resumes it (ours ``cspwrc train --resume``, whose time budget counts the training time already
+spent; Ultralytics' ``resume=True``, which keeps its planned epochs); ``--report-only`` only tabulates.
 Results: OUT/race.md and OUT/race.json.
 """
 
@@ -146,12 +148,18 @@ def ours_command(args: argparse.Namespace, model: str, out: Path) -> list[str]:
             *shlex.split(args.ours_args)]
 
 
+def ours_resume_command(out: Path) -> list[str]:
+    """Continue an interrupted run with its saved config (seed, budget and recipe included)."""
+    return [sys.executable, "-m", "cspwrc.cli", "train", "--resume", str(out), "--no-progress"]
+
+
 def ultralytics_command(args: argparse.Namespace, model: str, out: Path, data: Path, index: Path) -> list[str]:
     return [args.ultralytics_python, str(ULTRA_SCRIPT), "--model", model,
             "--data", str(data), "--val-index", str(index), "--img", str(args.img),
             "--time-h", f"{args.minutes / 60:.6f}", "--threads", str(args.threads), "--workers", str(args.workers),
             "--batch", str(args.batch), "--seed", str(args.seed), "--latency-img", *map(str, args.latency_img),
-            "--newton-schulz", args.newton_schulz, "--out", str(out)]
+            "--newton-schulz", args.newton_schulz, "--out", str(out),
+            *(["--resume"] if resumable(ULTRA + model, out) else [])]
 
 
 def ultralytics_latency_command(args: argparse.Namespace, model: str, out: Path) -> list[str]:
@@ -160,18 +168,28 @@ def ultralytics_latency_command(args: argparse.Namespace, model: str, out: Path)
             "--latency-img", *map(str, args.latency_img), "--out", str(out)]
 
 
+def resumable(contestant: str, out: Path) -> bool:
+    """Whether an interrupted contestant left a training state to continue from (OUT/NAME)."""
+    state = out / "train" / ("weights/last.pt" if contestant.startswith(ULTRA) else "last.state.pt")
+    return state.is_file()
+
+
 def start(contestant: str, args: argparse.Namespace, yolo: tuple[Path, Path] | None
           ) -> tuple[subprocess.Popen, IO[str]]:
     """The contestant's training process, its output going to OUT/NAME/train.log (returned, for closing)."""
     out = args.out / run_name(contestant)
     out.mkdir(parents=True, exist_ok=True)
+    resume = resumable(contestant, out)
     if contestant.startswith(ULTRA):
         cmd = ultralytics_command(args, contestant[len(ULTRA):], out, *yolo)
     else:
-        cmd = ours_command(args, contestant, out / "train")
-    write_json(out / "command.json", {"command": cmd, "started": time.time()})
-    print(f"{contestant}: {shlex.join(cmd)}", flush=True)
-    log = open(out / "train.log", "w")  # no `with`: the child writes it until it ends
+        cmd = ours_resume_command(out / "train") if resume else ours_command(args, contestant, out / "train")
+    record = out / "command.json"
+    first = json.loads(record.read_text()) if resume and record.is_file() else {}
+    write_json(record, {**first, "command": cmd, "started": time.time()} if not resume else
+               {**first, "resumed": [*first.get("resumed", []), {"command": cmd, "started": time.time()}]})
+    print(f"{contestant}: {'resumed: ' if resume else ''}{shlex.join(cmd)}", flush=True)
+    log = open(out / "train.log", "a" if resume else "w")  # no `with`: the child writes it until it ends
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(args.threads)), log
 
 
@@ -193,6 +211,7 @@ def finish_ours(contestant: str, args: argparse.Namespace, wall_s: float) -> Non
     write_json(out / "summary.json", {"model": contestant, "params_m": params_m,
                                       "gflops_at_img": gflops, "img": args.img, "epochs": metrics["epochs"],
                                       "train_wall_s": wall_s, "train_time_s": metrics["train_time_s"],
+                                      "resumed": "resumed" in json.loads((out / "command.json").read_text()),
                                       "optimizer": optimizer_of(contestant, out)})
 
 
