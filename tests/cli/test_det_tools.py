@@ -13,7 +13,6 @@ import torch
 from PIL import Image
 
 from cspwrc.data import ensure_shapes_dataset
-from cspwrc.data.transforms import AUGMENT_DEFAULTS
 from cspwrc.det import build_detector
 from cspwrc.engine.checkpoint import save_checkpoint
 from cspwrc.engine.config import load_config
@@ -116,7 +115,7 @@ def test_data_flag_selects_the_real_data_recipe(tmp_path):
     assert train.default_recipe(args) == train.REAL_CONFIG
     assert train.default_recipe(train.parse_args([])) == train.DEFAULT_CONFIG
     cfg = load_config(train.REAL_CONFIG)
-    assert {**AUGMENT_DEFAULTS, **cfg.augment}["mosaic"] == 1.0 and cfg.train.close_mosaic > 0 and cfg.ema.enabled
+    assert cfg.augment.mosaic == 1.0 and cfg.train.close_mosaic > 0 and cfg.ema.enabled
 
     data = ensure_shapes_dataset(tmp_path / "shapes", num_train=8, num_val=4, seed=3)
     rc = train.main(["--data", str(data), "--model", "cspwrc_n", "--img", "64", "--batch", "4", "--epochs", "1",
@@ -124,5 +123,5 @@ def test_data_flag_selects_the_real_data_recipe(tmp_path):
                      "--out", str(tmp_path / "run"), "--no-progress"])
     assert rc == 0
     saved = load_resume(tmp_path / "run")[0]
-    assert {**AUGMENT_DEFAULTS, **saved.augment}["mosaic"] == 1.0
+    assert saved.augment.mosaic == 1.0
     assert saved.optim.opt == "adamw" and saved.schedule.warmup_epochs == 3.0

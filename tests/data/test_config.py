@@ -6,7 +6,6 @@ import pytest
 
 from cspwrc.data.checks import DataError
 from cspwrc.data.config import build_datasets, load_data_config
-from cspwrc.data.transforms import check_augment
 
 
 def _yaml(tmp_path, text):
@@ -43,14 +42,6 @@ def test_relative_paths_resolve_against_the_yaml_folder(tmp_path):
 def test_bad_data_yaml_is_fatal_and_named(tmp_path, text, where, fault):
     with pytest.raises(DataError, match=rf"data\.yaml: {where}: {fault}"):
         load_data_config(_yaml(tmp_path, text))
-
-
-def test_augment_keys_are_strict():
-    assert check_augment({"mosaic": 0})["mosaic"] == 0.0
-    with pytest.raises(DataError, match="unknown key 'mosiac'; did you mean 'mosaic'"):
-        check_augment({"mosiac": 0.5})
-    with pytest.raises(DataError, match=r"augment\.scale: expected int or float"):
-        check_augment({"scale": "big"})
 
 
 def test_build_datasets_from_shapes_yaml_and_names_check(shapes_yaml, tmp_path):

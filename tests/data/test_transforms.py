@@ -13,7 +13,9 @@ from cspwrc.data import build_datasets
 from cspwrc.data.letterbox import letterbox, resize_longest
 from cspwrc.data.mosaic import box_candidates, mosaic4, random_affine
 from cspwrc.data.stats import augment_stats
-from cspwrc.data.transforms import TrainAugment
+from cspwrc.data.transforms import AugmentConfig, ItemDraw, TrainAugment
+from cspwrc.engine.config import from_dict
+from cspwrc.errors import ConfigError
 from shared_data import shared_dataset
 
 COLOURS = np.array([[250, 20, 20], [20, 250, 20], [20, 20, 250], [250, 250, 20]], dtype=np.uint8)
@@ -56,7 +58,10 @@ def assert_pixels_match_boxes(image: np.ndarray, boxes: np.ndarray, labels: np.n
 
 
 def _augment(seed: int, tiles, img: int = 64, **augment):
-    return TrainAugment(img, **{**NO_COLOUR, **augment})(tiles, np.random.default_rng(seed))
+    """One tile alone, or four: the first with the others as its mosaic partners (drawn with probability 1)."""
+    partners = (lambda _: list(tiles[1:])) if len(tiles) == 4 else None
+    pipeline = TrainAugment(img, {**NO_COLOUR, "mosaic": 1.0, **augment})
+    return pipeline(tiles[0], ItemDraw(np.random.default_rng(seed), partners))
 
 
 def test_affine_without_randomness_is_the_letterbox():
@@ -162,3 +167,28 @@ def test_shwd_samples_hold_the_objects(mosaic, boxes_per_sample, fill):
     assert stats["boxes_per_sample"] == pytest.approx(boxes_per_sample, abs=0.4)
     assert stats["fill"] == pytest.approx(fill, abs=0.03)
 
+
+
+def test_augment_config_is_strict_with_ranges():
+    """One check for the ``augment:`` section, wherever it comes from (run config, build_datasets, the pipeline)."""
+    assert TrainAugment(64, {"mosaic": 0}).cfg == AugmentConfig(mosaic=0.0)
+    with pytest.raises(ConfigError, match=r"unknown key 'augment\.mosiac'; did you mean 'mosaic'"):
+        TrainAugment(64, {"mosiac": 0.5})
+    with pytest.raises(ConfigError, match=r"augment\.scale: expected float"):
+        TrainAugment(64, {"scale": "big"})
+    for key, bad in (("fliplr", 1.5), ("scale", 1.0), ("hsv_h", 0.7), ("degrees", -1.0), ("translate", -0.1)):
+        with pytest.raises(ConfigError, match=rf"augment\.{key}: must be"):
+            TrainAugment(64, {key: bad})
+    with pytest.raises(ConfigError, match=r"run\.yaml: augment\.fliplr: must be a probability in \[0, 1\]"):
+        from_dict({"augment": {"fliplr": 2}}, "run.yaml")
+    assert from_dict({"augment": {}}, "old.yaml").augment == AugmentConfig()  # files of earlier versions
+
+
+def test_a_closed_mosaic_draws_no_partners():
+    image, boxes = painted(64, 64, (10, 10, 30, 30), 0)
+    tile = (image, boxes, np.array([0]))
+    drawn = []
+    pipeline = TrainAugment(64, {**NO_COLOUR, "mosaic": 1.0})
+    pipeline(tile, ItemDraw(np.random.default_rng(0), None))
+    pipeline(tile, ItemDraw(np.random.default_rng(0), lambda t: drawn.append(t) or [t, t, t]))
+    assert len(drawn) == 1 and [type(s).__name__ for s in pipeline.steps] == ["Mosaic", "RandomAffine", "ColourFlip"]

@@ -31,7 +31,8 @@ DEMO = {
         "sync_bn": False,
     },
     "data": {"path": None, "workers": 1, "cache": "ram"},
-    "augment": {"mosaic": 0.0},
+    "augment": {"mosaic": 0.0, "scale": 0.5, "translate": 0.1, "degrees": 0.0, "shear": 0.0, "hsv_h": 0.015,
+                "hsv_s": 0.7, "hsv_v": 0.4, "fliplr": 0.5, "min_box_size": 2.0, "min_visibility": 0.1},
     "optim": {"opt": "adamw", "lr": 0.002, "weight_decay": 0.05, "momentum": 0.9, "betas2": 0.999, "nominal_batch": 0},
     "schedule": {"sched": "cosine", "warmup_epochs": 1.0, "warmup_lr": 0.0, "warmup_bias_lr": 0.01,
                  "warmup_momentum": None, "min_lr_ratio": 0.05},
@@ -46,7 +47,7 @@ DEMO = {
 def _leaves(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict) and value and key not in ("augment", "kwargs"):  # open mappings are one value
+        if isinstance(value, dict) and value and key != "kwargs":  # an open mapping is one value
             out.update(_leaves(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

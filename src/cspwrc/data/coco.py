@@ -14,7 +14,7 @@ import io
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -28,7 +28,7 @@ from cspwrc.data.checks import CheckReport, verify_coco
 from cspwrc.data.image_io import ImageEntry, load_image
 from cspwrc.data.letterbox import letterbox, letterbox_params, resize_longest
 from cspwrc.data.mosaic import Tile
-from cspwrc.data.transforms import TrainAugment, check_augment
+from cspwrc.data.transforms import AugmentConfig, ItemDraw, TrainAugment
 from cspwrc.errors import DataError, SampleReadError, shorten
 
 log = logging.getLogger("cspwrc.data")
@@ -101,7 +101,7 @@ class CocoDetection(Dataset):
         ann_file, image_dir: the COCO JSON and the folder its ``file_name``s are relative to.
         img: square output size (multiple of 32).
         train: apply the train augmentation (mosaic/affine/colour/flip); otherwise letterbox only.
-        augment: knobs of :data:`cspwrc.data.transforms.AUGMENT_DEFAULTS`.
+        augment: the train augmentation, a :class:`~cspwrc.data.transforms.AugmentConfig` or a mapping of its keys.
         categories: names or COCO ids to keep (labels become ``0..len-1`` in COCO-id order); ``None`` = all.
         num_images, image_ids, subset_seed: subset selection (see :func:`select_images`).
         seed: augmentation seed; item ``i`` of epoch ``e`` is augmented with seed ``(seed, e, i)``, so runs
@@ -116,7 +116,7 @@ class CocoDetection(Dataset):
     """
 
     def __init__(self, ann_file: str | os.PathLike[str], image_dir: str | os.PathLike[str], *, img: int = 640,
-                 train: bool = False, augment: dict[str, Any] | None = None,
+                 train: bool = False, augment: AugmentConfig | Mapping[str, Any] | None = None,
                  categories: Sequence[str | int] | None = None, num_images: int | None = None,
                  image_ids: Sequence[int] | None = None, subset_seed: int = 0, seed: int = 0,
                  report: CheckReport | None = None, progress: bool = True, cache: str = "none") -> None:
@@ -132,10 +132,10 @@ class CocoDetection(Dataset):
         if not self.ids:
             raise DataError(str(ann_file), "subset", "the subset selects no images")
         self.img, self.train, self.seed = img, train, seed
-        self.augment = check_augment(augment)
+        self._augment = TrainAugment(img, augment)
+        self.augment = self._augment.cfg
         self._shared = torch.zeros(2, dtype=torch.int64).share_memory_()  # [epoch, mosaic on]
-        self.mosaic = self.augment["mosaic"] > 0
-        self._augment = TrainAugment(img, **self.augment)
+        self.mosaic = self.augment.mosaic > 0
         self._ram: list[Resized | None] | None = None
         if cache not in CACHE_MODES:
             raise DataError(str(ann_file), "data.cache", f"{cache!r} is not one of {CACHE_MODES}")
@@ -217,7 +217,7 @@ class CocoDetection(Dataset):
 
     def set_mosaic(self, enabled: bool) -> None:
         """Switch mosaic on/off (close-mosaic epochs); call before ``iter(loader)`` like :meth:`set_epoch`."""
-        self.mosaic = bool(enabled) and self.augment["mosaic"] > 0
+        self.mosaic = bool(enabled) and self.augment.mosaic > 0
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -288,10 +288,8 @@ class CocoDetection(Dataset):
         index, (image, boxes, labels, scale) = self._read_with_substitutes(index, rng, skipped)
         entry = self._entry(index)
         if self.train:
-            tiles = [(image, boxes, labels)]
-            if self.mosaic and rng.random() < self._augment.mosaic:
-                tiles += self._mosaic_partners(tiles[0], rng, skipped)
-            image, boxes, labels = self._augment(tiles, rng)
+            partners = (lambda primary: self._mosaic_partners(primary, rng, skipped)) if self.mosaic else None
+            image, boxes, labels = self._augment((image, boxes, labels), ItemDraw(rng, partners))
             pad = letterbox_params(entry.height, entry.width, self.img)[2]
         else:
             canvas, scale, pad = letterbox(image, self.img, (entry.height, entry.width))

@@ -23,6 +23,7 @@ are fatal :class:`~cspwrc.data.checks.DataError`\\ s naming the file and key.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import yaml
 from cspwrc.data.checks import CheckReport, DataError, check_keys, check_type
 from cspwrc.data.coco import CocoDetection
 from cspwrc.data.formats import FORMATS, verify_split
+from cspwrc.data.transforms import AugmentConfig
 
 TOP_KEYS = ("train", "val", "names", "categories")
 SPLIT_KEYS = ("ann", "images", "num_images", "image_ids", "seed")
@@ -145,8 +147,8 @@ def load_data_config(path: str | os.PathLike[str]) -> DataConfig:
 
 
 def build_datasets(config: DataConfig | str | os.PathLike[str], *, img: int = 640,
-                   augment: dict[str, Any] | None = None, seed: int = 0, progress: bool = True,
-                   cache: str = "none") -> tuple[CocoDetection, CocoDetection]:
+                   augment: AugmentConfig | Mapping[str, Any] | None = None, seed: int = 0,
+                   progress: bool = True, cache: str = "none") -> tuple[CocoDetection, CocoDetection]:
     """Train (augmented) and val (letterbox only) datasets of a data config; val uses train's label map.
 
     ``cache="ram"`` keeps both splits' letterboxed images in memory (see :class:`CocoDetection`)."""

@@ -10,7 +10,7 @@ The ``model:`` section is the detector's own :class:`cspwrc.det.DetectorConfig` 
 strict builder (:func:`cspwrc.validate.build_dataclass`). An old section ``model: {name, options: {flat}}`` (recipe
 files and training states of earlier versions) is translated once, where a file's mapping comes in
 (:func:`from_dict`, :func:`cspwrc.det.legacy.upgrade_model_section`); the command line takes only the nested keys.
-``augment`` is an open mapping whose schema belongs to the data side (``AUGMENT_DEFAULTS``).
+``augment:`` is the data side's :class:`cspwrc.data.transforms.AugmentConfig`, stated where the pipeline is.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from typing import Any, Literal
 import timm
 import yaml
 
+from cspwrc.data.transforms import AugmentConfig
 from cspwrc.det import DetectorConfig
 from cspwrc.det.detector import check_backbone
 from cspwrc.det.legacy import upgrade_model_section
 from cspwrc.errors import ConfigError
-from cspwrc.validate import Fault, build_dataclass, check_value, merge, require, unknown_key
+from cspwrc.validate import Fault, build_dataclass, merge, require
 
 # The defaults below ARE the real-data recipe (what `cspwrc train --data my.yaml` trains; configs/det/real.yaml adds
 # nothing): from scratch on hundreds to tens of thousands of photographs, YOLOv8-style augmentation and schedule with
@@ -114,28 +115,12 @@ class RunConfig:
 
     model: DetectorConfig = field(default_factory=DetectorConfig)  # the detector (backbone, neck, head, loss, ...)
     data: RunDataConfig = field(default_factory=RunDataConfig)
-    # Keyword arguments of the data side's train transforms, over its AUGMENT_DEFAULTS (cspwrc.data.transforms, where
-    # they are stated): YOLOv8's mosaic, affine, HSV and flip, the real recipe's augmentation.
-    augment: dict[str, Any] = field(default_factory=dict)
+    # YOLOv8's mosaic, affine, HSV and flip (stated beside the pipeline: cspwrc.data.transforms)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EmaConfig = field(default_factory=EmaConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self) -> None:
-        if not self.augment:
-            return
-        # albumentations (~0.5 s) is imported only for a config that sets augment keys: `cspwrc export` and the other
-        # users of this module never pay it, and training imports it anyway.
-        from cspwrc.data.transforms import AUGMENT_DEFAULTS  # noqa: PLC0415
-
-        for key, value in self.augment.items():  # the data side's schema, checked with the rest of the config
-            if key not in AUGMENT_DEFAULTS:
-                raise ConfigError(unknown_key(key, AUGMENT_DEFAULTS, shown=f"augment.{key}"))
-            try:
-                check_value(value, float)
-            except Fault as fault:
-                raise ConfigError(f"augment.{key}: {fault}") from None
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:
