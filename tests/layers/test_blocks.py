@@ -7,6 +7,7 @@ import torch.nn as nn
 from timm.models.cspnet import CrossStage3, DarkBlock
 
 from cspwrc.layers import CspStage, Sppf, WeightedResidual, WrcBottleneck
+from cspwrc.layers.blocks import BLOCK_TYPES
 from randomize import randomize_norm_and_wrc_
 
 
@@ -116,3 +117,30 @@ def test_timm_cs3darknet_uses_same_block_layout() -> None:
     """Guards the assumption above: cs3darknet stages are CrossStage3 of DarkBlocks."""
     model = timm.create_model("cs3darknet_s")
     assert isinstance(model.stages[1], CrossStage3) and isinstance(model.stages[1].blocks[0], DarkBlock)
+
+
+class _GainBlock(nn.Module):
+    """A stand-in block type with an option of its own (``gain``)."""
+
+    def __init__(self, in_chs, out_chs, expansion, dilation, act_layer, norm_layer, drop_path, device=None, dtype=None,
+                 gain: float = 1.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, 3, padding=dilation, dilation=dilation, device=device, dtype=dtype)
+        self.gain = gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gain * self.conv(x)
+
+
+def test_a_new_block_type_is_one_entry(monkeypatch):
+    """The stage and the backbone resolve the block by name and pass its own options through without naming them."""
+    monkeypatch.setitem(BLOCK_TYPES, "gain", _GainBlock)
+    stage = CspStage(8, 16, depth=2, stride=2, block_type="gain", gain=2.0)
+    assert [type(b) for b in stage.blocks] == [_GainBlock] * 2 and stage.blocks[0].gain == 2.0
+    assert stage(torch.randn(1, 8, 16, 16)).shape == (1, 16, 8, 8)
+    with pytest.raises(TypeError, match="wrc_weights"):  # a WRC option is not this block's
+        CspStage(8, 8, depth=1, block_type="gain", wrc_weights="channel")
+    with pytest.raises(ValueError, match="block_type must be one of wrc, gain, got 'gian'"):
+        CspStage(8, 8, depth=1, block_type="gian")
+    wrc = timm.create_model("cspwrc_n", features_only=True, out_indices=(2, 3, 4), wrc_weights="channel")
+    assert isinstance(wrc.stages_1.blocks[0], WrcBottleneck) and wrc.stages_1.blocks[0].wrc.weight.ndim == 2

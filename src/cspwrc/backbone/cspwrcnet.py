@@ -45,6 +45,7 @@ class CspWrcCfg:
         bottle_ratio: Bottleneck hidden channels / bottleneck channels.
         down_growth: The stride-2 conv of a stage goes to the stage's width (YOLOv5) instead of keeping its input
             width (cs3darknet).
+        block_type: The stages' bottleneck, a name in :data:`cspwrc.layers.blocks.BLOCK_TYPES` (``"wrc"``).
         wrc_weights: ``"scalar" | "channel" | "none"`` (``"none"``: plain residual, the A/B baseline).
         wrc_normalize: ``"none" | "relu" | "softmax"``.
         act_layer / norm_layer: timm layer names or classes.
@@ -59,6 +60,7 @@ class CspWrcCfg:
     expand_ratio: float = 1.0
     bottle_ratio: float = 1.0
     down_growth: bool = False
+    block_type: str = "wrc"
     wrc_weights: str = "scalar"
     wrc_normalize: str = "none"
     act_layer: LayerType = "silu"
@@ -154,6 +156,10 @@ class CspWrcNet(nn.Module):
     ) -> nn.Sequential:
         """Stride-2 CSP stages (dilated past ``output_stride``, as timm's cspnet); appends to ``feature_info``."""
         dpr = calculate_drop_path_rates(drop_path_rate, list(cfg.depths), stagewise=True)
+        # what every stage shares, in one mapping; the WRC options pass through the stage to its blocks
+        shared = dict(expand_ratio=cfg.expand_ratio, bottle_ratio=cfg.bottle_ratio, down_growth=cfg.down_growth,
+                      block_type=cfg.block_type, wrc_weights=cfg.wrc_weights, wrc_normalize=cfg.wrc_normalize,
+                      act_layer=cfg.act_layer, norm_layer=cfg.norm_layer, device=device, dtype=dtype)
         stages = []
         prev_chs, reduction, dilation = cfg.stem_chs[-1], 2, 1
         for i, (chs, depth) in enumerate(zip(cfg.stage_chs, cfg.depths, strict=True)):
@@ -161,13 +167,8 @@ class CspWrcNet(nn.Module):
             if reduction >= output_stride:
                 dilation, stride = dilation * 2, 1
             reduction *= stride
-            stages.append(CspStage(
-                prev_chs, chs, depth, stride=stride, dilation=dilation,
-                first_dilation=1 if dilation in (1, 2) else 2, expand_ratio=cfg.expand_ratio,
-                bottle_ratio=cfg.bottle_ratio, down_growth=cfg.down_growth, wrc_weights=cfg.wrc_weights,
-                wrc_normalize=cfg.wrc_normalize,
-                act_layer=cfg.act_layer, norm_layer=cfg.norm_layer, drop_path=dpr[i], device=device, dtype=dtype,
-            ))
+            stages.append(CspStage(prev_chs, chs, depth, stride=stride, dilation=dilation,
+                                   first_dilation=1 if dilation in (1, 2) else 2, drop_path=dpr[i], **shared))
             prev_chs = chs
             self.feature_info.append(dict(num_chs=chs, reduction=reduction, module=f"stages.{i}"))
         return nn.Sequential(*stages)

@@ -5,7 +5,8 @@
 is each block's ``wrc.weight``.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -15,7 +16,7 @@ from timm.models import checkpoint_seq
 from .fold import ConvAct, Foldable, FoldableConvNormAct, fold_conv_norm, scale_conv_input_, split_conv_output
 from .wrc import ScaledAdd, WeightedResidual
 
-__all__ = ["MIN_PUSHED_SCALE", "CspStage", "Sppf", "WrcBottleneck"]
+__all__ = ["BLOCK_TYPES", "MIN_PUSHED_SCALE", "CspStage", "Sppf", "WrcBottleneck", "resolve_block"]
 
 # A WRC branch weight |a| below this is not divided out and pushed to the consumer (see WrcBottleneck.fold_scaled):
 # the folded shortcut would carry b/a, and 1/a <= 1e3 keeps folded activations inside float16 range.
@@ -111,10 +112,28 @@ class WrcBottleneck(Foldable, nn.Module):
         return None if bool(torch.all(s_out == 1)) else s_out
 
 
+#: The bottleneck types of a CSP stage by name (timm's ``block_fn``, resolved once per stage): a new block type is one
+#: entry. A block takes ``(in_chs, out_chs, expansion=, dilation=, act_layer=, norm_layer=, drop_path=, device=,
+#: dtype=)`` and its own options, which the stage passes through (``**block_kwargs``) without naming them. The backbone
+#: hands every type the WRC options (``wrc_weights``, ``wrc_normalize``): its block types have a weighted residual.
+BLOCK_TYPES: dict[str, Callable[..., nn.Module]] = {"wrc": WrcBottleneck}
+
+
+def resolve_block(block_type: str | Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """A block class from its name in :data:`BLOCK_TYPES` (a class or factory passes through)."""
+    if not isinstance(block_type, str):
+        return block_type
+    if block_type not in BLOCK_TYPES:
+        raise ValueError(f"block_type must be one of {', '.join(BLOCK_TYPES)}, got {block_type!r}")
+    return BLOCK_TYPES[block_type]
+
+
 class CspStage(Foldable, nn.Module):
     """CSP / C3 stage (timm ``CrossStage3`` topology): optional stride-2 (or dilated) 3x3 ``conv_down``, 1x1
     ``conv_exp`` to ``round(out_chs * expand_ratio)`` channels split into two halves, the first half through ``depth``
-    :class:`WrcBottleneck`, concat ``[blocks(x1), x2]``, 1x1 ``conv_transition`` to ``out_chs``.
+    bottlenecks of ``block_type`` (:data:`BLOCK_TYPES`; :class:`WrcBottleneck`, whose options ``shortcut``,
+    ``wrc_weights``, ``wrc_normalize`` come in ``block_kwargs``), concat ``[blocks(x1), x2]``, 1x1
+    ``conv_transition`` to ``out_chs``.
 
     ``conv_down`` keeps ``in_chs`` (cs3darknet, timm's ``down_growth=False``) or, with ``down_growth``, goes to
     ``out_chs`` (YOLOv5's ``Conv(c1, c2, 3, 2)`` before its C3).
@@ -135,14 +154,13 @@ class CspStage(Foldable, nn.Module):
             expand_ratio: float = 1.0,
             bottle_ratio: float = 1.0,
             down_growth: bool = False,
-            shortcut: bool = True,
-            wrc_weights: str = "scalar",
-            wrc_normalize: str = "none",
+            block_type: str | Callable[..., nn.Module] = "wrc",
             act_layer: LayerType = "silu",
             norm_layer: LayerType = "batchnorm",
             drop_path: float | Sequence[float] = 0.,
             device: torch.device | None = None,
             dtype: torch.dtype | None = None,
+            **block_kwargs: Any,
     ) -> None:
         super().__init__()
         dd = dict(device=device, dtype=dtype)
@@ -159,11 +177,10 @@ class CspStage(Foldable, nn.Module):
         half = exp_chs // 2
         self.conv_exp = FoldableConvNormAct(down_chs, exp_chs, 1, **ckw)
         dpr = list(drop_path) if isinstance(drop_path, Sequence) else [drop_path] * depth
+        block_fn = resolve_block(block_type)
         self.blocks = nn.Sequential(*[
-            WrcBottleneck(
-                half, half, shortcut=shortcut, expansion=bottle_ratio, dilation=dilation, wrc_weights=wrc_weights,
-                wrc_normalize=wrc_normalize, drop_path=dpr[i], **ckw,
-            ) for i in range(depth)
+            block_fn(half, half, expansion=bottle_ratio, dilation=dilation, drop_path=dpr[i], **ckw, **block_kwargs)
+            for i in range(depth)
         ])
         self.conv_transition = FoldableConvNormAct(2 * half, out_chs, 1, **ckw)
         # fold() replaces conv_exp by its two output halves (no parameters until then: the state dict stays timm's)
