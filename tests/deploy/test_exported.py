@@ -51,12 +51,13 @@ def _val(weights: Path, shapes: Path, out: Path) -> dict:
     return json.loads((out / "val.json").read_text()) | {"dets": json.loads((out / "dets.json").read_text())}
 
 
-@pytest.mark.parametrize("head, extra", [({}, []), ({}, ["--nms", "--conf", "0.001"]),
-                                         ({"reg_max": 1, "cls_branch": "dw", "end2end": True}, [])],
-                         ids=["raw", "nms-graph", "end2end-raw"])
-def test_val_of_the_exported_file_matches_the_checkpoint(shapes, tmp_path, head, extra):
+@pytest.mark.parametrize("head, extra, name", [({}, [], "m.onnx"), ({}, ["--nms", "--conf", "0.001"], "m.onnx"),
+                                               ({"reg_max": 1, "cls_branch": "dw", "end2end": True}, [], "m.onnx"),
+                                               ({}, ["--format", "torchscript"], "m.ts")],
+                         ids=["raw", "nms-graph", "end2end-raw", "torchscript"])
+def test_val_of_the_exported_file_matches_the_checkpoint(shapes, tmp_path, head, extra, name):
     weights = _checkpoint(tmp_path, **head)
-    onnx_file = tmp_path / "m.onnx"
+    onnx_file = tmp_path / name
     assert export_cli.main(["--weights", str(weights), "--out", str(onnx_file), *extra]) == 0
     (tmp_path / "ck").mkdir()
     (tmp_path / "ox").mkdir()
@@ -130,6 +131,13 @@ def test_foreign_truncated_or_unlabelled_onnx_is_exit_2(shapes, tmp_path, capsys
     assert "no cspwrc metadata" in capsys.readouterr().err
     assert val_cli.main(["--weights", str(good), "--img", "128", *args]) == 2
     assert "exported for 96x96 inputs" in capsys.readouterr().err
+    torchscript = tmp_path / "m.ts"
+    assert export_cli.main(["--weights", str(weights), "--out", str(torchscript), "--format", "torchscript"]) == 0
+    capsys.readouterr()
+    junk_ts = tmp_path / "junk.ts"
+    junk_ts.write_bytes(torchscript.read_bytes()[:1000])
+    assert val_cli.main(["--weights", str(junk_ts), *args]) == 2
+    assert f"{junk_ts}: not a readable TorchScript model" in capsys.readouterr().err
 
 
 def test_benchmark_times_a_checkpoint_and_its_exports(tmp_path, capsys):

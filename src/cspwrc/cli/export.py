@@ -112,11 +112,10 @@ def run(args: argparse.Namespace) -> int:
             if not args.no_check:  # exit 3 when onnxruntime does not keep what PyTorch keeps, within the tolerance
                 print(parity_report(check_export_nms(e2e, args.out, torch.rand(2, 3, img, img)), NmsTolerance()))
             return 0
-        path = export(module, args.format, args.out, img)
-        if args.half:
-            half_onnx(path)
-        if args.format == "onnx":
-            write_onnx_metadata(path, onnx_metadata(meta, img, max(detector.strides)))
+        metadata = onnx_metadata(meta, img, max(detector.strides))
+        path = export(module, args.format, args.out, img, metadata)
+        if args.half:  # the fp16 rewrite keeps the graph, not the file's metadata
+            write_onnx_metadata(half_onnx(path), metadata)
     except OSError as err:
         raise WriteError(f"could not write {args.out}: {err}") from err
     print(f"wrote {path} ({args.format}{', fp16 inside' if args.half else ''}, input images [B, 3, {img}, {img}] "
@@ -133,7 +132,7 @@ def _write_float_onnx(args: argparse.Namespace, detector: torch.nn.Module, meta:
     """The float ONNX graph with its metadata: raw, or with the post-processing inside (``--nms``: NMS, or the top-k
     of an end-to-end head), whose :class:`EndToEnd` module is returned for the parity check."""
     if not args.nms:
-        write_onnx_metadata(export(module, "onnx", path, img), onnx_metadata(meta, img, max(detector.strides)))
+        export(module, "onnx", path, img, onnx_metadata(meta, img, max(detector.strides)))
         return None
     cfg = detector.cfg.post
     if detector.end2end and args.iou is not None:

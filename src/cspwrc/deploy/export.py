@@ -35,6 +35,8 @@ ONNX_OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "raw"
 FORMATS = ("onnx", "torchscript", "openvino")
+# the extra file of a TorchScript archive that holds the metadata of an ONNX export (JSON of the same keys)
+TORCHSCRIPT_META = "cspwrc.json"
 
 
 def deploy_model(detector: nn.Module) -> nn.Module:
@@ -98,22 +100,27 @@ def half_onnx(path: str | Path) -> Path:
     return path
 
 
-def export_torchscript(module: nn.Module, path: str | Path, img: int) -> Path:
-    """Write ``module`` as a traced TorchScript file (load with ``torch.jit.load``); any batch size works."""
+def export_torchscript(module: nn.Module, path: str | Path, img: int, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``module`` as a traced TorchScript file (load with ``torch.jit.load``); any batch size works.
+    ``metadata`` (:func:`onnx_metadata`'s keys) goes in the archive as the extra file :data:`TORCHSCRIPT_META`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         _quiet_tracing()
         traced = torch.jit.trace(module, torch.rand(1, 3, img, img))
-    traced.save(str(path))
+    torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_META: json.dumps(metadata or {})})
     return path
 
 
-def export(module: nn.Module, fmt: str, path: str | Path, img: int) -> Path:
+def export(module: nn.Module, fmt: str, path: str | Path, img: int, metadata: dict[str, str] | None = None) -> Path:
+    """``module`` as ``fmt`` (onnx or torchscript) with ``metadata`` (:func:`onnx_metadata`) inside, if given."""
     if fmt == "onnx":
-        return export_onnx(module, path, img)
+        path = export_onnx(module, path, img)
+        if metadata is not None:
+            write_onnx_metadata(path, metadata)
+        return path
     if fmt == "torchscript":
-        return export_torchscript(module, path, img)
+        return export_torchscript(module, path, img, metadata)
     raise ValueError(f"unknown format {fmt!r}, expected one of {FORMATS}")
 
 

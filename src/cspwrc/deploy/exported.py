@@ -1,9 +1,9 @@
 """Exported models as first-class detectors: ``cspwrc val`` / ``predict`` take an exported file where they take a
 checkpoint, so the mAP of the file a user ships is a ``val`` away.
 
-:func:`load_model` reads a cspwrc ``.safetensors`` checkpoint (:func:`cspwrc.det.load.load_detector`), an ONNX file
-or an OpenVINO IR folder written by ``cspwrc export`` (raw, ``--nms`` or an end-to-end head's top-k graph; fp32,
-``--half`` or int8), and
+:func:`load_model` reads a cspwrc ``.safetensors`` checkpoint (:func:`cspwrc.det.load.load_detector`), an ONNX file,
+an OpenVINO IR folder or a TorchScript file (``.ts`` / ``.torchscript``) written by ``cspwrc export`` (raw,
+``--nms`` or an end-to-end head's top-k graph; fp32, ``--half`` or int8), and
 returns ``(model, meta)`` with the same interface either way: ``model(images float [B, 3, S, S] in [0, 1])`` gives per
 image ``boxes [K, 4]`` (xyxy input pixels), ``scores [K]``, ``labels [K]``; ``model.cfg.post`` holds the
 post-processing settings; ``meta`` has ``num_classes``, ``class_names``, ``category_ids`` and ``img``.
@@ -14,13 +14,16 @@ what the graph ends in. A raw graph gets the detector's post-processing in PyTor
 checkpoint's settings, or the top-k of an end-to-end head); a graph with the post-processing inside is used as is
 (its score threshold was fixed at export, e.g. ``--conf 0.25``: a val of it scores what it keeps). A file that is
 not ONNX / OpenVINO, is truncated, or carries no cspwrc metadata is a :class:`~cspwrc.errors.CheckpointError` (exit
-2) naming it. They run on the CPU (onnxruntime's CPU provider, OpenVINO's CPU plugin).
+2) naming it. They run on the CPU (onnxruntime's CPU provider, OpenVINO's CPU plugin, TorchScript's interpreter).
+A TorchScript archive holds code (TorchScript, not Python: ``torch.jit.load`` unpickles no Python objects); like
+any model file, run only those you trust.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +38,11 @@ from cspwrc.det.load import load_detector
 from cspwrc.det.postprocess import PostprocessCfg, postprocess, topk_detections
 from cspwrc.errors import CheckpointError, InputError
 
-__all__ = ["ONNX_SUFFIX", "OPENVINO_META_KEYS", "OPENVINO_XML", "RT_INFO", "ExportedDetector", "is_openvino",
-           "load_model", "time_model"]
+__all__ = ["ONNX_SUFFIX", "OPENVINO_META_KEYS", "OPENVINO_XML", "RT_INFO", "TORCHSCRIPT_SUFFIXES", "ExportedDetector",
+           "is_openvino", "load_model", "time_model"]
 
 ONNX_SUFFIX = ".onnx"
+TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript")  # ours (README) and Ultralytics' names for a TorchScript export
 OPENVINO_XML = "model.xml"  # in an IR folder (Ultralytics' NAME_openvino_model/ layout), beside model.bin
 RT_INFO = "cspwrc"  # the OpenVINO rt_info section that holds the metadata of an ONNX export, key by key
 OPENVINO_META_KEYS = ("producer", "cspwrc_version", "model", "names", "category_ids", "imgsz", "stride", "input",
@@ -53,11 +57,12 @@ class ExportedCfg:
 
 
 class ExportedDetector(nn.Module):
-    """A cspwrc export (ONNX file or OpenVINO IR folder) behind the eval interface of
+    """A cspwrc export (ONNX file, OpenVINO IR folder or TorchScript file) behind the eval interface of
     :class:`~cspwrc.det.YoloDetector` (module doc).
 
     Args:
-        path: the ``.onnx`` file, or the OpenVINO folder (``model.xml`` + ``model.bin``) or its ``.xml``.
+        path: the ``.onnx`` file, the OpenVINO folder (``model.xml`` + ``model.bin``) or its ``.xml``, or the
+            TorchScript file.
         threads: runtime intra-op threads (None: the runtime's default, one per core).
     """
 
@@ -66,8 +71,8 @@ class ExportedDetector(nn.Module):
         from cspwrc.deploy.export import NMS_OUTPUTS, OUTPUT_NAME  # noqa: PLC0415  (the optional [export] extra)
 
         self.path = Path(path)
-        self.runtime = "openvino" if is_openvino(self.path) else "onnx"
-        self.run, meta, outputs = (_openvino if self.runtime == "openvino" else _onnxruntime)(self.path, threads)
+        self.runtime = "openvino" if is_openvino(self.path) else "torchscript" if is_torchscript(self.path) else "onnx"
+        self.run, meta, outputs = _READERS[self.runtime](self.path, threads)
         if meta.get("producer") != "cspwrc" or "names" not in meta or "imgsz" not in meta:
             raise CheckpointError(f"{self.path}: no cspwrc metadata (producer, names, imgsz); not a model written by "
                                   "`cspwrc export`, so its classes, input size and outputs are unknown")
@@ -139,6 +144,34 @@ def _openvino(path: Path, threads: int | None) -> tuple[Runner, dict[str, Any], 
     return (lambda x: [compiled(x)[o] for o in compiled.outputs]), meta, outputs
 
 
+def _torchscript(path: Path, threads: int | None) -> tuple[Runner, dict[str, Any], list[str]]:
+    """A TorchScript file on the CPU: its run function, the metadata of its extra file and its output name."""
+    from cspwrc.deploy.export import OUTPUT_NAME, TORCHSCRIPT_META  # noqa: PLC0415  (the optional [export] extra)
+
+    extra = {TORCHSCRIPT_META: ""}
+    try:
+        with warnings.catch_warnings():  # torch.jit's deprecation notice says nothing about this file
+            warnings.simplefilter("ignore", category=FutureWarning)
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra).eval()
+    except (RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable TorchScript model ({str(err).splitlines()[0][:200]})") from err
+    try:
+        meta = {key: _decode(value) for key, value in json.loads(extra[TORCHSCRIPT_META] or "{}").items()}
+    except (ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path}: unreadable cspwrc metadata ({err})") from err
+    if threads:
+        torch.set_num_threads(threads)
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        with torch.inference_mode():
+            return [module(torch.from_numpy(x)).numpy()]
+
+    return run, meta, [OUTPUT_NAME]
+
+
+_READERS = {"onnx": _onnxruntime, "openvino": _openvino, "torchscript": _torchscript}
+
+
 def _decode(value: str) -> Any:
     try:
         return json.loads(value)
@@ -151,11 +184,15 @@ def is_openvino(path: Path) -> bool:
     return (path.is_dir() and (path / OPENVINO_XML).is_file()) or path.suffix.lower() == ".xml"
 
 
+def is_torchscript(path: Path) -> bool:
+    return path.suffix.lower() in TORCHSCRIPT_SUFFIXES
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """A checkpoint or an exported file as ``(model, meta)`` (module doc); ``device`` applies to checkpoints (an
-    ONNX file runs on onnxruntime's CPU provider)."""
+    exported file runs on the CPU)."""
     path = Path(path)
-    if path.suffix.lower() != ONNX_SUFFIX and not is_openvino(path):
+    if path.suffix.lower() != ONNX_SUFFIX and not is_openvino(path) and not is_torchscript(path):
         return load_detector(path, device)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
