@@ -40,9 +40,11 @@ def test_openvino_folder_reproduces_pytorch_and_scores_like_the_checkpoint(shape
     assert abs(got["num_detections"] - ref["num_detections"]) <= 0.02 * ref["num_detections"]
 
 
-def test_openvino_int8_by_nncf(shapes, tmp_path, capsys):
+@pytest.mark.parametrize("head", [{}, {"reg_max": 1, "cls_branch": "dw"}], ids=["dfl", "direct-regression"])
+def test_openvino_int8_by_nncf(shapes, tmp_path, capsys, head):
+    """The DFL head's expectation (a MatMul) stays float; a head without DFL has none to leave out."""
     pytest.importorskip("nncf", reason="the optional [openvino] extra (nncf) is not installed")
-    weights = _checkpoint(tmp_path)
+    weights = _checkpoint(tmp_path, **head)
     folder = tmp_path / "m8_openvino_model"
     assert export_cli.main(["--weights", str(weights), "--format", "openvino", "--int8", "--data", str(shapes),
                             "--calib", "8", "--out", str(folder)]) == 0
