@@ -16,7 +16,7 @@ RECIPES = Path(__file__).resolve().parents[2] / "configs" / "det"
 # Changing the defaults must not change it; only an edit of configs/det/default.yaml (and of this pin) may.
 DEMO = {
     "model": {
-        "backbone": {"name": "cspwrc_s", "pretrained": False, "pretrained_cfg_overlay": None,
+        "backbone": {"name": "cspwrc_n", "pretrained": False, "pretrained_cfg_overlay": None,
                      "kwargs": {"wrc_normalize": "relu"}, "model_args": None, "freeze_bn": False, "freeze_stages": 0},
         "neck": {"channels": [64, 128, 256], "depth": None, "shortcut": False, "wrc_weights": "scalar",
                  "wrc_normalize": "none", "sppf_kernel": 5, "act_layer": "silu", "norm_layer": "batchnorm"},
@@ -30,14 +30,14 @@ DEMO = {
         "post": {"score_thresh": 0.001, "nms_iou": 0.6, "max_det": 300, "pre_nms_topk": 3000},
         "sync_bn": False,
     },
-    "data": {"path": None, "workers": 1, "cache": "ram"},
+    "data": {"path": None, "workers": 0, "cache": "ram"},
     "augment": {"mosaic": 0.0, "scale": 0.5, "translate": 0.1, "degrees": 0.0, "shear": 0.0, "hsv_h": 0.015,
                 "hsv_s": 0.7, "hsv_v": 0.4, "fliplr": 0.5, "min_box_size": 2.0, "min_visibility": 0.1},
     "optim": {"opt": "adamw", "lr": 0.002, "weight_decay": 0.05, "momentum": 0.9, "betas2": 0.999, "nominal_batch": 0},
     "schedule": {"sched": "cosine", "warmup_epochs": 1.0, "warmup_lr": 0.0, "warmup_bias_lr": 0.01,
                  "warmup_momentum": None, "min_lr_ratio": 0.05},
     "ema": {"enabled": True, "decay": 0.999, "warmup": True, "warmup_power": 0.75},
-    "train": {"epochs": 22, "batch": 8, "img": 192, "close_mosaic": 0, "grad_clip": 10.0, "nan_policy": "stop",
+    "train": {"epochs": 12, "batch": 8, "img": 192, "close_mosaic": 0, "grad_clip": 10.0, "nan_policy": "stop",
               "max_nan_skips": 100, "amp": "auto", "channels_last": True, "eval_interval": 1, "patience": 0,
               "tensorboard": True, "seed": 0, "device": "auto", "out": "runs/det", "weights": None,
               "max_steps_per_epoch": 0, "time": None},

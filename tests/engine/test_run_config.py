@@ -93,7 +93,7 @@ def test_flags_override_only_when_given():
 
 def test_default_recipe_is_valid():
     cfg = load_config(ROOT / "configs" / "det" / "default.yaml")
-    assert cfg.model.backbone.name == "cspwrc_s" and cfg.train.img % 32 == 0 and cfg.optim.opt == "adamw"
+    assert cfg.model.backbone.name == "cspwrc_n" and cfg.train.img % 32 == 0 and cfg.optim.opt == "adamw"
     with pytest.raises(ConfigError, match=r"close matches: .*cspwrc_s"):
         load_config(None, {"model": {"backbone": {"name": "cspwrc_ss"}}})
 
