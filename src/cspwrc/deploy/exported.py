@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cspwrc.deploy.postprocess import decode_metadata, onnx_metadata_numpy
 from cspwrc.deploy.timing import latency_ms, set_threads
 from cspwrc.det.load import load_detector
 from cspwrc.det.postprocess import PostprocessCfg, postprocess, topk_detections
@@ -112,7 +113,6 @@ Runner = Callable[[np.ndarray], list[np.ndarray]]
 def _onnxruntime(path: Path, threads: int | None) -> tuple[Runner, dict[str, Any], list[str]]:
     """An onnxruntime CPU session of ``path``: its run function, decoded metadata and output names."""
     from cspwrc.deploy.export import INPUT_NAME, ort_session  # noqa: PLC0415  (the optional [export] extra)
-    from cspwrc.deploy.postprocess import onnx_metadata_numpy  # noqa: PLC0415
 
     try:
         session = ort_session(path, threads)
@@ -136,10 +136,8 @@ def _openvino(path: Path, threads: int | None) -> tuple[Runner, dict[str, Any], 
         compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads} if threads else {})
     except RuntimeError as err:
         raise CheckpointError(f"{xml}: not a readable OpenVINO model ({str(err).splitlines()[0][:200]})") from err
-    meta = {}
-    for key in OPENVINO_META_KEYS:
-        if model.has_rt_info([RT_INFO, key]):
-            meta[key] = _decode(model.get_rt_info([RT_INFO, key]).astype(str))
+    meta = decode_metadata({key: model.get_rt_info([RT_INFO, key]).astype(str) for key in OPENVINO_META_KEYS
+                            if model.has_rt_info([RT_INFO, key])})
     outputs = [o.get_any_name() for o in compiled.outputs]
     return (lambda x: [compiled(x)[o] for o in compiled.outputs]), meta, outputs
 
@@ -156,7 +154,7 @@ def _torchscript(path: Path, threads: int | None) -> tuple[Runner, dict[str, Any
     except (RuntimeError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable TorchScript model ({str(err).splitlines()[0][:200]})") from err
     try:
-        meta = {key: _decode(value) for key, value in json.loads(extra[TORCHSCRIPT_META] or "{}").items()}
+        meta = decode_metadata(json.loads(extra[TORCHSCRIPT_META] or "{}"))
     except (ValueError, AttributeError) as err:
         raise CheckpointError(f"{path}: unreadable cspwrc metadata ({err})") from err
     if threads:
@@ -170,13 +168,6 @@ def _torchscript(path: Path, threads: int | None) -> tuple[Runner, dict[str, Any
 
 
 _READERS = {"onnx": _onnxruntime, "openvino": _openvino, "torchscript": _torchscript}
-
-
-def _decode(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value  # plain text (input, outputs, model, version)
 
 
 def is_openvino(path: Path) -> bool:

@@ -10,11 +10,12 @@ probabilities (sigmoid applied). :func:`postprocess_numpy` reproduces ``cspwrc.d
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["nms_numpy", "onnx_metadata_numpy", "postprocess_numpy", "topk_numpy", "undo_letterbox_numpy"]
+__all__ = ["decode_metadata", "nms_numpy", "onnx_metadata_numpy", "postprocess_numpy", "topk_numpy",
+           "undo_letterbox_numpy"]
 
 
 def nms_numpy(boxes: np.ndarray, scores: np.ndarray, iou_thresh: float) -> np.ndarray:
@@ -114,7 +115,12 @@ def onnx_metadata_numpy(session: object) -> dict[str, object]:
     """The metadata of an exported cspwrc ONNX file from an ``onnxruntime.InferenceSession``, JSON values decoded:
     ``names`` (list), ``imgsz`` ([S, S]), ``stride``, ``category_ids``, ``nms`` (dict, or None: run
     :func:`postprocess_numpy`), ``input``/``outputs`` (text), ``cspwrc_version``, ``model``."""
-    props = session.get_modelmeta().custom_metadata_map  # type: ignore[attr-defined]
+    return decode_metadata(session.get_modelmeta().custom_metadata_map)  # type: ignore[attr-defined]
+
+
+def decode_metadata(props: Mapping[str, str]) -> dict[str, object]:
+    """The string values of a cspwrc export's metadata (ONNX ``metadata_props``, OpenVINO ``rt_info``, TorchScript
+    extra file) with the JSON ones decoded."""
     out: dict[str, object] = {}
     for key, value in props.items():
         try:

@@ -153,13 +153,14 @@ def ours_resume_command(out: Path) -> list[str]:
     return [sys.executable, "-m", "cspwrc.cli", "train", "--resume", str(out), "--no-progress"]
 
 
-def ultralytics_command(args: argparse.Namespace, model: str, out: Path, data: Path, index: Path) -> list[str]:
+def ultralytics_command(args: argparse.Namespace, model: str, out: Path, data: Path, index: Path,
+                        resume: bool = False) -> list[str]:
     return [args.ultralytics_python, str(ULTRA_SCRIPT), "--model", model,
             "--data", str(data), "--val-index", str(index), "--img", str(args.img),
             "--time-h", f"{args.minutes / 60:.6f}", "--threads", str(args.threads), "--workers", str(args.workers),
             "--batch", str(args.batch), "--seed", str(args.seed), "--latency-img", *map(str, args.latency_img),
             "--newton-schulz", args.newton_schulz, "--out", str(out),
-            *(["--resume"] if resumable(ULTRA + model, out) else [])]
+            *(["--resume"] if resume else [])]
 
 
 def ultralytics_latency_command(args: argparse.Namespace, model: str, out: Path) -> list[str]:
@@ -181,13 +182,14 @@ def start(contestant: str, args: argparse.Namespace, yolo: tuple[Path, Path] | N
     out.mkdir(parents=True, exist_ok=True)
     resume = resumable(contestant, out)
     if contestant.startswith(ULTRA):
-        cmd = ultralytics_command(args, contestant[len(ULTRA):], out, *yolo)
+        cmd = ultralytics_command(args, contestant[len(ULTRA):], out, *yolo, resume=resume)
     else:
         cmd = ours_resume_command(out / "train") if resume else ours_command(args, contestant, out / "train")
-    record = out / "command.json"
-    first = json.loads(record.read_text()) if resume and record.is_file() else {}
-    write_json(record, {**first, "command": cmd, "started": time.time()} if not resume else
-               {**first, "resumed": [*first.get("resumed", []), {"command": cmd, "started": time.time()}]})
+    record, entry = out / "command.json", {"command": cmd, "started": time.time()}
+    if resume:  # the first command stays; each resume is appended
+        first = json.loads(record.read_text()) if record.is_file() else {}
+        entry = {**first, "resumed": [*first.get("resumed", []), entry]}
+    write_json(record, entry)
     print(f"{contestant}: {'resumed: ' if resume else ''}{shlex.join(cmd)}", flush=True)
     log = open(out / "train.log", "a" if resume else "w")  # no `with`: the child writes it until it ends
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(args.threads)), log

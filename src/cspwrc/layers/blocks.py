@@ -116,6 +116,8 @@ class WrcBottleneck(Foldable, nn.Module):
 #: entry. A block takes ``(in_chs, out_chs, expansion=, dilation=, act_layer=, norm_layer=, drop_path=, device=,
 #: dtype=)`` and its own options, which the stage passes through (``**block_kwargs``) without naming them. The backbone
 #: hands every type the WRC options (``wrc_weights``, ``wrc_normalize``): its block types have a weighted residual.
+#: ``CspStage.fold`` calls each block's ``fold_scaled`` (:class:`WrcBottleneck`'s): a type without it trains and runs,
+#: but cannot be folded for deployment.
 BLOCK_TYPES: dict[str, Callable[..., nn.Module]] = {"wrc": WrcBottleneck}
 
 
