@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from test_exported import _checkpoint, _val
 
 from cspwrc.cli import export as export_cli
@@ -12,7 +14,7 @@ from cspwrc.cli import val as val_cli
 from cspwrc.data import ensure_shapes_dataset
 from cspwrc.deploy.exported import load_model
 
-pytest.importorskip("openvino", reason="the optional [openvino] extra is not installed")
+ov = pytest.importorskip("openvino", reason="the optional [openvino] extra is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,20 @@ def test_openvino_folder_reproduces_pytorch_and_scores_like_the_checkpoint(shape
     ref, got = _val(weights, shapes.parent, tmp_path / "ck"), _val(folder, shapes.parent, tmp_path / "ov")
     assert got["stats"] == pytest.approx(ref["stats"], abs=2e-3 if not extra else 5e-3)
     assert abs(got["num_detections"] - ref["num_detections"]) <= 0.02 * ref["num_detections"]
+
+
+def test_one_ir_for_every_batch_size_run_at_a_static_shape(tmp_path):
+    """The IR keeps a dynamic batch axis; the runner compiles one static shape per batch size (OpenVINO's CPU plugin
+    runs those faster), and a batch gives what its images give one at a time."""
+    weights = _checkpoint(tmp_path)
+    folder = tmp_path / "m_openvino_model"
+    assert export_cli.main(["--weights", str(weights), "--format", "openvino", "--out", str(folder)]) == 0
+    assert ov.Core().read_model(str(folder / "model.xml")).inputs[0].get_partial_shape()[0].is_dynamic
+    model, _ = load_model(folder)
+    images = torch.rand(3, 3, 96, 96).numpy()
+    (batch,) = model.run(images)
+    one_by_one = np.concatenate([model.run(images[i : i + 1])[0] for i in range(3)])
+    np.testing.assert_allclose(batch, one_by_one, rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("head", [{}, {"reg_max": 1, "cls_branch": "dw"}], ids=["dfl", "direct-regression"])
