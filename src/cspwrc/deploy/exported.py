@@ -131,15 +131,28 @@ def _openvino(path: Path, threads: int | None) -> tuple[Runner, dict[str, Any], 
     except ImportError as err:
         raise InputError(f"{path}: running an OpenVINO model needs openvino (pip install -e '.[openvino]')") from err
     xml = path / OPENVINO_XML if path.is_dir() else path
+    core = ov.Core()
+    config = {"INFERENCE_NUM_THREADS": threads} if threads else {}
     try:
-        model = ov.Core().read_model(str(xml))
-        compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": threads} if threads else {})
+        model = core.read_model(str(xml))  # checks the weights file too (a truncated .bin is an error here)
     except RuntimeError as err:
         raise CheckpointError(f"{xml}: not a readable OpenVINO model ({str(err).splitlines()[0][:200]})") from err
     meta = decode_metadata({key: model.get_rt_info([RT_INFO, key]).astype(str) for key in OPENVINO_META_KEYS
                             if model.has_rt_info([RT_INFO, key])})
-    outputs = [o.get_any_name() for o in compiled.outputs]
-    return (lambda x: [compiled(x)[o] for o in compiled.outputs]), meta, outputs
+    outputs = [o.get_any_name() for o in model.outputs]
+    compiled: dict[tuple[int, ...], Any] = {}
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        # compiled once per input shape: the IR's batch axis is dynamic, and OpenVINO's CPU plugin runs a static
+        # shape faster (no shape inference or reallocation per call; docs/deploy.md §4)
+        if x.shape not in compiled:
+            model.reshape(list(x.shape))
+            compiled[x.shape] = core.compile_model(model, "CPU", config)
+        net = compiled[x.shape]
+        result = net(x)
+        return [result[o] for o in net.outputs]
+
+    return run, meta, outputs
 
 
 def _torchscript(path: Path, threads: int | None) -> tuple[Runner, dict[str, Any], list[str]]:
