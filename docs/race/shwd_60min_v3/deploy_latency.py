@@ -1,7 +1,8 @@
 """deploy_latency.py THREADS ROUNDS FILE... -- bs1 latency of exported models (ONNX files on onnxruntime CPU, OpenVINO
-IR folders/.xml on OpenVINO CPU), whoever exported them (ours or Ultralytics'), on a random [1, 3, S, S] input, S read
-from the model's input shape; cspwrc.deploy.timing.latency_ms (median of 30 after 5 warm-up), ROUNDS interleaved
-rounds; prints the median over rounds and the spread, JSON to stdout's last line."""
+IR folders/.xml on OpenVINO CPU), whoever exported them (ours or Ultralytics'), on a random [1, 3, S, S] input, S
+read from the model's input shape (an OpenVINO model compiled at the static [1, 3, S, S]);
+cspwrc.deploy.timing.latency_ms (median of 30 after 5 warm-up), ROUNDS interleaved rounds; prints the median over
+rounds and the spread, JSON to stdout's last line."""
 import json
 import statistics
 import sys
@@ -27,6 +28,7 @@ def runner(path: Path, threads: int):
         xml = next(path.glob("*.xml"))
     m = ov.Core().read_model(str(xml))
     size = m.inputs[0].get_partial_shape()[-1].get_length()
+    m.reshape([1, 3, size, size])  # static, as cspwrc's runner compiles it (ours have a dynamic batch axis)
     c = ov.Core().compile_model(m, "CPU", {"INFERENCE_NUM_THREADS": threads})
     x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
     return partial(c, x), size

@@ -77,8 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="with --nms: detections per image (default: the detector's)")
     p.add_argument("--half", action="store_true",
                    help="fp16 weights and compute (ONNX only; input and output stay float32), for GPU runtimes")
-    p.add_argument("--int8", action="store_true", help="ONNX only: int8 (static QDQ, onnxruntime) calibrated on "
-                   "--data's train images; the convolutions only, box decoding and post-processing stay float")
+    p.add_argument("--int8", action="store_true", help="int8 calibrated on --data's train images (ONNX: "
+                   "onnxruntime static QDQ; OpenVINO: NNCF); box decoding and post-processing stay float")
     p.add_argument("--data", help="with --int8: data YAML whose train images calibrate and whose val images check "
                    "the int8 model's mAP against the float one")
     p.add_argument("--calib", type=int, default=DEFAULT_CALIB, help="with --int8: calibration images")
@@ -171,7 +171,7 @@ def _export_derived(args: argparse.Namespace, detector: torch.nn.Module, meta: d
             kind = "int8 (NNCF)" if args.int8 else "fp16 weights" if args.half else "fp32"
         else:
             quantize_int8(fp32, args.out, images)
-            kind = "int8 QDQ, convolutions only"
+            kind = "int8 QDQ, network quantized, decoding float"
         calibrated = f", calibrated on {len(images)} train images of {args.data}" if images is not None else ""
         if e2e is None:
             print(f"wrote {args.out} ({args.format} {kind}{calibrated}; input images [B, 3, {img}, {img}] in [0, 1], "
