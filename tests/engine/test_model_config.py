@@ -118,9 +118,9 @@ def test_a_checkpoint_of_the_flat_option_era_loads(tmp_path: Path) -> None:
 def test_a_recipe_of_the_flat_option_era_loads() -> None:
     old = DATA / "flat_options_default.yaml"
     assert "options:" in old.read_text()
-    # today's demo recipe, but for what issue 25 moved since (the model, the loader process, the epochs, the val)
+    # today's demo recipe, but for what issue 25 moved since (the model, the loader process, epochs, size, val)
     then = {"model": {"backbone": {"name": "cspwrc_s"}}, "data": {"workers": 1},
-            "train": {"epochs": 22, "eval_interval": 1}}
+            "train": {"epochs": 22, "img": 192, "eval_interval": 1}}
     assert load_config(old) == load_config(ROOT / "configs" / "det" / "default.yaml", then)
     # The command line (nested only) still goes over an old file, key by key.
     cfg = load_config(old, {"model": {"head": {"reg_max": 8}, "backbone": {"name": "cspwrc_n"}}})

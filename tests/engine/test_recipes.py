@@ -37,7 +37,7 @@ DEMO = {
     "schedule": {"sched": "cosine", "warmup_epochs": 1.0, "warmup_lr": 0.0, "warmup_bias_lr": 0.01,
                  "warmup_momentum": None, "min_lr_ratio": 0.05},
     "ema": {"enabled": True, "decay": 0.999, "warmup": True, "warmup_power": 0.75},
-    "train": {"epochs": 12, "batch": 8, "img": 192, "close_mosaic": 0, "grad_clip": 10.0, "nan_policy": "stop",
+    "train": {"epochs": 14, "batch": 8, "img": 160, "close_mosaic": 0, "grad_clip": 10.0, "nan_policy": "stop",
               "max_nan_skips": 100, "amp": "auto", "channels_last": True, "eval_interval": 4, "patience": 0,
               "tensorboard": True, "seed": 0, "device": "auto", "out": "runs/det", "weights": None,
               "max_steps_per_epoch": 0, "time": None},

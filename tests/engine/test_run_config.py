@@ -88,7 +88,7 @@ def test_flags_override_only_when_given():
     add_train_flags(parser)
     args = parser.parse_args([])
     assert all(v in (None, []) for v in vars(args).values()) and train_overrides(args) == {}
-    assert load_config(ROOT / "configs" / "det" / "default.yaml", train_overrides(args)).train.img == 192
+    assert load_config(ROOT / "configs" / "det" / "default.yaml", train_overrides(args)).train.img == 160
 
 
 def test_default_recipe_is_valid():
