@@ -14,12 +14,12 @@ import onnx
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from cspwrc.deploy.quantize import _Reader, calibration_images, network_nodes
+from cspwrc.deploy.quantize import HEAD_SCOPE, NETWORK_SCOPES, _Reader, calibration_images, network_nodes
 
 
 def variants(graph: onnx.GraphProto) -> dict[str, dict]:
     u8 = QuantType.QUInt8
-    net = [n.name for n in graph.node if n.name.startswith(("/backbone/", "/neck/", "/head/"))]
+    net = [n.name for n in graph.node if n.name.startswith((*NETWORK_SCOPES, HEAD_SCOPE))]
     return {"s8_conv": {"op_types_to_quantize": ["Conv"], "activation_type": QuantType.QInt8},
             "u8_conv": {"op_types_to_quantize": ["Conv"], "activation_type": u8},
             "u8_all": {"activation_type": u8},

@@ -11,9 +11,9 @@ import openvino as ov
 from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
 from cspwrc.deploy.export import onnx_to_openvino
-from cspwrc.deploy.quantize import calibration_images
+from cspwrc.deploy.quantize import HEAD_SCOPE, NETWORK_SCOPES, calibration_images
 
-SCOPES = ("/backbone/", "/neck/", "/head/")
+SCOPES = (*NETWORK_SCOPES, HEAD_SCOPE)
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
     ops = [o for o in ov.convert_model(str(fp32)).get_ordered_ops()
            if o.get_type_name() not in ("Constant", "Parameter", "Result")]
     outside = [o.get_friendly_name() for o in ops if not o.get_friendly_name().startswith(SCOPES)]
-    head_act = [o.get_friendly_name() for o in ops if o.get_friendly_name().startswith("/head/")
+    head_act = [o.get_friendly_name() for o in ops if o.get_friendly_name().startswith(HEAD_SCOPE)
                 and o.get_type_name() not in ("Convolution", "GroupConvolution", "Add")]
     scopes = {"net": nncf.IgnoredScope(names=outside, validate=False),
               "nethc": nncf.IgnoredScope(names=outside + head_act, validate=False)}

@@ -125,7 +125,8 @@ def _onnxruntime(path: Path, threads: int | None) -> tuple[Runner, dict[str, Any
 
 
 def _openvino(path: Path, threads: int | None) -> tuple[Runner, dict[str, Any], list[str]]:
-    """An OpenVINO CPU compiled model of an IR folder or ``.xml``: its run function, metadata and output names."""
+    """An OpenVINO IR folder or ``.xml`` on the CPU: its run function (compiling the model once per input shape),
+    metadata and output names."""
     try:
         import openvino as ov  # noqa: PLC0415  (the optional [openvino] extra)
     except ImportError as err:

@@ -33,8 +33,8 @@ from cspwrc.data import CocoDetection
 from cspwrc.data.config import load_data_config
 from cspwrc.errors import InputError
 
-__all__ = ["DEFAULT_CALIB", "MIN_CALIB", "NETWORK_SCOPES", "calibration_images", "network_nodes", "quantize_int8",
-           "quantize_openvino_int8"]
+__all__ = ["DEFAULT_CALIB", "HEAD_SCOPE", "MIN_CALIB", "NETWORK_SCOPES", "calibration_images", "network_nodes",
+           "quantize_int8", "quantize_openvino_int8"]
 
 DEFAULT_CALIB = 128  # images; onnxruntime's and Ultralytics' int8 guides use a few hundred at most
 MIN_CALIB = 8  # fewer images give activation ranges of a handful of scenes
